@@ -1,0 +1,90 @@
+"""The one box convention of the package and the one RoIAlign helper.
+
+Inside the code every box is ``xyxy`` in input-image pixels, float. Boxes come either as a
+list with one ``(Ni, 4)`` tensor per image or as one ``(N, 5)`` tensor whose first column is
+the batch index (torchvision's RoI format). Conversion to other conventions happens at the
+edges only (COCO ``xywh`` readers, detectron2 export).
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align
+
+BoxesLike = Union[Tensor, Sequence[Tensor]]
+
+__all__ = ["BoxesLike", "validate_boxes", "boxes_to_rois", "region_align", "xywh_to_xyxy", "xyxy_to_xywh"]
+
+
+def _check_box_tensor(b: Tensor, what: str, width: int) -> None:
+    if not isinstance(b, Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(b).__name__}")
+    if not torch.is_floating_point(b):
+        raise ValueError(
+            f"{what} must be a floating point tensor (xyxy pixels), got dtype {b.dtype}; "
+            f"convert with boxes.float()")
+    if b.dim() != 2 or b.shape[1] != width:
+        raise ValueError(f"{what} must have shape (N, {width}), got {tuple(b.shape)}")
+    if not torch.isfinite(b).all():
+        raise ValueError(f"{what} contains NaN or infinite coordinates")
+    xy = b[:, -4:]
+    bad = (xy[:, 2] < xy[:, 0]) | (xy[:, 3] < xy[:, 1])
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{what} row {i} has negative size (x2 < x1 or y2 < y1): {xy[i].tolist()}; "
+            f"boxes must be xyxy pixels")
+
+
+def validate_boxes(boxes: BoxesLike, batch_size: int) -> None:
+    """Raise ``ValueError`` naming the problem if ``boxes`` does not follow the convention."""
+    if isinstance(boxes, Tensor):
+        _check_box_tensor(boxes, "boxes", 5)
+        if boxes.numel():
+            idx = boxes[:, 0]
+            if (idx != idx.round()).any() or idx.min() < 0 or idx.max() >= batch_size:
+                raise ValueError(
+                    f"boxes[:, 0] must hold integer batch indices in [0, {batch_size - 1}]")
+        return
+    if not isinstance(boxes, (list, tuple)):
+        raise ValueError(
+            f"boxes must be a list of (Ni, 4) tensors or one (N, 5) tensor, got {type(boxes).__name__}")
+    if len(boxes) != batch_size:
+        raise ValueError(f"got {len(boxes)} box lists for a batch of {batch_size} images; give one per image")
+    for i, b in enumerate(boxes):
+        _check_box_tensor(b, f"boxes[{i}]", 4)
+
+
+def boxes_to_rois(boxes: BoxesLike, batch_size: int, device=None, dtype=torch.float32) -> Tensor:
+    """Validate and convert ``boxes`` to one ``(N, 5)`` RoI tensor (batch index first)."""
+    validate_boxes(boxes, batch_size)
+    if isinstance(boxes, Tensor):
+        return boxes.to(device=device, dtype=dtype)
+    rois = [
+        torch.cat([torch.full((b.shape[0], 1), float(i), dtype=dtype, device=device),
+                   b.to(device=device, dtype=dtype)], dim=1)
+        for i, b in enumerate(boxes)
+    ]
+    if not rois:
+        return torch.zeros(0, 5, dtype=dtype, device=device)
+    return torch.cat(rois, dim=0)
+
+
+def region_align(features: Tensor, rois: Tensor, output_size: int, stride: int) -> Tensor:
+    """RoIAlign of ``(N, 5)`` pixel RoIs on a feature map of the given ``stride``.
+
+    ``aligned=True`` (half-pixel correct, as detectron2's ROIAlignV2) and ``sampling_ratio=0``
+    (adaptive), the settings of SoCo's C4 head and of Mask R-CNN.
+    """
+    return roi_align(features, rois.to(features.dtype), output_size=output_size,
+                     spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)
+
+
+def xywh_to_xyxy(b: Tensor) -> Tensor:
+    return torch.cat([b[..., :2], b[..., :2] + b[..., 2:4]], dim=-1)
+
+
+def xyxy_to_xywh(b: Tensor) -> Tensor:
+    return torch.cat([b[..., :2], b[..., 2:4] - b[..., :2]], dim=-1)

@@ -77,6 +77,8 @@ class PretrainDataConfig:
             raise ValueError(f"PretrainDataConfig.num_proposals must be >= 1, got {self.num_proposals}")
         if self.prc and self.soco_cutout:
             raise ValueError("PretrainDataConfig: prc and soco_cutout are alternatives (Tab. 5); enable one")
+        if self.views == "soco" and self.depositioning:
+            raise ValueError("PretrainDataConfig: views='soco' has no x3; set depositioning: false for SoCo recipes")
         if self.rbj and self.box_jitter:
             raise ValueError("PretrainDataConfig: rbj and box_jitter are alternatives (Tab. 5); enable one")
         lo, hi = self.crop_scale

@@ -1,0 +1,82 @@
+"""De-positioning composite of Sec. 4.2 (Eq. 6-8).
+
+The per-sample part (:func:`depositioning_masks`: shift ``t``, mask ``m`` of Eq. 6 and the
+PRC-cut shifted mask ``m̂`` of Eq. 7) runs in the data workers; the paste onto another image
+of the batch (:func:`composite_depositioned`, Eq. 8) runs in the collator, which has the batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .region_aug import box_pixels, prc_cut_mask
+
+__all__ = ["foreground_mask", "depositioning_shift", "shift_mask", "depositioning_masks",
+           "composite_depositioned"]
+
+
+def foreground_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Eq. 6: ``m(i, j) = 1`` inside the union of the boxes, 0 elsewhere."""
+    m = np.zeros((height, width), dtype=bool)
+    for b in np.asarray(boxes).reshape(-1, 4):
+        x0, y0, x1, y1 = box_pixels(b, height, width)
+        m[y0:y1, x0:x1] = True
+    return m
+
+
+def depositioning_shift(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """One integer shift ``t = (tx, ty)`` for all boxes of the image, uniform among the shifts
+    that keep every ``b̂ = b + t`` inside the image (Sec. 4.2). Integer so the paste is exact."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    lo_x, hi_x = -int(np.floor(b[:, 0].min())), int(np.floor(width - b[:, 2].max()))
+    lo_y, hi_y = -int(np.floor(b[:, 1].min())), int(np.floor(height - b[:, 3].max()))
+    tx = int(rng.integers(lo_x, max(hi_x, lo_x) + 1))
+    ty = int(rng.integers(lo_y, max(hi_y, lo_y) + 1))
+    return np.array([tx, ty], dtype=np.int64)
+
+
+def shift_mask(m: np.ndarray, t) -> np.ndarray:
+    """Translate a mask by integer ``t = (tx, ty)``; what leaves the image is dropped."""
+    tx, ty = int(t[0]), int(t[1])
+    h, w = m.shape
+    out = np.zeros_like(m)
+    out[max(ty, 0):min(h + ty, h), max(tx, 0):min(w + tx, w)] = \
+        m[max(-ty, 0):min(h - ty, h), max(-tx, 0):min(w - tx, w)]
+    return out
+
+
+def depositioning_masks(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
+                        side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False):
+    """Eq. 6-7 for one view: returns ``(m, m_hat, t)``.
+
+    ``m`` = foreground mask of ``boxes``; ``t`` = the shift; ``m̂ = PRC(shift(m, t), b + t)``.
+    """
+    m = foreground_mask(boxes, height, width)
+    t = depositioning_shift(boxes, height, width, rng)
+    shifted_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.tile(t, 2)
+    cut = prc_cut_mask(shifted_boxes, height, width, rng, side_range=side_range,
+                       max_cover=max_cover, area_reading=area_reading)
+    m_hat = shift_mask(m, t) & ~cut
+    return m, m_hat, t
+
+
+def composite_depositioned(x2: Tensor, m: Tensor, x_b: Tensor, m_hat: Tensor, t: Tensor) -> Tensor:
+    """Eq. 8: ``x3 = C(x2, m, x_b, m̂)``.
+
+    The foreground of ``x2`` (``m``) is moved by ``t`` and pasted onto the background image
+    ``x_b`` where the shifted, PRC-cut mask ``m̂`` is set; elsewhere ``x3 = x_b``.
+    Shapes: ``x2``, ``x_b`` ``(B, C, H, W)``; ``m``, ``m_hat`` ``(B, H, W)`` bool; ``t`` ``(B, 2)``
+    integer ``(tx, ty)``.
+    """
+    if x2.shape != x_b.shape or m.shape != m_hat.shape or m.shape != (x2.shape[0],) + x2.shape[2:]:
+        raise ValueError(f"composite_depositioned: shapes do not match: x2 {tuple(x2.shape)}, x_b "
+                         f"{tuple(x_b.shape)}, m {tuple(m.shape)}, m_hat {tuple(m_hat.shape)}")
+    h, w = x2.shape[2:]
+    moved = torch.zeros_like(x2)
+    for i in range(x2.shape[0]):
+        tx, ty = int(t[i, 0]), int(t[i, 1])
+        fg = x2[i] * m[i].to(x2.dtype)
+        moved[i, :, max(ty, 0):min(h + ty, h), max(tx, 0):min(w + tx, w)] = \
+            fg[:, max(-ty, 0):min(h - ty, h), max(-tx, 0):min(w - tx, w)]
+    return torch.where(m_hat[:, None], moved, x_b)

@@ -1,0 +1,223 @@
+"""Views of Sec. 4 ("Views construction") and SoCo's two views, with their boxes.
+
+D3SSL: x1 = whole image resized to 224; x2 = RandomResizedCrop [0.4, 1] to 224; x2-s = x2
+resized to 112. Each view gets an independent horizontal flip and SoCo's colour augmentation
+(view 1 settings on x1, view 2 settings on x2; x2-s is x2 downsampled, so it shares x2's).
+K proposals are chosen among those overlapping the x2 crop and clipped to it, so each box
+covers the same image region in every view. All work is on uint8 ``(H, W, 3)`` RGB arrays with
+OpenCV, cheap enough for data workers; normalisation happens in the collator.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .composite import depositioning_masks
+from .config import PretrainDataConfig
+from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
+
+__all__ = ["random_resized_crop_params", "select_proposals", "resize_view", "boxes_to_view",
+           "color_augment", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views", "soco_views",
+           "make_views"]
+
+
+def random_resized_crop_params(height: int, width: int, scale, ratio, rng: np.random.Generator):
+    """torchvision's RandomResizedCrop sampling: ``(x0, y0, w, h)`` in pixels (10 tries, then centre crop)."""
+    area = height * width
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        ar = math.exp(rng.uniform(*log_r))
+        w = int(round(math.sqrt(target * ar)))
+        h = int(round(math.sqrt(target / ar)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def select_proposals(proposals: np.ndarray, crop, k: int, min_overlap: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """K proposals that overlap the crop by at least ``min_overlap`` of their area, clipped to it.
+
+    Fewer than K: the chosen ones are repeated at random (SoCo pads the same way); none: the
+    whole crop box. Returns ``(K, 4)`` float32 boxes in original image pixels.
+    """
+    x0, y0, w, h = crop
+    cx1, cy1 = x0 + w, y0 + h
+    p = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    clipped = np.stack([np.maximum(p[:, 0], x0), np.maximum(p[:, 1], y0),
+                        np.minimum(p[:, 2], cx1), np.minimum(p[:, 3], cy1)], axis=1)
+    inter = (clipped[:, 2] - clipped[:, 0]).clip(0) * (clipped[:, 3] - clipped[:, 1]).clip(0)
+    area = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
+    ok = np.flatnonzero((inter > 0) & (inter >= min_overlap * area))
+    if ok.size == 0:
+        return np.tile(np.array([[x0, y0, cx1, cy1]], dtype=np.float32), (k, 1))
+    if ok.size >= k:
+        idx = rng.choice(ok, size=k, replace=False)
+    else:
+        idx = np.concatenate([rng.permutation(ok), rng.choice(ok, size=k - ok.size, replace=True)])
+    return clipped[idx]
+
+
+def resize_view(image: np.ndarray, crop, size: int, flip: bool) -> np.ndarray:
+    """Crop ``(x0, y0, w, h)`` of ``image`` resized to ``size x size`` (area filter when shrinking)."""
+    x0, y0, w, h = crop
+    patch = image[y0:y0 + h, x0:x0 + w]
+    interp = cv2.INTER_AREA if (w > size or h > size) else cv2.INTER_LINEAR
+    out = cv2.resize(patch, (size, size), interpolation=interp)
+    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
+
+def boxes_to_view(boxes: np.ndarray, crop, size: int, flip: bool) -> np.ndarray:
+    """Map original-pixel xyxy boxes into a ``size x size`` view of ``crop``, flipped if asked."""
+    x0, y0, w, h = crop
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0], np.float32)
+    b *= np.array([size / w, size / h, size / w, size / h], dtype=np.float32)
+    b = b.clip(0, size)
+    if flip:
+        b = np.stack([size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]], axis=1)
+    return b.astype(np.float32)
+
+
+def _adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(round(factor * 180))) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def color_augment(img: np.ndarray, rng: np.random.Generator, cfg: PretrainDataConfig, view: int) -> np.ndarray:
+    """SoCo's colour augmentation for view 1 (``view=0``) or view 2 (``view=1``), SPEC Sec. 3.
+
+    Colour jitter (brightness, contrast, saturation, hue in random order) with p=0.8, grayscale
+    p=0.2, Gaussian blur sigma U(0.1, 2) (p=1.0 view 1, 0.1 view 2), solarize (p=0 / 0.2).
+    Draws are made in a fixed order whatever fires, so a sample is a function of its seed only.
+    """
+    bj, cj, sj, hj = cfg.color_jitter
+    do_jitter = rng.random() < cfg.color_jitter_p
+    order = rng.permutation(4)
+    factors = (rng.uniform(max(0.0, 1 - bj), 1 + bj), rng.uniform(max(0.0, 1 - cj), 1 + cj),
+               rng.uniform(max(0.0, 1 - sj), 1 + sj), rng.uniform(-hj, hj))
+    do_gray = rng.random() < cfg.grayscale_p
+    do_blur = rng.random() < cfg.blur_p[view]
+    sigma = rng.uniform(*cfg.blur_sigma)
+    do_solarize = rng.random() < cfg.solarize_p[view]
+    out = img
+    if do_jitter:
+        for op in order:
+            f = factors[op]
+            if op == 0:
+                out = cv2.convertScaleAbs(out, alpha=f, beta=0)
+            elif op == 1:
+                mean = float(_gray(out).mean())
+                out = cv2.convertScaleAbs(out, alpha=f, beta=(1 - f) * mean)
+            elif op == 2:
+                g = cv2.cvtColor(_gray(out), cv2.COLOR_GRAY2RGB)
+                out = cv2.addWeighted(out, f, g, 1 - f, 0)
+            elif f != 0:
+                out = _adjust_hue(out, f)
+    if do_gray:
+        out = cv2.cvtColor(_gray(out), cv2.COLOR_GRAY2RGB)
+    if do_blur:
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma)
+    if do_solarize:
+        out = np.where(out >= 128, 255 - out, out).astype(np.uint8)
+    return out
+
+
+def fill_colour(cfg: PretrainDataConfig) -> np.ndarray:
+    """Cutout fill: the normalisation mean in uint8, i.e. 0 after normalisation (SoCo)."""
+    return np.round(np.asarray(cfg.mean) * 255).astype(np.uint8)
+
+
+def region_augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, cfg: PretrainDataConfig,
+                   *, cutout: bool = True) -> np.ndarray:
+    """``PRM ∘ PRC`` of Eq. 2 (or SoCo's cutout in PRC's place), as enabled in ``cfg``.
+
+    PRC and PRM are anchored on the original proposals (before any box jitter).
+    """
+    fill = fill_colour(cfg)
+    if cfg.prc:
+        img = prc(img, boxes, rng, fill=fill, side_range=cfg.prc_side, max_cover=cfg.prc_max_cover,
+                  area_reading=cfg.prc_area_reading)
+    elif cfg.soco_cutout and cutout:
+        img = soco_cutout(img, boxes, rng, fill=fill, area_range=cfg.cutout_area, p=cfg.cutout_p)
+    if cfg.prm:
+        img = prm(img, boxes, rng, area_range=cfg.prm_area, aspect_range=cfg.prm_aspect)
+    return img
+
+
+def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, cfg: PretrainDataConfig, size: int) -> np.ndarray:
+    """RBJ or SoCo's unrestricted box jitter as enabled in ``cfg`` (one independent draw per call)."""
+    if cfg.rbj:
+        return rbj(boxes, rng, ratio=cfg.jitter_ratio, p=cfg.jitter_p)
+    if cfg.box_jitter:
+        return box_jitter(boxes, rng, size, size, ratio=cfg.jitter_ratio, p=cfg.jitter_p)
+    return np.asarray(boxes, dtype=np.float32)
+
+
+def _common(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator):
+    height, width = image.shape[:2]
+    crop = random_resized_crop_params(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
+    chosen = select_proposals(proposals, crop, cfg.num_proposals, cfg.min_crop_overlap, rng)
+    flip1, flip2 = rng.random(2) < cfg.flip_p
+    size = cfg.image_size
+    whole = (0, 0, width, height)
+    x1 = color_augment(resize_view(image, whole, size, flip1), rng, cfg, 0)
+    x2 = color_augment(resize_view(image, crop, size, flip2), rng, cfg, 1)
+    b1 = boxes_to_view(chosen, whole, size, flip1)
+    b2 = boxes_to_view(chosen, crop, size, flip2)
+    return x1, x2, b1, b2
+
+
+def d3ssl_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig,
+                rng: np.random.Generator) -> dict:
+    """One D3SSL sample (Sec. 4, Eq. 2, Eq. 6-7) as uint8 arrays and float32 boxes.
+
+    Keys: ``x1`` (x̂1), ``x2`` (no region aug), ``x2s`` (x̂2-s), ``boxes1``, ``boxes2``,
+    ``boxes2s`` and, with ``cfg.depositioning``, ``m``, ``m_hat``, ``t``, ``boxes3`` (the paste
+    itself happens in the collator, which has another image of the batch).
+    """
+    x1, x2, b1, b2 = _common(image, proposals, cfg, rng)
+    size, small = cfg.image_size, cfg.small_size
+    x2s = cv2.resize(x2, (small, small), interpolation=cv2.INTER_AREA)
+    b2s = b2 * (small / size)
+    out = {"x1": region_augment(x1, b1, rng, cfg), "x2": x2, "x2s": region_augment(x2s, b2s, rng, cfg)}
+    j1 = jitter_boxes(b1, rng, cfg, size)
+    j2 = jitter_boxes(b2, rng, cfg, size)  # one draw for view 2: x2 and x2-s are the same crop
+    out.update(boxes1=j1, boxes2=j2, boxes2s=(j2 * (small / size)).astype(np.float32))
+    if cfg.depositioning:
+        # The whole proposals of x2 are pasted; the (jittered) RoIs inside them move with t.
+        m, m_hat, t = depositioning_masks(b2, size, size, rng, side_range=cfg.prc_side,
+                                          max_cover=cfg.prc_max_cover, area_reading=cfg.prc_area_reading)
+        out.update(m=m, m_hat=m_hat, t=t, boxes3=(j2 + np.tile(t, 2)).astype(np.float32))
+    return out
+
+
+def soco_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig,
+               rng: np.random.Generator) -> dict:
+    """SoCo's two views (whole image 224, RandomResizedCrop 224; SPEC Sec. 3).
+
+    SoCo's random cutout goes on view 2 only; PRC/PRM (SoCo + Aug_D3SSL, Tab. 6) on both views.
+    """
+    x1, x2, b1, b2 = _common(image, proposals, cfg, rng)
+    size = cfg.image_size
+    return {"x1": region_augment(x1, b1, rng, cfg, cutout=False), "x2": region_augment(x2, b2, rng, cfg),
+            "boxes1": jitter_boxes(b1, rng, cfg, size), "boxes2": jitter_boxes(b2, rng, cfg, size)}
+
+
+def make_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator) -> dict:
+    """Dispatch on ``cfg.views``."""
+    return d3ssl_views(image, proposals, cfg, rng) if cfg.views == "d3ssl" else soco_views(image, proposals, cfg, rng)

@@ -1,0 +1,234 @@
+"""Typed training recipes: dataclasses loaded from YAML, with ``key=value`` overrides.
+
+A recipe (``train/recipes/<model.tag>.yaml``) names every hyper-parameter once, in sections that
+mirror the dataclasses below (``model``, ``method``, ``data``, ``dataset``, ``optim``, ``train``).
+Code reads the typed :class:`Recipe`, never a raw dict. A key that is not a field, in a file or in
+an override, is an error that lists the valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from d3ssl_zoo.data.config import PretrainDataConfig
+
+__all__ = ["ModelConfig", "MethodConfig", "DatasetConfig", "OptimConfig", "TrainConfig", "Recipe",
+           "UnknownRecipeKeyError", "load_recipe", "recipe_from_dict", "recipe_to_dict", "valid_keys",
+           "apply_overrides"]
+
+METHODS = ("d3ssl", "soco")
+PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "wandb", "none")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "d3ssl_r50c4"  # zoo architecture of the student backbone
+
+
+@dataclass
+class MethodConfig:
+    name: str = "d3ssl"  # 'd3ssl' (Sec. 4.2) or 'soco' (baseline)
+    proj_hidden_dim: int = 4096  # SoCo: projector 2048-4096-256 with BN
+    proj_dim: int = 256  # SoCo
+    pred_hidden_dim: int = 4096  # SoCo: BYOL predictor 256-4096-256 (soco only)
+    tau: float = 0.2  # MoCo v2 / DenseCL: temperature of Eq. 5
+    queue_size: int = 65536  # MoCo v2 / DenseCL: memory bank size
+    momentum_base: float = 0.99  # SoCo: teacher momentum at step 0
+    momentum_final: float = 1.0  # SoCo: teacher momentum at the end (cosine)
+    roi_size: int = 14  # SoCo: RoIAlign on C4 for the 224 views
+    roi_size_small: int = 7  # SoCo: RoIAlign on C4 for the 112 view x2-s
+    sync_bn: bool = True  # SoCo: SyncBN across processes (GPU only)
+
+
+@dataclass
+class DatasetConfig:
+    source: str = "sample"  # COCO json, image folder, or 'sample'
+    proposals: str | None = None  # selective-search proposal file; None: the data pipeline's default
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 1.0  # SoCo: LARS lr per base_batch images
+    base_batch: int = 256  # SoCo: linear scaling reference
+    weight_decay: float = 1e-5  # SoCo
+    momentum: float = 0.9  # SoCo: LARS momentum
+    eta: float = 0.001  # SoCo: LARS trust coefficient
+    warmup_epochs: float = 10.0  # SoCo: linear warm-up
+    final_lr: float = 0.0  # SoCo: cosine decays to 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800  # paper
+    batch_size: int = 64  # ours: per process
+    seed: int = 0  # ours
+    mixed_precision: str = "no"  # 'no', 'bf16' or 'fp16' (Accelerate)
+    num_workers: int = 8  # ours: data loader workers per process
+    log_every: int = 10  # ours: steps between tracker logs
+    checkpoint_every: int = 1000  # ours: steps between checkpoints (and one at the end)
+    keep_last: int = 3  # ours: checkpoints kept
+    tracker: str = "tensorboard"  # 'tensorboard', 'wandb' or 'none'
+
+
+@dataclass
+class Recipe:
+    tag: str = "d3ssl_r50c4.coco_800ep"  # the zoo tag this recipe reproduces
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.method.name not in METHODS:
+            raise ValueError(f"method.name must be one of {METHODS}, got {self.method.name!r}")
+        if self.train.mixed_precision not in PRECISIONS:
+            raise ValueError(f"train.mixed_precision must be one of {PRECISIONS}, got {self.train.mixed_precision!r}")
+        if self.train.tracker not in TRACKERS:
+            raise ValueError(f"train.tracker must be one of {TRACKERS}, got {self.train.tracker!r}")
+        if self.method.name == "soco" and (self.data.views != "soco" or self.data.depositioning):
+            raise ValueError("method.name=soco needs data.views=soco and data.depositioning=false "
+                             "(SoCo has two views and no L_dp)")
+        if self.method.name == "d3ssl" and self.data.views != "d3ssl":
+            raise ValueError("method.name=d3ssl needs data.views=d3ssl (x1, x2, x2-s of Sec. 4)")
+        for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "keep_last"):
+            if getattr(self.train, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
+
+
+class UnknownRecipeKeyError(ValueError):
+    """A recipe file or override names a key that is not a recipe field."""
+
+
+def valid_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every dotted key a recipe accepts, e.g. ``method.tau``."""
+    keys = []
+    for f, hint in _fields(cls):
+        if dataclasses.is_dataclass(hint):
+            keys += valid_keys(hint, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _unknown(key: str) -> UnknownRecipeKeyError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return UnknownRecipeKeyError(f"unknown recipe key {key!r}{hint}; valid keys: {', '.join(keys)}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise TypeError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or (args and args[-1] is not Ellipsis and len(value) != len(args)):
+            raise TypeError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        item_hints = [args[0]] * len(value) if args and args[-1] is Ellipsis else list(args)
+        return tuple(_coerce(v, h, key) for v, h in zip(value, item_hints))
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported recipe field type {hint}")
+
+
+def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise TypeError(f"recipe section {prefix.rstrip('.') or '<root>'} must be a mapping, got {d!r}")
+    fields = dict((f.name, hint) for f, hint in _fields(cls))
+    for k in d:
+        if k not in fields:
+            raise _unknown(prefix + str(k))
+    kwargs = {}
+    for name, value in d.items():
+        hint = fields[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
+    """Build a :class:`Recipe` from nested mappings; missing keys keep their defaults."""
+    return _build(Recipe, d, "")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Nested plain-YAML dict (tuples become lists) that :func:`recipe_from_dict` reads back."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(recipe))
+
+
+def apply_overrides(d: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (value parsed as YAML: ``method.tau=0.1``, ``data.crop_scale=[0.5,1]``)."""
+    keys = set(valid_keys())
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. train.epochs=100)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in keys:
+            raise _unknown(key)
+        *sections, name = key.split(".")
+        node = d
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[name] = yaml.safe_load(raw)
+    return d
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Read a recipe YAML file and apply ``key=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {path} does not exist")
+    d = yaml.safe_load(path.read_text()) or {}
+    return recipe_from_dict(apply_overrides(d, overrides))

@@ -1,0 +1,171 @@
+"""COCO-format reader of the diagnostics (pycocotools): labelled objects per image.
+
+Boxes are converted at this edge from COCO ``xywh`` to the package's ``xyxy`` float pixels of
+the original image; ``scale_boxes`` maps them to the resized image. Bad input is a clear error
+(no boxes or categories at all) or a counted skip reported in ``CocoObjects.skips``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch import Tensor
+
+from d3ssl_zoo.boxes import xywh_to_xyxy
+
+__all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
+           "read_image", "to_tensor", "crop_object", "objects_of_min_size"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageRecord:
+    """One image and its kept objects; ``boxes`` are xyxy float pixels of the original image."""
+    image_id: int
+    path: str
+    width: int
+    height: int
+    boxes: np.ndarray   # (n, 4) float32
+    labels: np.ndarray  # (n,) int64, contiguous class index
+
+
+@dataclass
+class CocoObjects:
+    """Labelled objects of one split; ``skips`` counts everything not used and why."""
+    images: List[ImageRecord]
+    class_names: List[str]
+    category_ids: List[int]
+    skips: Dict[str, int] = field(default_factory=dict)
+    clipped_boxes: int = 0
+
+    @property
+    def num_objects(self) -> int:
+        return int(sum(len(r.labels) for r in self.images))
+
+
+def load_coco_objects(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *,
+                      min_box_size: float = 1.0) -> CocoObjects:
+    """Read a COCO detection json and keep, per image on disk, its valid non-crowd boxes.
+
+    Skips (counted): images missing on disk, images without kept objects, crowd boxes, boxes
+    entirely outside their image or smaller than ``min_box_size`` pixels after clipping.
+    Boxes partly outside are clipped to the image (counted in ``clipped_boxes``).
+    """
+    ann_file, images_dir = os.fspath(ann_file), os.fspath(images_dir)
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file {ann_file} does not exist; pass a COCO-format json")
+    if not os.path.isdir(images_dir):
+        raise FileNotFoundError(f"images directory {images_dir} does not exist; pass the folder of "
+                                f"the images named in {ann_file}")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco = COCO(ann_file)
+    anns = coco.dataset.get("annotations") or []
+    cats = coco.dataset.get("categories") or []
+    if not cats:
+        raise ValueError(f"{ann_file} has no 'categories'; the diagnostics need labelled boxes "
+                         f"(a COCO detection json, not an image-only list)")
+    if not any("bbox" in a and "category_id" in a for a in anns):
+        raise ValueError(f"{ann_file} has no annotations with 'bbox' and 'category_id'; "
+                         f"the diagnostics need ground-truth boxes with categories")
+    category_ids = sorted(c["id"] for c in cats)
+    names = {c["id"]: c.get("name", str(c["id"])) for c in cats}
+    label_of = {cid: i for i, cid in enumerate(category_ids)}
+
+    skips = {"missing_image_files": 0, "images_without_objects": 0, "crowd_boxes": 0,
+             "boxes_outside_image": 0, "boxes_too_small": 0, "boxes_unknown_category": 0,
+             "annotations_without_bbox": 0}
+    clipped = 0
+    records: List[ImageRecord] = []
+    for img_id in sorted(coco.imgs):
+        info = coco.imgs[img_id]
+        path = os.path.join(images_dir, info["file_name"])
+        img_anns = coco.imgToAnns.get(img_id, [])
+        if not os.path.isfile(path):
+            skips["missing_image_files"] += 1
+            continue
+        w, h = int(info["width"]), int(info["height"])
+        boxes, labels = [], []
+        for a in img_anns:
+            if "bbox" not in a or "category_id" not in a:
+                skips["annotations_without_bbox"] += 1
+                continue
+            if a.get("iscrowd", 0):
+                skips["crowd_boxes"] += 1
+                continue
+            if a["category_id"] not in label_of:
+                skips["boxes_unknown_category"] += 1
+                continue
+            b = xywh_to_xyxy(torch.tensor(a["bbox"], dtype=torch.float64)).numpy()
+            c = np.clip(b, 0, [w, h, w, h])
+            if c[2] <= c[0] or c[3] <= c[1]:
+                skips["boxes_outside_image"] += 1
+                continue
+            if min(c[2] - c[0], c[3] - c[1]) < min_box_size:
+                skips["boxes_too_small"] += 1
+                continue
+            clipped += int(not np.array_equal(b, c))
+            boxes.append(c)
+            labels.append(label_of[a["category_id"]])
+        if not boxes:
+            skips["images_without_objects"] += 1
+            continue
+        records.append(ImageRecord(int(img_id), path, w, h, np.asarray(boxes, np.float32),
+                                   np.asarray(labels, np.int64)))
+    if not records:
+        raise ValueError(f"no usable image in {ann_file} with images under {images_dir} "
+                         f"(skips: {skips}); check that the images directory matches the json")
+    return CocoObjects(records, [names[c] for c in category_ids], category_ids, skips, clipped)
+
+
+def resized_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
+    """(h, w) after resizing so that the shorter side is ``short_side`` (aspect kept)."""
+    s = short_side / min(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def scale_boxes(boxes: np.ndarray, src_hw: Sequence[int], dst_hw: Sequence[int]) -> np.ndarray:
+    """Map xyxy pixel boxes of an image of size ``src_hw`` to the same image resized to ``dst_hw``."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    return (boxes * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
+
+
+def read_image(record: ImageRecord, size_hw: Sequence[int]) -> np.ndarray:
+    """Decode ``record`` as RGB uint8 and resize it to ``size_hw`` (bilinear)."""
+    img = cv2.imread(record.path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot decode image {record.path}; the file is not a readable image")
+    if img.shape[:2] != (record.height, record.width):
+        raise ValueError(f"image {record.path} is {img.shape[1]}x{img.shape[0]} but its annotation "
+                         f"says {record.width}x{record.height}; boxes would be misplaced")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.resize(img, (int(size_hw[1]), int(size_hw[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def to_tensor(img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """RGB uint8 ``(H, W, 3)`` -> normalised float ``(3, H, W)``."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
+    return (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def crop_object(record: ImageRecord, box: np.ndarray, size: int) -> np.ndarray:
+    """The pixels of one xyxy ``box`` of ``record`` as RGB uint8, resized to ``size`` x ``size``."""
+    img = read_image(record, (record.height, record.width))
+    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x2, y2 = max(int(np.ceil(box[2])), x1 + 1), max(int(np.ceil(box[3])), y1 + 1)
+    return cv2.resize(img[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def objects_of_min_size(objects: CocoObjects, min_size: float) -> List[Tuple[int, int]]:
+    """(image index, object index) of every object whose shorter box side is >= ``min_size``."""
+    return [(i, j) for i, r in enumerate(objects.images) for j, b in enumerate(r.boxes)
+            if min(b[2] - b[0], b[3] - b[1]) >= min_size]

@@ -1,0 +1,45 @@
+"""The SoCo baseline (Wei et al. 2021) in its C4 form, for the ``soco_*`` tags (SPEC Sec. 3).
+
+Same backbone and region encoder as D3SSL; two views (x1: whole image, x2: random resized crop),
+a BYOL predictor on the student, and the symmetric loss ``2 - 2 cos`` between the student's
+prediction of a box in one view and the teacher's embedding of the same box in the other view.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .heads import MLPHead, RegionEncoder
+from .losses import byol_loss
+from .teacher import make_teacher, momentum_update
+
+__all__ = ["SoCo"]
+
+
+class SoCo(nn.Module):
+    """Student (encoder + projector + predictor), momentum teacher (encoder + projector), BYOL loss."""
+
+    def __init__(self, backbone: nn.Module, *, proj_hidden_dim: int, proj_dim: int,
+                 pred_hidden_dim: int, roi_size: int = 14) -> None:
+        super().__init__()
+        self.student = RegionEncoder(backbone, proj_hidden_dim, proj_dim)
+        self.predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
+        self.teacher = make_teacher(self.student)
+        self.roi_size = roi_size
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.student.backbone
+
+    def momentum_update(self, momentum: float) -> None:
+        momentum_update(self.teacher, self.student, momentum)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Return ``loss``: the symmetric BYOL loss averaged over boxes."""
+        x1, x2, b1, b2 = batch["x1"], batch["x2"], batch["boxes1"], batch["boxes2"]
+        p1 = self.predictor(self.student(x1, b1, self.roi_size))
+        p2 = self.predictor(self.student(x2, b2, self.roi_size))
+        with torch.no_grad():
+            z1 = self.teacher(x1, b1, self.roi_size)
+            z2 = self.teacher(x2, b2, self.roi_size)
+        return {"loss": (byol_loss(p1, z2) + byol_loss(p2, z1)).mean()}

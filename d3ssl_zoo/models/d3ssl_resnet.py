@@ -1,0 +1,151 @@
+"""ResNet-C4 backbones of D3SSL and SoCo in timm's (= torchvision's) ResNet layout.
+
+"C4" is how pre-training splits the network (paper Eq. 1): the encoder f^E is the stem and
+layer1..layer3 (C4, stride 16); the head f^H is layer4 (res5) applied to RoIAlign'ed C4
+features, then average pooling. The parameters are exactly those of a plain ResNet, so every
+checkpoint is also a ``resnet50`` state dict and every timm/torchvision ``resnet50`` state dict
+loads here strictly.
+
+The module name is deliberately not ``resnet``: timm keys its module registry by the last
+part of the module name.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._manipulate import checkpoint_seq
+from timm.models._pretrained import PretrainedCfg
+from timm.models._registry import get_pretrained_cfg as _timm_get_pretrained_cfg
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..boxes import BoxesLike, boxes_to_rois, region_align
+from ..hub import pretrained_state_dict
+from ..tags import LICENSE, PAPER_ARXIV, PAPER_TITLE, TAGS, recipe_path
+
+__all__ = ["D3SSLResNet", "d3ssl_r50c4", "soco_r50c4", "d3ssl_r18c4"]
+
+#: RoIAlign output sizes of the region API: 14x14 on C4 feeds res5 (SoCo/Mask R-CNN C4
+#: convention, res5 halves it to 7x7); 7x7 on C5 is the O-KNN protocol (paper §5.3).
+C4_ROI_SIZE = 14
+C5_ROI_SIZE = 7
+
+
+class D3SSLResNet(ResNet):
+    """A timm ``ResNet`` with the region API of dense SSL (paper Eq. 1)."""
+
+    @property
+    def c4_channels(self) -> int:
+        return self.feature_info[3]["num_chs"]
+
+    @property
+    def c4_stride(self) -> int:
+        return self.feature_info[3]["reduction"]
+
+    @property
+    def c5_stride(self) -> int:
+        return self.feature_info[4]["reduction"]
+
+    def forward_c4(self, x: Tensor) -> Tensor:
+        """Encoder f^E: stem + layer1..layer3 -> (B, C4, H/16, W/16)."""
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        stages = [self.layer1, self.layer2, self.layer3]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(stages, x, flatten=True)
+        for stage in stages:
+            x = stage(x)
+        return x
+
+    def forward_region_head(self, roi_features: Tensor) -> Tensor:
+        """Head f^H without the projector: res5 (layer4) on RoI features, then average pooling."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer4, roi_features)
+        else:
+            x = self.layer4(roi_features)
+        return x.mean(dim=(2, 3))
+
+    def forward_regions(self, x: Tensor, boxes: BoxesLike) -> Tensor:
+        """One embedding per box: RoIAlign 14x14 on C4 -> res5 -> average pool (Eq. 1).
+
+        ``boxes``: a list of (Ni, 4) xyxy pixel tensors, one per image, or one (N, 5) tensor
+        with the batch index first. Returns (N, num_features), boxes in input order.
+        """
+        rois = boxes_to_rois(boxes, x.shape[0], device=x.device)
+        if rois.shape[0] == 0:
+            return x.new_zeros(0, self.num_features)
+        c4 = self.forward_c4(x)
+        return self.forward_region_head(region_align(c4, rois, C4_ROI_SIZE, self.c4_stride))
+
+    def forward_regions_c5(self, x: Tensor, boxes: BoxesLike) -> Tensor:
+        """Full trunk, RoIAlign 7x7 on C5, average pool: the O-KNN features (paper §5.3)."""
+        rois = boxes_to_rois(boxes, x.shape[0], device=x.device)
+        if rois.shape[0] == 0:
+            return x.new_zeros(0, self.num_features)
+        c5 = self.forward_features(x)
+        return region_align(c5, rois, C5_ROI_SIZE, self.c5_stride).mean(dim=(2, 3))
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    # SSL weights are headless: num_classes 0, no ImageNet label fields.
+    return {
+        "num_classes": 0, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
+        "interpolation": "bilinear", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1", "classifier": "fc", "license": LICENSE, "paper_ids": PAPER_ARXIV,
+        "paper_name": PAPER_TITLE, **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    **{t.name: _cfg(hf_hub_id=t.hf_hub_id, notes=(f"{t.source}; reproduce with {t.recipe}",))
+       for t in TAGS},
+    # Demo/test backbone: no published weights, train it with train/recipes/demo.yaml.
+    "d3ssl_r18c4": _cfg(notes=(f"no published weights; train with {recipe_path('demo')}",)),
+})
+
+
+def _create(variant: str, pretrained: bool, **kwargs) -> D3SSLResNet:
+    cfg_overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    cfg = kwargs.pop("pretrained_cfg", None)
+    if isinstance(cfg, str):
+        cfg = _timm_get_pretrained_cfg(f"{variant}.{cfg}")
+    elif isinstance(cfg, dict):
+        cfg = PretrainedCfg(**cfg)
+    if cfg is None:
+        cfg = _timm_get_pretrained_cfg(variant)
+    if cfg_overlay:
+        cfg = PretrainedCfg(**{**cfg.to_dict(), **cfg_overlay})
+    cfg_dict = cfg.to_dict()
+    cfg_dict.setdefault("architecture", variant)
+    resolved = None
+    if pretrained:
+        # We fetch and check the weights ourselves (offline-aware, sha256, one clear error) and
+        # hand timm the state dict; timm then adapts the classifier as for any of its models.
+        resolved = pretrained_state_dict(cfg_dict)
+        cfg_dict.update(state_dict=resolved.state_dict, source="")
+    model = build_model_with_cfg(
+        D3SSLResNet, variant, pretrained, pretrained_cfg=cfg_dict,
+        pretrained_filter_fn=resolved.check_keys if resolved else None, **kwargs)
+    if resolved is not None:
+        model.pretrained_cfg.update(state_dict=None, file=resolved.path, source=resolved.source)
+    return model
+
+
+@register_model
+def d3ssl_r50c4(pretrained: bool = False, **kwargs) -> D3SSLResNet:
+    """ResNet-50-C4 pre-trained with D3SSL (default tag: coco_800ep)."""
+    return _create("d3ssl_r50c4", pretrained, block=Bottleneck, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def soco_r50c4(pretrained: bool = False, **kwargs) -> D3SSLResNet:
+    """ResNet-50-C4 pre-trained with SoCo, the paper's baseline (default tag: coco_800ep)."""
+    return _create("soco_r50c4", pretrained, block=Bottleneck, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def d3ssl_r18c4(pretrained: bool = False, **kwargs) -> D3SSLResNet:
+    """ResNet-18-C4 with the same region API, for demos and fast tests (no published weights)."""
+    return _create("d3ssl_r18c4", pretrained, block=BasicBlock, layers=(2, 2, 2, 2), **kwargs)

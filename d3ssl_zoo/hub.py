@@ -218,8 +218,8 @@ def _model_card(name: str, cfg: Mapping[str, Any], card_extra: Optional[Mapping[
                   f"* Pre-training data: {tag.dataset}, {tag.epochs} epochs",
                   f"* Paper source: {tag.source}",
                   f"* Recipe: `{tag.recipe}`"]
-        if tag.notes:
-            lines.append(f"* Note: {tag.notes}")
+        if tag.remark:
+            lines.append(f"* Note: {tag.remark}")
         lines += ["", "## Numbers reported in the paper", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in tag.reported.items()]
         lines.append("")

@@ -38,7 +38,7 @@ class Tag:
     source: str                     # where the paper reports it
     reported: Dict[str, object]     # the paper's numbers, verbatim
     hub_entry: str                  # hubconf.py entry point
-    notes: str = ""
+    remark: str = ""
     sha256: str = ""                # of model.safetensors; empty until published
 
     @property
@@ -92,7 +92,7 @@ TAGS: List[Tag] = [
     Tag("d3ssl_r50c4", "coco_200ep_dconly", "COCO train2017", 200, "Tab. 7 (w/o L_dp) = Tab. 5 PRC+RBJ+PRM",
         {"voc07+12_ap": 55.5, "coupling_rate": 1.33, "mcs": 0.68, "cr_mcs_stage": _STAGE},
         "d3ssl_r50c4_coco_200ep_dconly",
-        notes="Tab. 5's last row and Tab. 7's w/o L_dp row are taken to be one model (same setting, both 55.5 AP)."),
+        remark="Tab. 5's last row and Tab. 7's w/o L_dp row are taken to be one model (same setting, both 55.5 AP)."),
     Tag("d3ssl_r50c4", "coco_200ep_dconly_noaug", "COCO train2017", 200, "Tab. 5 row 1",
         {"voc07+12_ap": 54.5}, "d3ssl_r50c4_coco_200ep_dconly_noaug"),
     Tag("d3ssl_r50c4", "coco_200ep_dconly_cutout", "COCO train2017", 200, "Tab. 5 row 2 (SoCo random cutout)",

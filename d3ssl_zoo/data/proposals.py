@@ -1,0 +1,221 @@
+"""Selective-search proposals (Sec. 4.1), SoCo's filters, and the compact proposal file.
+
+Proposal file format (``d3ssl_zoo.proposals/1``): one safetensors file holding
+
+* ``image_ids`` int64 ``(N,)`` sorted ascending; ``name_hash`` int64 ``(N,)`` (blake2b-64 of the
+  image's file name relative to the images folder: detects a file made for another dataset);
+* ``sizes`` int32 ``(N, 2)`` = (width, height) of the image the boxes refer to;
+* ``offsets`` int64 ``(N + 1,)``: image ``r``'s boxes are rows ``offsets[r]:offsets[r+1]``;
+* ``fallback`` uint8 ``(N,)``: filter level that produced them (see :data:`FALLBACK_LEVELS`);
+* ``boxes`` int16 (int32 if an image is wider than 32767 px) ``(M, 4)``: xyxy original pixels,
+  rounded (selective search is pixel-accurate at best).
+
+Header metadata (strings): ``format``, ``mode``, ``resize_long``, ``filters`` (json) and
+``skipped`` (json list of ``{"image_id", "file_name", "reason"}`` for images that could not be
+used, so datasets report them as counted skips). Only the index (``O(N)`` integers) is read
+eagerly; box rows are read lazily through the memory map, so COCO's 118k images cost a few MB.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+__all__ = ["FORMAT", "FALLBACK_LEVELS", "ProposalEntry", "name_hash", "selective_search",
+           "filter_proposals", "image_proposals", "write_proposal_file", "ProposalStore"]
+
+FORMAT = "d3ssl_zoo.proposals/1"
+FALLBACK_LEVELS = ("size+ratio+scale", "ratio", "size", "whole_image")
+MODES = ("fast", "single", "quality")
+
+
+def name_hash(file_name: str) -> int:
+    """Signed 64-bit blake2b hash of a file name (stable across processes and machines)."""
+    return int.from_bytes(hashlib.blake2b(file_name.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> np.ndarray:
+    """OpenCV selective search on an RGB uint8 image resized to ``resize_long`` px on its long
+    side (``None``: as is); returns ``(N, 4)`` float32 xyxy boxes in the original image's pixels."""
+    if mode not in MODES:
+        raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
+    h, w = image.shape[:2]
+    scale = 1.0 if not resize_long else resize_long / max(h, w)
+    work = image if scale == 1.0 else cv2.resize(
+        image, (max(1, round(w * scale)), max(1, round(h * scale))),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(cv2.cvtColor(work, cv2.COLOR_RGB2BGR))
+    {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
+     "single": ss.switchToSingleStrategy}[mode]()
+    rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)
+    boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    return boxes
+
+
+def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: float = 32,
+                     max_ratio: float = 3.0, scale_range=(0.3, 0.8)) -> tuple[np.ndarray, int]:
+    """SoCo's filters with fallbacks (SPEC Sec. 3); returns ``(boxes, level)``.
+
+    Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8. Images
+    left with none fall back to the ratio filter (1), then size only (2), then the whole-image
+    box (3). Duplicate boxes are removed.
+    """
+    b = np.unique(np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), axis=0)
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    valid = (bw > 0) & (bh > 0)
+    size_ok = valid & (bw >= min_size) & (bh >= min_size)
+    ratio_ok = valid & (bw <= max_ratio * bh) & (bh <= max_ratio * bw)
+    rel = np.sqrt(bw.clip(0) * bh.clip(0)) / np.sqrt(width * height)
+    scale_ok = (rel >= scale_range[0]) & (rel <= scale_range[1])
+    for level, keep in enumerate((size_ok & ratio_ok & scale_ok, ratio_ok, size_ok)):
+        if keep.any():
+            return b[keep], level
+    return np.array([[0, 0, width, height]], dtype=np.float32), 3
+
+
+def image_proposals(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> tuple[np.ndarray, int]:
+    """Selective search + filters for one image: ``(boxes, fallback_level)``."""
+    h, w = image.shape[:2]
+    return filter_proposals(selective_search(image, mode, resize_long), w, h)
+
+
+@dataclass
+class ProposalEntry:
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    fallback: int
+    boxes: np.ndarray
+
+
+def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry], *, mode: str,
+                        resize_long: int | None, skipped: Sequence[dict] = ()) -> None:
+    """Write entries (any order, unique ids) as one proposal file, atomically (temp + rename)."""
+    path = Path(path)
+    entries = sorted(entries, key=lambda e: e.image_id)
+    ids = np.array([e.image_id for e in entries], dtype=np.int64)
+    if ids.size and (np.diff(ids) == 0).any():
+        dup = int(ids[np.flatnonzero(np.diff(ids) == 0)[0]])
+        raise ValueError(f"proposal entries hold image id {dup} twice")
+    counts = np.array([len(e.boxes) for e in entries], dtype=np.int64)
+    boxes = (np.concatenate([np.round(e.boxes).reshape(-1, 4) for e in entries]) if entries
+             else np.zeros((0, 4), np.float32))
+    dtype = np.int16 if boxes.size == 0 or np.abs(boxes).max() < 32767 else np.int32
+    tensors = {
+        "image_ids": ids,
+        "name_hash": np.array([name_hash(e.file_name) for e in entries], dtype=np.int64),
+        "sizes": np.array([[e.width, e.height] for e in entries], dtype=np.int32).reshape(-1, 2),
+        "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "fallback": np.array([e.fallback for e in entries], dtype=np.uint8),
+        "boxes": np.ascontiguousarray(boxes.astype(dtype)),
+    }
+    meta = {"format": FORMAT, "mode": mode, "resize_long": str(resize_long),
+            "filters": json.dumps({"min_size": 32, "max_ratio": 3.0, "scale_range": [0.3, 0.8]}),
+            "skipped": json.dumps(list(skipped))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+class ProposalStore:
+    """Lazy reader of a proposal file. ``store[image_id]`` -> ``(n, 4)`` float32 xyxy pixels.
+
+    Safe to pickle into DataLoader workers: each process opens its own memory map on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"proposal file {self.path} does not exist; make it with "
+                f"`python train/make_proposals.py --images DIR --out {self.path}`")
+        try:
+            with safe_open(str(self.path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"{self.path} is not a d3ssl_zoo proposal file (format "
+                                     f"{meta.get('format')!r}, expected {FORMAT!r})")
+                self.image_ids = f.get_tensor("image_ids")
+                self.name_hashes = f.get_tensor("name_hash")
+                self.sizes = f.get_tensor("sizes")
+                self.offsets = f.get_tensor("offsets")
+                self.fallback = f.get_tensor("fallback")
+        except (OSError, json.JSONDecodeError) as e:  # safetensors raises OSError-like errors on bad headers
+            raise ValueError(f"cannot read proposal file {self.path}: {e}") from e
+        self.metadata = meta
+        self.skipped = json.loads(meta.get("skipped", "[]"))
+        self._handle = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return int(self.image_ids.size)
+
+    def _row(self, image_id: int) -> int:
+        r = int(np.searchsorted(self.image_ids, image_id))
+        if r >= self.image_ids.size or self.image_ids[r] != image_id:
+            raise KeyError(f"proposal file {self.path} has no entry for image id {image_id}; rerun "
+                           f"train/make_proposals.py on this dataset (it resumes and adds missing images)")
+        return r
+
+    def __contains__(self, image_id: int) -> bool:
+        r = int(np.searchsorted(self.image_ids, image_id))
+        return r < self.image_ids.size and self.image_ids[r] == image_id
+
+    def image_size(self, image_id: int) -> tuple[int, int]:
+        w, h = self.sizes[self._row(image_id)]
+        return int(w), int(h)
+
+    def __getitem__(self, image_id: int) -> np.ndarray:
+        r = self._row(image_id)
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = safe_open(str(self.path), framework="numpy")
+            self._pid = os.getpid()
+        rows = self._handle.get_slice("boxes")[int(self.offsets[r]):int(self.offsets[r + 1])]
+        return np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def check_images(self, images: Iterable[tuple[int, str]]) -> tuple[list[int], list[dict]]:
+        """Match dataset images ``(image_id, file_name)`` against the file.
+
+        Returns ``(usable_ids, skipped)`` where ``skipped`` are the file's recorded skips.
+        Raises ``ValueError`` if the file belongs to another dataset (name mismatch) or lacks
+        images it did not record as skipped.
+        """
+        skipped_ids = {int(s["image_id"]): s for s in self.skipped}
+        usable, skipped, missing = [], [], []
+        for image_id, file_name in images:
+            if image_id in self:
+                if self.name_hashes[self._row(image_id)] != name_hash(file_name):
+                    raise ValueError(
+                        f"proposal file {self.path} belongs to another dataset: image id {image_id} "
+                        f"is {file_name!r} here but the file was made for a different image; make "
+                        f"proposals for this dataset with train/make_proposals.py")
+                usable.append(image_id)
+            elif image_id in skipped_ids:
+                skipped.append(skipped_ids[image_id])
+            else:
+                missing.append(image_id)
+        if missing:
+            raise ValueError(
+                f"proposal file {self.path} lacks {len(missing)} image(s) of this dataset (first ids "
+                f"{missing[:5]}); run train/make_proposals.py with the same dataset and --out "
+                f"{self.path} to add them (it resumes)")
+        return usable, skipped

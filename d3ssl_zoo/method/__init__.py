@@ -4,7 +4,7 @@ Region-level augmentations (PRC, PRM, RBJ, the composite of Eq. 8) live in ``d3s
 this package holds the networks, the memory bank, the losses and the optimiser of the method.
 """
 from .d3ssl import D3SSL
-from .heads import C4_STRIDE, MLPHead, RegionEncoder
+from .heads import MLPHead, RegionEncoder
 from .lars import LARS, lars_param_groups
 from .losses import byol_loss, nce
 from .queue import RegionQueue, gather_from_all_processes
@@ -13,7 +13,7 @@ from .soco import SoCo
 from .teacher import make_teacher, momentum_update
 
 __all__ = [
-    "D3SSL", "SoCo", "RegionEncoder", "MLPHead", "C4_STRIDE", "RegionQueue", "gather_from_all_processes",
+    "D3SSL", "SoCo", "RegionEncoder", "MLPHead", "RegionQueue", "gather_from_all_processes",
     "nce", "byol_loss", "LARS", "lars_param_groups", "lr_at", "momentum_at", "scaled_lr",
     "make_teacher", "momentum_update",
 ]

@@ -11,9 +11,7 @@ from torch import Tensor, nn
 
 from d3ssl_zoo.boxes import boxes_to_rois, region_align
 
-__all__ = ["MLPHead", "RegionEncoder", "C4_STRIDE"]
-
-C4_STRIDE = 16  # ResNet C4: stem /4, layer2 /2, layer3 /2
+__all__ = ["MLPHead", "RegionEncoder"]
 
 
 class MLPHead(nn.Sequential):
@@ -31,7 +29,7 @@ class MLPHead(nn.Sequential):
 class RegionEncoder(nn.Module):
     """f_theta of Eq. 1: one embedding per box, ``(B*K, out_dim)`` for images ``(B,3,H,W)`` and boxes ``(B,K,4)``.
 
-    ``backbone`` is a zoo model (``forward_c4``, ``forward_region_head``, ``num_features``);
+    ``backbone`` is a zoo model (``forward_c4``, ``forward_region_head``, ``c4_stride``, ``num_features``);
     ``roi_size`` is 14 for the 224 views and 7 for the 112 view x2-s (SoCo's convention).
     """
 
@@ -43,5 +41,5 @@ class RegionEncoder(nn.Module):
     def forward(self, images: Tensor, boxes: Tensor, roi_size: int) -> Tensor:
         rois = boxes_to_rois(list(boxes), images.shape[0], device=images.device)
         c4 = self.backbone.forward_c4(images)
-        regions = region_align(c4, rois, roi_size, C4_STRIDE)
+        regions = region_align(c4, rois, roi_size, self.backbone.c4_stride)
         return self.projector(self.backbone.forward_region_head(regions))

@@ -1,0 +1,215 @@
+"""``d3ssl-zoo eval oknn|coupling|mcs``: the paper's diagnostics from the command line.
+
+Each command evaluates every ``--model`` (repeatable, to compare models in one run and one
+figure), writes ``results.json`` (and a PNG per metric) under ``--out`` and prints a table.
+``--sample`` runs on the embedded sample dataset's labelled split instead of given files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from d3ssl_zoo.evaluation.plots import oknn_table, plot_per_stage, stage_table
+
+__all__ = ["register"]
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` with its subcommands ``oknn``, ``coupling`` and ``mcs``."""
+    ev = subparsers.add_parser("eval", help="the paper's diagnostics: O-KNN, coupling rate, positional MCS")
+    sub = ev.add_subparsers(dest="eval_command", required=True)
+
+    p = sub.add_parser("oknn", help="object-level kNN and disturbed O-KNN (paper Sec. 5.3, Tab. 4)")
+    _common(p)
+    p.add_argument("--train-ann", help="COCO json of the bank split (e.g. instances_train2017.json)")
+    p.add_argument("--train-images", help="image folder of the bank split")
+    p.add_argument("--val-ann", help="COCO json of the query split (e.g. instances_val2017.json)")
+    p.add_argument("--val-images", help="image folder of the query split")
+    p.add_argument("--disturbed", action="store_true",
+                   help="also run disturbed O-KNN (backgrounds replaced by another random image)")
+    p.add_argument("--objects-per-image", type=int, default=1,
+                   help="bank objects per training image, balanced over classes; 0 = all (default 1)")
+    p.add_argument("--short-side", type=int, default=512, help="resize images to this shorter side (default 512)")
+    p.add_argument("--k", type=int, default=20, help="neighbours of the weighted vote (default 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="temperature of the vote (default 0.07)")
+    p.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes (default 0)")
+    p.set_defaults(func=_cmd_oknn)
+
+    p = sub.add_parser("coupling", help="coupling rate per stage (paper Sec. 3.1, Fig. 3b)")
+    _common(p)
+    _objects_source(p)
+    p.add_argument("--num-pairs", type=int, default=100, help="object pairs A, B (default 100)")
+    p.add_argument("--object-size", type=int, default=224, help="side of each object crop, multiple of 32 (default 224)")
+    p.add_argument("--gap", type=int, default=0, help="black pixels between A and B, multiple of 32 (default 0)")
+    p.set_defaults(func=_cmd_coupling)
+
+    p = sub.add_parser("mcs", help="positional mean cosine similarity per stage (paper Sec. 3.2, Fig. 4b)")
+    _common(p)
+    _objects_source(p)
+    p.add_argument("--num-crops", type=int, default=100, help="object crops tiled 3x3 (default 100)")
+    p.add_argument("--tile-size", type=int, default=224, help="side of each tile, multiple of 32 (default 224)")
+    p.set_defaults(func=_cmd_mcs)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True,
+                   help="zoo name/tag, timm name, torchvision:resnet50 or save_pretrained folder; repeatable")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="state-dict file (safetensors/pth) for the model given at the same position; "
+                        "give none or one per --model")
+    p.add_argument("--out", required=True, help="output folder (results.json, plots, feature cache)")
+    p.add_argument("--sample", action="store_true", help="use the embedded sample dataset's labelled split")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _objects_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ann", help="COCO json whose ground-truth boxes give the objects")
+    p.add_argument("--images", help="image folder of --ann")
+    p.add_argument("--min-object-size", type=float, default=32,
+                   help="use objects whose shorter box side is at least this many pixels (default 32)")
+
+
+def _models(args) -> List[Tuple[str, str, Optional[str]]]:
+    if args.checkpoint and len(args.checkpoint) != len(args.model):
+        raise ValueError(f"got {len(args.model)} --model and {len(args.checkpoint)} --checkpoint; "
+                         f"give no --checkpoint or one per --model, in the same order")
+    ckpts = args.checkpoint or [None] * len(args.model)
+    out, seen = [], set()
+    for spec, ckpt in zip(args.model, ckpts):
+        label = spec if ckpt is None else f"{spec}@{os.path.basename(ckpt)}"
+        n = 2
+        while label in seen:
+            label, n = f"{label}#{n}", n + 1
+        seen.add(label)
+        out.append((label, spec, ckpt))
+    return out
+
+
+def _split_files(args, names: Dict[str, str]) -> Dict[str, str]:
+    """Paths of the dataset options ``names`` (dest -> sample attribute), from --sample or the flags."""
+    given = {d: getattr(args, d) for d in names if getattr(args, d)}
+    if args.sample:
+        if given:
+            raise ValueError(f"--sample replaces {', '.join('--' + d.replace('_', '-') for d in given)}; give one or the other")
+        from d3ssl_zoo.data.sample import get_sample_dataset
+
+        ds = get_sample_dataset()
+        return {d: os.fspath(getattr(ds, a, None) or ds.images_dir) for d, a in names.items()}
+    missing = [d for d in names if d not in given]
+    if missing:
+        raise ValueError(f"missing {', '.join('--' + d.replace('_', '-') for d in missing)} (or use --sample)")
+    return given
+
+
+def _device(args) -> str:
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _write(out: str, payload: dict) -> str:
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def _run(args, fn) -> int:
+    try:
+        return fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"d3ssl-zoo eval {args.eval_command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _cmd_oknn(args) -> int:
+    return _run(args, _oknn)
+
+
+def _cmd_coupling(args) -> int:
+    return _run(args, lambda a: _per_stage(a, "coupling_rate"))
+
+
+def _cmd_mcs(args) -> int:
+    return _run(args, lambda a: _per_stage(a, "positional_mcs"))
+
+
+def _oknn(args) -> int:
+    from d3ssl_zoo.evaluation.features import load_model
+    from d3ssl_zoo.evaluation.oknn import run_oknn
+
+    files = _split_files(args, {"train_ann": "train_ann", "train_images": "train_images",
+                                "val_ann": "val_ann", "val_images": "val_images"})
+    models = _models(args)
+    results: Dict[str, dict] = {}
+    for label, spec, ckpt in models:
+        model = load_model(spec, ckpt, _device(args))
+        results[label] = {}
+        for disturbed in ([False, True] if args.disturbed else [False]):
+            t0 = time.perf_counter()
+            r = run_oknn(model, files["train_ann"], files["train_images"], files["val_ann"], files["val_images"],
+                         objects_per_image=args.objects_per_image, short_side=args.short_side, k=args.k,
+                         temperature=args.temperature, disturbed=disturbed, seed=args.seed,
+                         batch_size=args.batch_size, cache_dir=os.path.join(args.out, "feature_cache"),
+                         device=_device(args), progress=not args.no_progress, num_workers=args.num_workers)
+            r["wall_s"] = time.perf_counter() - t0
+            results[label][r["metric"]] = r
+    table = oknn_table(results)
+    payload = {"command": "oknn", "files": files, "models": results, "table": table}
+    path = _write(args.out, payload)
+    print(table)
+    _print_notes(results)
+    print(f"results: {path}")
+    return 0
+
+
+def _print_notes(results: Dict[str, dict]) -> None:
+    first = next(iter(next(iter(results.values())).values()))
+    r = first
+    print(f"bank {r['num_bank']} objects, {r['num_queries']} queries, {r['num_classes']} classes; "
+          f"skipped train {_nonzero(r['skips']['train'])}, val {_nonzero(r['skips']['val'])}")
+    if r["classes_with_fewer_than_k_bank_objects"]:
+        print(f"note: {len(r['classes_with_fewer_than_k_bank_objects'])} classes have fewer than k={r['k']} "
+              f"bank objects; {r['queries_of_classes_absent_from_bank']} queries belong to classes absent "
+              f"from the bank (counted as errors)")
+
+
+def _nonzero(counts: Dict[str, int]) -> Dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
+
+
+def _per_stage(args, metric: str) -> int:
+    from d3ssl_zoo.evaluation.coupling import run_coupling
+    from d3ssl_zoo.evaluation.features import load_model
+    from d3ssl_zoo.evaluation.mcs import run_mcs
+
+    files = _split_files(args, {"ann": "val_ann", "images": "val_images"})
+    results: Dict[str, dict] = {}
+    for label, spec, ckpt in _models(args):
+        model = load_model(spec, ckpt, _device(args))
+        t0 = time.perf_counter()
+        common = dict(min_object_size=args.min_object_size, seed=args.seed, batch_size=args.batch_size,
+                      device=_device(args), progress=not args.no_progress)
+        if metric == "coupling_rate":
+            r = run_coupling(model, files["ann"], files["images"], num_pairs=args.num_pairs,
+                             object_size=args.object_size, gap=args.gap, **common)
+        else:
+            r = run_mcs(model, files["ann"], files["images"], num_crops=args.num_crops,
+                        tile_size=args.tile_size, **common)
+        r["wall_s"] = time.perf_counter() - t0
+        results[label] = r
+    per_stage = {label: r["per_stage"] for label, r in results.items()}
+    png = plot_per_stage(per_stage, metric, os.path.join(args.out, f"{metric}.png"))
+    table = stage_table(per_stage, metric)
+    path = _write(args.out, {"command": metric, "files": files, "models": results, "table": table, "plot": png})
+    print(table)
+    print(f"results: {path}\nplot: {png}")
+    return 0

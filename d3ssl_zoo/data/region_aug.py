@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["box_pixels", "prc_cut_mask", "prc", "prm", "rbj", "box_jitter", "soco_cutout"]
+__all__ = ["box_pixels", "prc_cutouts", "prc_cut_mask", "prc", "prm", "rbj", "box_jitter", "soco_cutout"]
 
 
 def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
@@ -27,10 +27,11 @@ def _areas(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
-                 side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False) -> np.ndarray:
-    """Cut-out mask of proposal-based random cutout (PRC, Sec. 4.1); True = removed.
+def prc_cutouts(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
+                side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False) -> np.ndarray:
+    """Per-proposal cutouts of proposal-based random cutout (PRC, Sec. 4.1).
 
+    Returns ``(N, H, W)`` bool, row ``i`` = pixels removed by proposal ``i``'s cutout.
     Proposals are processed from large to small. Each cutout keeps its proposal's aspect ratio,
     side ratio ``s ~ U(side_range)`` (``area_reading``: ``s`` is the area fraction), placed
     uniformly inside the proposal. A cutout that would leave a smaller proposal covered by more
@@ -38,6 +39,7 @@ def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Gene
     over that smaller proposal (the paper's rule ii).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    parts = np.zeros((boxes.shape[0], height, width), dtype=bool)
     cut = np.zeros((height, width), dtype=bool)
     order = np.argsort(-_areas(boxes), kind="stable")
     pix = [box_pixels(b, height, width) for b in boxes]
@@ -51,7 +53,7 @@ def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Gene
         cx = x1 + rng.uniform(0.0, w - wc)
         cy = y1 + rng.uniform(0.0, h - hc)
         cx0, cy0, cx1, cy1 = box_pixels((cx, cy, cx + wc, cy + hc), height, width)
-        new = np.zeros_like(cut)
+        new = parts[i]
         new[cy0:cy1, cx0:cx1] = True
         for j in order[n + 1:]:
             jx0, jy0, jx1, jy1 = pix[j]
@@ -62,7 +64,14 @@ def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Gene
             if covered > max_cover * area_j:
                 new[jy0:jy1, jx0:jx1] = False
         cut |= new
-    return cut
+    return parts
+
+
+def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
+                 side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False) -> np.ndarray:
+    """Union of :func:`prc_cutouts`: ``(H, W)`` bool, True = removed by PRC."""
+    return prc_cutouts(boxes, height, width, rng, side_range=side_range, max_cover=max_cover,
+                       area_reading=area_reading).any(axis=0)
 
 
 def prc(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, fill=0,

@@ -1,0 +1,138 @@
+"""Property tests of the region augmentations (Sec. 4.1) and the composite (Eq. 6-8)."""
+import numpy as np
+import pytest
+import torch
+
+from d3ssl_zoo.data.composite import composite_depositioned, depositioning_masks, foreground_mask
+from d3ssl_zoo.data.region_aug import box_jitter, box_pixels, prc, prc_cut_mask, prc_cutouts, prm, rbj, soco_cutout
+
+
+def random_boxes(rng, n, size):
+    xy = rng.uniform(0, size * 0.6, (n, 2))
+    wh = rng.uniform(size * 0.1, size * 0.4, (n, 2))
+    return np.concatenate([xy, np.minimum(xy + wh, size)], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prc_never_covers_smaller_proposal_beyond_threshold(seed):
+    rng = np.random.default_rng(seed)
+    size = 96
+    boxes = random_boxes(rng, 6, size)
+    parts = prc_cutouts(boxes, size, size, np.random.default_rng(seed + 100), max_cover=0.5)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = np.argsort(-areas, kind="stable")
+    for n, j in enumerate(order):
+        x0, y0, x1, y1 = box_pixels(boxes[j], size, size)
+        by_larger = parts[order[:n]].any(0)[y0:y1, x0:x1]
+        assert by_larger.sum() <= 0.5 * (x1 - x0) * (y1 - y0)
+    assert (parts.any(0) == prc_cut_mask(boxes, size, size, np.random.default_rng(seed + 100))).all()
+    assert parts.any()
+
+
+def test_prc_cutout_inside_proposals_with_aspect_and_fill():
+    img = np.full((64, 64, 3), 200, np.uint8)
+    box = np.array([[8, 16, 40, 32]], np.float32)  # 32 x 16
+    out = prc(img, box, np.random.default_rng(0), fill=np.array([1, 2, 3], np.uint8))
+    cut = (out != img).any(-1)
+    ys, xs = np.nonzero(cut)
+    assert xs.min() >= 8 and xs.max() < 40 and ys.min() >= 16 and ys.max() < 32
+    w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert 0.2 * 32 - 1 <= w <= 0.5 * 32 + 1 and 0.2 * 16 - 1 <= h <= 0.5 * 16 + 1
+    assert abs(w / h - 2) < 0.7  # keeps the proposal's aspect ratio
+    assert (out[cut] == [1, 2, 3]).all()
+    assert (img == 200).all()  # input untouched
+
+
+def test_prm_copies_outside_strip_into_box_only():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    box = np.array([[20, 20, 44, 44]], np.float32)
+    for seed in range(10):
+        out = prm(img, box, np.random.default_rng(seed))
+        changed = (out != img).any(-1)
+        ys, xs = np.nonzero(changed)
+        if xs.size:
+            assert xs.min() >= 20 and xs.max() < 44 and ys.min() >= 20 and ys.max() < 44
+        # every pixel of the box comes from the image (a translated strip), area within range
+        assert changed.sum() <= 0.6 * 24 * 24 + 24
+
+
+def test_prm_noop_without_room():
+    img = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    out = prm(img, np.array([[0, 0, 32, 32]], np.float32), np.random.default_rng(0))
+    assert (out == img).all()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_rbj_never_enlarges_and_stays_inside(seed):
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 50, 224)
+    j = rbj(boxes, np.random.default_rng(seed), ratio=0.1, p=1.0)
+    assert (j[:, 0] >= boxes[:, 0] - 1e-4).all() and (j[:, 1] >= boxes[:, 1] - 1e-4).all()
+    assert (j[:, 2] <= boxes[:, 2] + 1e-4).all() and (j[:, 3] <= boxes[:, 3] + 1e-4).all()
+    assert ((j[:, 2] > j[:, 0]) & (j[:, 3] > j[:, 1])).all()
+    assert not np.allclose(j, boxes)
+
+
+def test_box_jitter_may_grow_but_stays_in_image():
+    rng = np.random.default_rng(0)
+    boxes = random_boxes(rng, 200, 100)
+    j = box_jitter(boxes, np.random.default_rng(1), 100, 100, ratio=0.1, p=1.0)
+    assert (j >= 0).all() and (j <= 100).all()
+    grew = (j[:, 0] < boxes[:, 0] - 1e-3) | (j[:, 2] > boxes[:, 2] + 1e-3)
+    assert grew.any()
+
+
+def test_jitter_p_zero_is_identity():
+    boxes = random_boxes(np.random.default_rng(0), 5, 100)
+    assert np.allclose(rbj(boxes, np.random.default_rng(0), p=0.0), boxes)
+
+
+def test_soco_cutout_square_inside_box():
+    img = np.full((80, 80, 3), 50, np.uint8)
+    box = np.array([[10, 10, 70, 70]], np.float32)
+    out = soco_cutout(img, box, np.random.default_rng(3), fill=0, p=1.0)
+    ys, xs = np.nonzero((out != img).any(-1))
+    assert xs.min() >= 10 and xs.max() < 70 and ys.min() >= 10 and ys.max() < 70
+    assert xs.size <= 0.3 * 60 * 60 + 60
+
+
+def test_same_seed_same_output_different_seed_differs():
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    boxes = random_boxes(np.random.default_rng(1), 4, 64)
+    a = prm(prc(img, boxes, np.random.default_rng(5)), boxes, np.random.default_rng(6))
+    b = prm(prc(img, boxes, np.random.default_rng(5)), boxes, np.random.default_rng(6))
+    c = prm(prc(img, boxes, np.random.default_rng(7)), boxes, np.random.default_rng(8))
+    assert (a == b).all() and (a != c).any()
+
+
+def test_depositioning_shift_keeps_boxes_inside_and_mask_is_shifted_subset():
+    boxes = np.array([[10, 20, 50, 60], [30, 5, 70, 40]], np.float32)
+    for seed in range(20):
+        m, m_hat, t = depositioning_masks(boxes, 96, 96, np.random.default_rng(seed))
+        moved = boxes + np.tile(t, 2)
+        assert (moved >= 0).all() and (moved <= 96).all()
+        shifted = foreground_mask(moved, 96, 96)
+        assert not (m_hat & ~shifted).any()  # m̂ ⊆ shift(m): PRC only removes (Eq. 7)
+        assert m_hat.sum() < shifted.sum()
+        assert m.sum() == shifted.sum()
+
+
+def test_composite_pastes_shifted_foreground_on_background():
+    x2 = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    x_b = -torch.ones_like(x2)
+    m = torch.zeros(2, 16, 16, dtype=torch.bool)
+    m[:, 2:6, 3:7] = True
+    t = torch.tensor([[4, 5], [-3, 0]])
+    m_hat = torch.zeros_like(m)
+    m_hat[0, 7:11, 7:11] = True
+    m_hat[1, 2:6, 0:4] = True
+    m_hat[1, 2, 0] = False  # a PRC cut shows the background
+    x3 = composite_depositioned(x2, m, x_b, m_hat, t)
+    assert torch.equal(x3[0, :, 7:11, 7:11], x2[0, :, 2:6, 3:7])
+    assert torch.equal(x3[1, :, 3:6, 0:4], x2[1, :, 3:6, 3:7])
+    assert (x3[1, :, 2, 0] == -1).all()
+    outside = ~m_hat
+    assert (x3.permute(1, 0, 2, 3)[:, outside] == -1).all()
+    with pytest.raises(ValueError, match="shapes"):
+        composite_depositioned(x2, m[:1], x_b, m_hat, t)

@@ -1,0 +1,138 @@
+"""Views (Sec. 4), the per-sample pipeline and the collator's batch keys (engine contract)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig
+from d3ssl_zoo.data.views import (boxes_to_view, make_views, random_resized_crop_params, select_proposals)
+
+IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
+PROPS = np.array([[4, 4, 60, 50], [50, 30, 120, 90], [10, 40, 70, 95], [0, 0, 128, 96], [70, 5, 100, 35]], np.float32)
+SMALL = dict(image_size=64, small_size=32)
+
+
+def cfg(**kw):
+    return PretrainDataConfig(**{**SMALL, **kw})
+
+
+def test_rrc_params_inside_image_and_scale():
+    for seed in range(50):
+        x, y, w, h = random_resized_crop_params(96, 128, (0.4, 1.0), (3 / 4, 4 / 3), np.random.default_rng(seed))
+        assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 96
+        assert w * h >= 0.4 * 96 * 128 * 0.95
+
+
+def test_boxes_to_view_maps_and_flips():
+    b = np.array([[10, 20, 30, 60]], np.float32)
+    crop = (10, 20, 40, 80)
+    assert np.allclose(boxes_to_view(b, crop, 80, False), [[0, 0, 40, 40]])
+    assert np.allclose(boxes_to_view(b, crop, 80, True), [[40, 0, 80, 40]])
+
+
+def test_select_proposals_overlap_pad_and_fallback():
+    crop = (0, 0, 64, 48)
+    out = select_proposals(PROPS, crop, 4, 0.5, np.random.default_rng(0))
+    assert out.shape == (4, 4)
+    assert (out[:, 2] <= 64).all() and (out[:, 3] <= 48).all()
+    # only the first proposal overlaps enough -> it is repeated
+    few = select_proposals(PROPS[:2], crop, 4, 0.5, np.random.default_rng(0))
+    assert np.allclose(few, np.tile([[4, 4, 60, 48]], (4, 1)))
+    none = select_proposals(np.array([[100, 60, 128, 96]], np.float32), crop, 3, 0.5, np.random.default_rng(0))
+    assert np.allclose(none, np.tile([[0, 0, 64, 48]], (3, 1)))
+    empty = select_proposals(np.zeros((0, 4), np.float32), crop, 2, 0.5, np.random.default_rng(0))
+    assert np.allclose(empty, np.tile([[0, 0, 64, 48]], (2, 1)))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_d3ssl_sample_boxes_inside_views(seed):
+    s = make_views(IMG, PROPS, cfg(), np.random.default_rng(seed))
+    assert s["x1"].shape == (64, 64, 3) and s["x2"].shape == (64, 64, 3) and s["x2s"].shape == (32, 32, 3)
+    for k, size in (("boxes1", 64), ("boxes2", 64), ("boxes2s", 32), ("boxes3", 64)):
+        b = s[k]
+        assert b.shape == (4, 4) and b.dtype == np.float32
+        assert (b >= -1e-4).all() and (b <= size + 1e-4).all(), k
+        assert ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all(), k
+    assert np.allclose(s["boxes2s"], s["boxes2"] / 2)
+    assert np.allclose(s["boxes3"], s["boxes2"] + np.tile(s["t"], 2))
+
+
+def test_same_seed_same_sample_different_seed_differs():
+    a = make_views(IMG, PROPS, cfg(), np.random.default_rng([1, 0, 3]))
+    b = make_views(IMG, PROPS, cfg(), np.random.default_rng([1, 0, 3]))
+    c = make_views(IMG, PROPS, cfg(), np.random.default_rng([2, 0, 3]))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert any(not np.array_equal(a[k], c[k]) for k in ("x1", "x2", "boxes1", "boxes2"))
+
+
+def test_no_region_aug_keeps_rois_and_views():
+    off = cfg(prc=False, prm=False, rbj=False, depositioning=False, color_jitter_p=0.0, grayscale_p=0.0,
+              blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0), flip_p=0.0)
+    s = make_views(IMG, PROPS, off, np.random.default_rng(0))
+    whole = make_views(IMG, PROPS, off, np.random.default_rng(0))
+    assert np.array_equal(s["x1"], whole["x1"])
+    assert "x3" not in s and "m_hat" not in s
+    # x1 is the whole image resized: boxes1 are the chosen proposals scaled by 64/128, 64/96
+    assert (s["boxes1"][:, 2] <= 64).all()
+
+
+def batch_of(c, n=3):
+    return [dict(make_views(IMG, PROPS, c, np.random.default_rng(i)), image_id=10 + i) for i in range(n)]
+
+
+def test_collator_d3ssl_keys_shapes_and_composite():
+    c = cfg()
+    samples = batch_of(c)
+    batch = PretrainCollator(c)(samples)
+    assert set(batch) == {"x1", "x2", "x2s", "x3", "boxes1", "boxes2", "boxes2s", "boxes3", "image_id"}
+    assert batch["x1"].shape == (3, 3, 64, 64) and batch["x2s"].shape == (3, 3, 32, 32)
+    assert batch["x3"].shape == (3, 3, 64, 64) and batch["boxes3"].shape == (3, 4, 4)
+    assert batch["x1"].dtype == torch.float32 and batch["boxes1"].dtype == torch.float32
+    assert batch["image_id"].tolist() == [10, 11, 12]
+    # x3 shows the next image's x2 outside m̂ and the shifted x2 inside it (Eq. 8)
+    m_hat = torch.from_numpy(samples[0]["m_hat"])
+    assert torch.allclose(batch["x3"][0][:, ~m_hat], batch["x2"][1][:, ~m_hat])
+    tx, ty = samples[0]["t"]
+    ys, xs = torch.nonzero(m_hat, as_tuple=True)
+    assert torch.allclose(batch["x3"][0][:, ys, xs], batch["x2"][0][:, ys - ty, xs - tx])
+    # normalised: the mean colour maps to ~0
+    mean = torch.tensor(c.mean).view(3, 1, 1)
+    assert batch["x2"].abs().max() < 3.0 / min(c.std) and mean.shape == (3, 1, 1)
+
+
+def test_collator_variants_and_batch_of_one():
+    c = cfg(depositioning=False)
+    batch = PretrainCollator(c)(batch_of(c, 2))
+    assert set(batch) == {"x1", "x2", "x2s", "boxes1", "boxes2", "boxes2s", "image_id"}
+    s = cfg(views="soco", crop_scale=(0.6, 1.0), prc=False, prm=False, rbj=False, soco_cutout=True,
+            box_jitter=True, depositioning=False)
+    batch = PretrainCollator(s)(batch_of(s, 2))
+    assert set(batch) == {"x1", "x2", "boxes1", "boxes2", "image_id"}
+    one = PretrainCollator(cfg())(batch_of(cfg(), 1))
+    assert one["x3"].shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("row", [
+    dict(prc=False, prm=False, rbj=False), dict(prc=False, prm=False, rbj=False, soco_cutout=True),
+    dict(prc=True, prm=False, rbj=False, box_jitter=True), dict(prc=True, prm=False, rbj=False),
+    dict(prc=True, prm=False, rbj=True), dict(prc=True, prm=True, rbj=True)])
+def test_every_tab5_row_is_a_config(row):
+    c = cfg(depositioning=False, **row)
+    batch = PretrainCollator(c)(batch_of(c, 2))
+    assert batch["x1"].shape == (2, 3, 64, 64)
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="views"):
+        PretrainDataConfig(views="bogus")
+    with pytest.raises(ValueError, match="alternatives"):
+        PretrainDataConfig(prc=True, soco_cutout=True)
+    with pytest.raises(ValueError, match="depositioning"):
+        PretrainDataConfig(views="soco")
+    with pytest.raises(ValueError, match="unknown PretrainDataConfig keys"):
+        PretrainDataConfig.from_dict({"prcc": True})
+    c = PretrainDataConfig.from_dict({"crop_scale": [0.6, 1.0], "views": "soco", "depositioning": False})
+    assert c.crop_scale == (0.6, 1.0)
+    assert PretrainDataConfig.from_dict(dataclasses.asdict(c)) == c

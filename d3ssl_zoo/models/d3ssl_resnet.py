@@ -123,7 +123,7 @@ def _create(variant: str, pretrained: bool, **kwargs) -> D3SSLResNet:
     if pretrained:
         # We fetch and check the weights ourselves (offline-aware, sha256, one clear error) and
         # hand timm the state dict; timm then adapts the classifier as for any of its models.
-        resolved = pretrained_state_dict(cfg_dict)
+        resolved = pretrained_state_dict(cfg_dict, cache_dir=kwargs.get("cache_dir"))
         cfg_dict.update(state_dict=resolved.state_dict, source="")
     model = build_model_with_cfg(
         D3SSLResNet, variant, pretrained, pretrained_cfg=cfg_dict,

@@ -1,0 +1,221 @@
+"""Weights in and out, against a Hugging Face cache built by the test (HF_HUB_OFFLINE=1)."""
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models._pretrained import PretrainedCfg
+
+import d3ssl_zoo
+from d3ssl_zoo import hub
+from d3ssl_zoo.hub import PretrainedWeightsError, sha256_file
+from d3ssl_zoo.tags import get_tag
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def put_in_hf_cache(folder: Path, repo_id: str) -> Path:
+    """Lay out ``folder`` as the Hub cache does: refs/main -> snapshots/<commit>/<files>."""
+    root = Path(os.environ["HF_HOME"]) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    snap = root / "snapshots" / COMMIT
+    shutil.copytree(folder, snap)
+    return snap
+
+
+@pytest.fixture(scope="module")
+def r18():
+    torch.manual_seed(0)
+    return d3ssl_zoo.create_model("d3ssl_r18c4").eval()
+
+
+def _x():
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_pretrained_writes_timm_folder(r18, tmp_path):
+    out = d3ssl_zoo.save_pretrained(r18, tmp_path / "demo")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "d3ssl_r18c4" and config["num_classes"] == 0
+    assert config["num_features"] == 512
+    cfg = config["pretrained_cfg"]
+    assert cfg["num_classes"] == 0 and "label_names" not in cfg and "hf_hub_id" not in cfg
+    PretrainedCfg(**cfg)  # every key is a timm field, so hf-hub: loading accepts it
+    card = (out / "README.md").read_text()
+    assert "library_name: timm" in card and "arXiv:2303.16947" in card and "license: apache-2.0" in card
+
+
+def test_model_card_has_paper_numbers_and_recipe(tmp_path):
+    m = d3ssl_zoo.create_model("d3ssl_r18c4")
+    out = d3ssl_zoo.save_pretrained(m, tmp_path / "x", model_name="d3ssl_r50c4", tag="oimini_800ep",
+                                    card_extra={"git_commit": "abc123"})
+    card = (out / "README.md").read_text()
+    assert "73.1" in card and "55.8" in card
+    assert "train/recipes/d3ssl_r50c4.oimini_800ep.yaml" in card and "abc123" in card
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "oimini_800ep"
+
+
+def test_local_file_overlay_round_trip(r18, tmp_path):
+    out = d3ssl_zoo.save_pretrained(r18, tmp_path / "m")
+    loaded = d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"))).eval()
+    assert _same(loaded, r18)
+    assert loaded.pretrained_cfg["file"] == str(out / "model.safetensors")
+    with torch.no_grad():
+        assert torch.equal(loaded(_x()), r18(_x()))
+    # also through timm and from a .pth (read with weights_only=True)
+    torch.save({"state_dict": r18.state_dict()}, tmp_path / "m.pth")
+    via_timm = timm.create_model("d3ssl_r18c4", pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "m.pth")))
+    assert _same(via_timm, r18)
+
+
+def test_hub_round_trip_offline(tmp_path):
+    torch.manual_seed(5)
+    model = d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep").eval()
+    folder = d3ssl_zoo.save_pretrained(model, tmp_path / "export")
+    put_in_hf_cache(folder, "d3ssl-zoo/d3ssl_r50c4.coco_200ep")
+    loaded = d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep", pretrained=True).eval()
+    assert loaded.pretrained_cfg["source"] == "hf-hub" and COMMIT in loaded.pretrained_cfg["file"]
+    assert _same(loaded, model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # a fresh head on top of the headless weights
+    with_head = timm.create_model("d3ssl_r50c4.coco_200ep", pretrained=True, num_classes=5)
+    assert with_head.fc.out_features == 5
+    assert torch.equal(with_head.state_dict()["layer4.2.conv3.weight"], model.state_dict()["layer4.2.conv3.weight"])
+
+
+def test_hf_hub_prefix_loads_exported_repo(r18, tmp_path):
+    folder = d3ssl_zoo.save_pretrained(r18, tmp_path / "export")
+    put_in_hf_cache(folder, "someone/my-demo-backbone")
+    loaded = timm.create_model("hf-hub:someone/my-demo-backbone", pretrained=True).eval()
+    assert isinstance(loaded, d3ssl_zoo.D3SSLResNet) and loaded.num_classes == 0
+    assert _same(loaded, r18)
+
+
+def test_sha256_verified_for_hub_weights(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep_dconly_prc")
+    folder = d3ssl_zoo.save_pretrained(model, tmp_path / "e")
+    put_in_hf_cache(folder, "d3ssl-zoo/d3ssl_r50c4.coco_200ep_dconly_prc")
+    actual = sha256_file(folder / "model.safetensors")
+    entry = get_tag("d3ssl_r50c4.coco_200ep_dconly_prc")
+
+    monkeypatch.setattr(hub, "tag_for_hub_id", lambda hub_id: replace(entry, sha256="ab" * 32))
+    with pytest.raises(PretrainedWeightsError, match=f"expected {'ab' * 32}, actual {actual}"):
+        d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep_dconly_prc", pretrained=True)
+
+    monkeypatch.setattr(hub, "tag_for_hub_id", lambda hub_id: replace(entry, sha256=actual))
+    assert _same(d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep_dconly_prc", pretrained=True), model)
+
+
+@pytest.mark.parametrize("create", [d3ssl_zoo.create_model, timm.create_model])
+def test_unpublished_tag_gives_one_clear_error(create):
+    with pytest.raises(PretrainedWeightsError) as e:
+        create("soco_r50c4.oimini_200ep_d3aug", pretrained=True)
+    msg = str(e.value)
+    assert "'soco_r50c4.oimini_200ep_d3aug'" in msg
+    assert "d3ssl-zoo/soco_r50c4.oimini_200ep_d3aug" in msg
+    assert "train/recipes/soco_r50c4.oimini_200ep_d3aug.yaml" in msg
+    assert "pretrained_cfg_overlay=dict(file=" in msg
+    assert "HF_HUB_OFFLINE" in msg
+
+
+def test_unreachable_hub_fails_fast_from_cache_only(monkeypatch):
+    from huggingface_hub import constants
+
+    calls = []
+    real = __import__("huggingface_hub").hf_hub_download
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", spy)
+    with pytest.raises(PretrainedWeightsError, match="unreachable"):
+        d3ssl_zoo.create_model("d3ssl_r50c4.oimini_800ep", pretrained=True)
+    assert calls == [True]
+
+
+def test_no_weights_for_demo_architecture():
+    with pytest.raises(PretrainedWeightsError, match="(?s)no published weights.*train/pretrain.py"):
+        d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True)
+
+
+def test_corrupted_and_truncated_files(r18, tmp_path):
+    out = d3ssl_zoo.save_pretrained(r18, tmp_path / "m")
+    data = (out / "model.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    for name in ("trunc.safetensors", "junk.safetensors"):
+        with pytest.raises(PretrainedWeightsError, match=f"{name}: not a valid safetensors file"):
+            d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(tmp_path / name)))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedWeightsError, match="weights_only=True"):
+        hub.load_state_dict_file(tmp_path / "junk.pth")
+    with pytest.raises(PretrainedWeightsError, match="not found"):
+        hub.load_state_dict_file(tmp_path / "missing.safetensors")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pth_is_never_unpickled(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(PretrainedWeightsError, match="weights_only=True"):
+        hub.load_state_dict_file(tmp_path / "evil.pth")
+
+
+def test_mismatched_checkpoint_lists_keys(tmp_path):
+    sd = d3ssl_zoo.create_model("d3ssl_r18c4").state_dict()
+    sd = {("module.encoder." + k): v for k, v in sd.items()}
+    from safetensors.torch import save_file
+    save_file(sd, str(tmp_path / "soco_like.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match=r"missing keys \[.*unexpected keys \[module\.encoder\..*d3ssl-zoo convert"):
+        d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / "soco_like.safetensors")))
+
+
+def test_push_to_hub_refuses_offline_and_incomplete(r18, tmp_path):
+    out = d3ssl_zoo.save_pretrained(r18, tmp_path / "m")
+    with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE"):
+        d3ssl_zoo.push_to_hub(out, "someone/repo")
+    (out / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        d3ssl_zoo.push_to_hub(out, "someone/repo")
+
+
+def test_load_backbone_accepts_every_kind_of_spec(r18, tmp_path):
+    out = d3ssl_zoo.save_pretrained(r18, tmp_path / "m")
+    assert _same(d3ssl_zoo.load_backbone(str(out)), r18)
+    tv = d3ssl_zoo.load_backbone("torchvision:resnet18")
+    assert isinstance(tv, d3ssl_zoo.D3SSLResNet) and tv.num_classes == 1000 and not tv.training
+    ck = d3ssl_zoo.load_backbone("d3ssl_r18c4", checkpoint=str(out / "model.safetensors"))
+    assert _same(ck, r18)
+    timm_r18 = d3ssl_zoo.load_backbone("resnet18", checkpoint=str(out / "model.safetensors"))
+    assert torch.equal(timm_r18.state_dict()["layer1.0.conv1.weight"], r18.state_dict()["layer1.0.conv1.weight"])
+    assert d3ssl_zoo.load_backbone("d3ssl_r18c4").num_classes == 0
+    with pytest.raises(ValueError, match="Unknown model 'resnet5O'.*Did you mean"):
+        d3ssl_zoo.load_backbone("resnet5O")
+    with pytest.raises(ValueError, match="torchvision:resnet50"):
+        d3ssl_zoo.load_backbone("torchvision:vgg16")

@@ -1,0 +1,223 @@
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torchvision
+from torchvision.ops import roi_align
+
+import d3ssl_zoo
+from d3ssl_zoo import D3SSLResNet
+
+
+@pytest.fixture(scope="module")
+def r18():
+    torch.manual_seed(0)
+    return d3ssl_zoo.create_model("d3ssl_r18c4").eval()
+
+
+@pytest.fixture(scope="module")
+def r50():
+    torch.manual_seed(0)
+    return d3ssl_zoo.create_model("d3ssl_r50c4").eval()
+
+
+def _image(b=2, size=96, seed=0):
+    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# --- timm conformance -------------------------------------------------------------------------
+
+def test_timm_sees_the_zoo():
+    assert timm.is_model("d3ssl_r50c4") and timm.is_model("soco_r50c4") and timm.is_model("d3ssl_r18c4")
+    assert set(timm.list_pretrained("d3ssl*")) >= {"d3ssl_r50c4.coco_800ep", "d3ssl_r50c4.oimini_800ep"}
+    m = timm.create_model("d3ssl_r50c4")
+    assert isinstance(m, D3SSLResNet)
+    assert m.pretrained_cfg["tag"] == "coco_800ep"  # the default tag
+    assert m.num_classes == 0 and isinstance(m.fc, torch.nn.Identity)
+    assert m.num_features == 2048 and m.c4_channels == 1024
+
+
+def test_headless_and_fresh_head(r18):
+    x = _image()
+    assert r18(x).shape == (2, 512)
+    m = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=7)
+    assert m(x).shape == (2, 7)
+    m.reset_classifier(3)
+    assert m(x).shape == (2, 3)
+    m.reset_classifier(0)
+    assert m(x).shape == (2, 512)
+
+
+def test_state_dict_keys_are_torchvision_resnet50(r50):
+    tv = torchvision.models.resnet50()
+    ours = set(r50.state_dict())
+    theirs = set(tv.state_dict())
+    assert ours == theirs - {"fc.weight", "fc.bias"}
+    assert set(timm.create_model("resnet50").state_dict()) == theirs
+
+
+@pytest.mark.parametrize("name,tv_name", [("d3ssl_r50c4", "resnet50"), ("d3ssl_r18c4", "resnet18")])
+def test_torchvision_parity(name, tv_name):
+    torch.manual_seed(1)
+    tv = getattr(torchvision.models, tv_name)().eval()
+    ours = d3ssl_zoo.create_model(name, num_classes=1000).eval()
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    x = _image(2, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), tv(x))
+
+
+def test_forward_backward_and_grad_checkpointing():
+    torch.manual_seed(0)
+    m = d3ssl_zoo.create_model("d3ssl_r18c4").eval()  # eval: BN uses running stats, so passes are comparable
+    x = _image(2, 64)
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0]]), torch.tensor([[8.0, 8.0, 60.0, 50.0]])]
+
+    def run(checkpointing):
+        m.zero_grad()
+        m.set_grad_checkpointing(checkpointing)
+        out = m.forward_regions(x, boxes)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    out, grads = run(False)
+    out_ck, grads_ck = run(True)
+    assert grads["conv1.weight"].abs().sum() > 0 and grads["layer4.0.downsample.0.weight"].abs().sum() > 0
+    assert torch.allclose(out, out_ck, atol=1e-6)
+    for n in grads:
+        assert torch.allclose(grads[n], grads_ck[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_features_only_and_intermediates(r18):
+    f = d3ssl_zoo.create_model("d3ssl_r18c4", features_only=True, out_indices=(3, 4)).eval()
+    x = _image(1, 64)
+    outs = f(x)
+    assert [o.shape for o in outs] == [(1, 256, 4, 4), (1, 512, 2, 2)]
+    assert f.feature_info.channels() == [256, 512]
+    final, inter = r18.forward_intermediates(x)
+    assert [t.shape[1] for t in inter] == [64, 64, 128, 256, 512]
+    assert torch.allclose(r18.forward_c4(x), inter[3], atol=1e-6)
+
+
+# --- region API --------------------------------------------------------------------------------
+
+def test_forward_c4_shape(r50):
+    assert r50.forward_c4(_image(1, 64)).shape == (1, 1024, 4, 4)
+
+
+def test_forward_regions_matches_direct_roi_align(r18):
+    x = _image(2, 96)
+    boxes = [torch.tensor([[0.0, 0.0, 50.0, 60.0], [10.5, 20.0, 90.0, 95.0]]),
+             torch.tensor([[30.0, 5.0, 70.0, 40.0]])]
+    with torch.no_grad():
+        got = r18.forward_regions(x, boxes)
+        c4 = r18.forward_c4(x)
+        rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+        feats = roi_align(c4, rois, output_size=14, spatial_scale=1 / 16, sampling_ratio=0, aligned=True)
+        want = r18.layer4(feats).mean(dim=(2, 3))
+        as_rois = r18.forward_regions(x, rois)
+    assert got.shape == (3, 512)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(as_rois, got, atol=1e-6)
+
+
+def test_forward_regions_c5_matches_direct_roi_align(r18):
+    x = _image(2, 96)
+    boxes = [torch.tensor([[0.0, 0.0, 96.0, 96.0]]), torch.tensor([[30.0, 5.0, 70.0, 40.0], [0, 0, 20, 20.0]])]
+    with torch.no_grad():
+        got = r18.forward_regions_c5(x, boxes)
+        c5 = r18.forward_features(x)
+        rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+        want = roi_align(c5, rois, output_size=7, spatial_scale=1 / 32, sampling_ratio=0, aligned=True).mean((2, 3))
+    assert got.shape == (3, 512)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_region_embeddings_do_not_depend_on_batch_neighbours(r18):
+    x = _image(2, 96)
+    b0 = torch.tensor([[4.0, 4.0, 60.0, 70.0]])
+    with torch.no_grad():
+        both = r18.forward_regions(x, [b0, torch.tensor([[0.0, 0.0, 30.0, 30.0]])])
+        alone = r18.forward_regions(x[:1], [b0])
+    assert torch.allclose(both[:1], alone, atol=1e-5)
+
+
+def test_empty_boxes(r18):
+    x = _image(2, 64)
+    empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    assert r18.forward_regions(x, empty).shape == (0, 512)
+    assert r18.forward_regions_c5(x, torch.zeros(0, 5)).shape == (0, 512)
+    one = r18.forward_regions(x, [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 32.0, 32.0]])])
+    assert one.shape == (1, 512)
+
+
+@pytest.mark.parametrize("boxes,match", [
+    ([torch.zeros(1, 3), torch.zeros(0, 4)], r"boxes\[0\] must have shape \(N, 4\)"),
+    ([torch.zeros(1, 4, dtype=torch.long), torch.zeros(0, 4)], "floating point"),
+    ([torch.tensor([[0.0, float("nan"), 4.0, 4.0]]), torch.zeros(0, 4)], "NaN"),
+    ([torch.tensor([[10.0, 0.0, 4.0, 4.0]]), torch.zeros(0, 4)], "negative size"),
+    ([torch.zeros(1, 4)], "got 1 box lists for a batch of 2"),
+    (torch.tensor([[2.0, 0.0, 0.0, 4.0, 4.0]]), r"batch indices in \[0, 1\]"),
+    (torch.zeros(3, 4), r"shape \(N, 5\)"),
+    ("not boxes", "list of"),
+])
+def test_bad_boxes_raise_clear_errors(r18, boxes, match):
+    with pytest.raises(ValueError, match=match):
+        r18.forward_regions(_image(2, 32), boxes)
+    with pytest.raises(ValueError, match=match):
+        r18.forward_regions_c5(_image(2, 32), boxes)
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+EXPECTED_TAGS = {
+    "d3ssl_r50c4.coco_800ep", "d3ssl_r50c4.oimini_800ep", "soco_r50c4.coco_800ep", "soco_r50c4.oimini_800ep",
+    "d3ssl_r50c4.coco_200ep", "d3ssl_r50c4.coco_200ep_dconly", "d3ssl_r50c4.coco_200ep_dconly_noaug",
+    "d3ssl_r50c4.coco_200ep_dconly_cutout", "d3ssl_r50c4.coco_200ep_dconly_jitter_prc",
+    "d3ssl_r50c4.coco_200ep_dconly_prc", "d3ssl_r50c4.coco_200ep_dconly_prc_rbj", "soco_r50c4.oimini_200ep",
+    "soco_r50c4.oimini_200ep_d3aug",
+}
+
+
+def test_registry_lists_every_paper_checkpoint():
+    assert set(d3ssl_zoo.list_pretrained()) == EXPECTED_TAGS
+    assert d3ssl_zoo.list_pretrained("soco*")[0] == "soco_r50c4.coco_800ep"
+    assert d3ssl_zoo.list_models() == ["d3ssl_r18c4", "d3ssl_r50c4", "soco_r50c4"]
+    assert set(timm.list_pretrained("d3ssl*")) | set(timm.list_pretrained("soco*")) == EXPECTED_TAGS
+
+
+def test_pretrained_cfg_carries_metadata():
+    cfg = d3ssl_zoo.get_pretrained_cfg("d3ssl_r50c4.oimini_800ep")
+    assert cfg["hf_hub_id"] == "d3ssl-zoo/d3ssl_r50c4.oimini_800ep"
+    assert cfg["num_classes"] == 0 and cfg["license"] == "apache-2.0"
+    assert cfg["paper_ids"] == "arXiv:2303.16947"
+    assert cfg["recipe"] == "train/recipes/d3ssl_r50c4.oimini_800ep.yaml"
+    assert cfg["reported"]["oknn_top1_top5"] == [73.1, 90.1]
+    assert cfg["reported"]["disturbed_oknn_top1_top5"] == [55.8, 73.4]
+    assert cfg["sha256"] == "" and cfg["published"] is False
+    cr = d3ssl_zoo.get_pretrained_cfg("d3ssl_r50c4.coco_200ep_dconly")
+    assert cr["reported"]["coupling_rate"] == 1.33 and cr["reported"]["cr_mcs_stage"] == "layer4 (assumed)"
+    for name in EXPECTED_TAGS:
+        timm_cfg = timm.get_pretrained_cfg(name)
+        assert timm_cfg.num_classes == 0 and timm_cfg.label_names is None
+        assert timm_cfg.hf_hub_id == f"d3ssl-zoo/{name}"
+
+
+def test_hub_org_env_override():
+    code = ("import timm, d3ssl_zoo; print(timm.get_pretrained_cfg('soco_r50c4.coco_800ep').hf_hub_id,"
+            " d3ssl_zoo.get_pretrained_cfg('soco_r50c4.coco_800ep')['hf_hub_id'])")
+    env = {**__import__("os").environ, "D3SSL_ZOO_HUB_ORG": "my-lab"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["my-lab/soco_r50c4.coco_800ep"] * 2
+
+
+@pytest.mark.parametrize("name,match", [
+    ("d3ssl_r50", r"Unknown d3ssl_zoo model 'd3ssl_r50'.*Did you mean 'd3ssl_r50c4'"),
+    ("d3ssl_r50c4.coco800", r"Unknown tag 'coco800'.*Did you mean 'd3ssl_r50c4.coco_800ep'"),
+    ("d3ssl_r18c4.coco_800ep", r"Unknown tag.*none: this model has no pretrained tags"),
+])
+def test_unknown_names_suggest_close_ones(name, match):
+    with pytest.raises(ValueError, match=match):
+        d3ssl_zoo.create_model(name)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from d3ssl_zoo.evaluation.coco import crop_object, load_coco_objects, objects_of_min_size, to_tensor
-from d3ssl_zoo.evaluation.features import STAGES, model_mean_std, stage_region_features
+from d3ssl_zoo.evaluation.features import STAGES, model_device, model_mean_std, stage_region_features
 
 __all__ = ["compose_pair", "pair_coupling_rates", "coupling_rate", "sample_pairs", "run_coupling"]
 
@@ -46,7 +46,7 @@ def pair_coupling_rates(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b
     """Coupling rate of every pair ``(crops_a[i], crops_b[i])`` per stage -> ``{stage: (P,)}``."""
     if len(crops_a) != len(crops_b) or not len(crops_a):
         raise ValueError(f"need as many A crops as B crops, at least one; got {len(crops_a)} and {len(crops_b)}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     mean, std = model_mean_std(model)
     rates: Dict[str, list] = {s: [] for s in stages}
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from d3ssl_zoo.boxes import region_align
 from d3ssl_zoo.evaluation.coco import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["STAGES", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
-           "model_mean_std", "model_fingerprint", "stage_region_features"]
+           "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -89,6 +89,17 @@ def model_mean_std(model: nn.Module):
     """Input normalisation of ``model`` (timm's ``pretrained_cfg``), ImageNet's by default."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def model_device(model: nn.Module, device=None) -> torch.device:
+    """``device`` if given, else where the model's first parameter/buffer lives (cpu if none)."""
+    if device is not None:
+        return torch.device(device)
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from d3ssl_zoo.evaluation.coco import crop_object, load_coco_objects, objects_of_min_size, to_tensor
-from d3ssl_zoo.evaluation.features import STAGES, model_mean_std, stage_region_features
+from d3ssl_zoo.evaluation.features import STAGES, model_device, model_mean_std, stage_region_features
 
 __all__ = ["tile_3x3", "crop_mcs", "positional_mcs", "run_mcs"]
 
@@ -38,7 +38,7 @@ def crop_mcs(model: nn.Module, crops: Sequence[np.ndarray], *, stages: Sequence[
     """MCS of every crop per stage -> ``{stage: (num_crops,)}``."""
     if not len(crops):
         raise ValueError("positional MCS needs at least one crop")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     mean, std = model_mean_std(model)
     out: Dict[str, list] = {s: [] for s in stages}
     others = [i for i in range(9) if i != CENTRE]

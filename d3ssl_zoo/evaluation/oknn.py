@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from d3ssl_zoo.boxes import boxes_to_rois
 from d3ssl_zoo.evaluation.coco import (CocoObjects, ImageRecord, load_coco_objects, read_image,
                                        resized_size, scale_boxes, to_tensor)
-from d3ssl_zoo.evaluation.features import c5_region_features, model_fingerprint, model_mean_std
+from d3ssl_zoo.evaluation.features import c5_region_features, model_device, model_fingerprint, model_mean_std
 
 __all__ = ["select_bank_objects", "replacement_indices", "disturb", "knn_topk", "weighted_vote",
            "topk_accuracy", "extract_object_features", "iter_shards", "run_oknn"]
@@ -183,7 +183,7 @@ def extract_object_features(model: nn.Module, objects: CocoObjects, selection: L
     the features). Shards already on disk are kept, so a killed run resumes. Returns the shard
     folder (keyed by model weights, data, selection and replacements).
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     mean, std = model_mean_std(model)
     ds = _ObjectImages(objects.images, selection, short_side, replacements, mean, std)
     folder = os.path.join(out_dir, _cache_key(model, objects, selection, replacements, short_side))

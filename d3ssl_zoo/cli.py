@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 SUBCOMMAND_MODULES: tuple = (
+    "d3ssl_zoo.evaluation.cli",
 )
 
 

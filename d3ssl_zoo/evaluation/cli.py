@@ -172,8 +172,7 @@ def _oknn(args) -> int:
 
 
 def _print_notes(results: Dict[str, dict]) -> None:
-    first = next(iter(next(iter(results.values())).values()))
-    r = first
+    r = next(iter(next(iter(results.values())).values()))
     print(f"bank {r['num_bank']} objects, {r['num_queries']} queries, {r['num_classes']} classes; "
           f"skipped train {_nonzero(r['skips']['train'])}, val {_nonzero(r['skips']['val'])}")
     if r["classes_with_fewer_than_k_bank_objects"]:

@@ -1,0 +1,57 @@
+"""``d3ssl-zoo eval oknn|coupling|mcs`` end to end on a tiny COCO-format dataset."""
+import json
+import os
+
+import pytest
+
+from d3ssl_zoo.cli import main
+from test_eval_oknn import write_coco
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    train = write_coco(root, "train", 6, hw=(64, 96), seed=0)
+    val = write_coco(root, "val", 3, hw=(64, 96), seed=1)
+    return dict(zip(["train_ann", "train_images", "val_ann", "val_images"], train + val))
+
+
+def test_eval_oknn_two_models_with_disturbed(data, tmp_path, capsys):
+    out = tmp_path / "oknn"
+    rc = main(["eval", "oknn", "--model", "resnet18", "--model", "d3ssl_r18c4", "--train-ann", data["train_ann"],
+               "--train-images", data["train_images"], "--val-ann", data["val_ann"], "--val-images",
+               data["val_images"], "--out", str(out), "--disturbed", "--objects-per-image", "0",
+               "--short-side", "64", "--k", "3", "--no-progress"])
+    assert rc == 0
+    res = json.load(open(out / "results.json"))
+    assert set(res["models"]) == {"resnet18", "d3ssl_r18c4"}
+    assert set(res["models"]["resnet18"]) == {"oknn", "disturbed_oknn"}
+    printed = capsys.readouterr().out
+    assert "Disturbed O-KNN Top-1" in printed and "d3ssl_r18c4" in printed
+
+
+@pytest.mark.parametrize("command,extra,png", [
+    ("coupling", ["--num-pairs", "2", "--object-size", "32"], "coupling_rate.png"),
+    ("mcs", ["--num-crops", "2", "--tile-size", "32"], "positional_mcs.png"),
+])
+def test_eval_per_stage_commands(data, tmp_path, capsys, command, extra, png):
+    out = tmp_path / command
+    rc = main(["eval", command, "--model", "resnet18", "--model", "resnet18", "--ann", data["val_ann"],
+               "--images", data["val_images"], "--out", str(out), "--min-object-size", "16",
+               "--no-progress", *extra])
+    assert rc == 0
+    res = json.load(open(out / "results.json"))
+    assert list(res["models"]) == ["resnet18", "resnet18#2"]
+    assert list(res["models"]["resnet18"]["per_stage"]) == ["layer1", "layer2", "layer3", "layer4"]
+    assert os.path.getsize(out / png) > 0
+    assert "layer4" in capsys.readouterr().out
+
+
+def test_eval_bad_arguments(data, tmp_path, capsys):
+    rc = main(["eval", "mcs", "--model", "resnet18", "--checkpoint", "a.safetensors", "--model", "resnet18",
+               "--ann", data["val_ann"], "--images", data["val_images"], "--out", str(tmp_path)])
+    assert rc == 2 and "one per --model" in capsys.readouterr().err
+    rc = main(["eval", "coupling", "--model", "resnet18", "--out", str(tmp_path)])
+    assert rc == 2 and "missing --ann, --images" in capsys.readouterr().err
+    rc = main(["eval", "coupling", "--model", "resnet18", "--sample", "--ann", data["val_ann"], "--out", str(tmp_path)])
+    assert rc == 2 and "--sample replaces --ann" in capsys.readouterr().err

@@ -1,0 +1,233 @@
+"""The pre-training loop on Accelerate (single process, multi-GPU DDP, multi-node; bf16/fp16).
+
+Plain PyTorch around ``accelerator.prepare`` / ``backward`` / ``save_state`` / ``load_state``:
+the method module (``d3ssl_zoo.method``) knows nothing about the engine. One step: move the batch,
+forward (Eq. 10), NaN guard, backward, LARS step, teacher EMA, log, maybe checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, is_wandb_available, set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+import d3ssl_zoo
+from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
+from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
+
+from .checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .config import Recipe, recipe_to_dict
+
+__all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "build_method", "train"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the weights were touched."""
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation per epoch, a pure function of ``(seed, epoch)``.
+
+    Accelerate shards its batches across processes; resuming at (epoch, batch) replays the same
+    order, so a resumed run sees exactly the samples an uninterrupted run would have seen.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    export_dir: Path
+    last_checkpoint: Path
+    step: int
+    total_steps: int
+    method: nn.Module  # the trained method module (student, teacher, queue), unwrapped
+
+
+def build_method(recipe: Recipe, backbone: nn.Module) -> nn.Module:
+    """The method module of ``recipe.method.name`` around ``backbone``."""
+    m = recipe.method
+    if m.name == "d3ssl":
+        return D3SSL(backbone, proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim, tau=m.tau,
+                     queue_size=m.queue_size, depositioning=recipe.data.depositioning,
+                     roi_size=m.roi_size, roi_size_small=m.roi_size_small, queue_seed=recipe.train.seed)
+    return SoCo(backbone, proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim,
+                pred_hidden_dim=m.pred_hidden_dim, roi_size=m.roi_size)
+
+
+def _tracker_config(recipe: Recipe) -> dict[str, Any]:
+    """Flat scalar config for the trackers (TensorBoard's hparams take scalars and strings only)."""
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    walk(recipe_to_dict(recipe), "")
+    return flat
+
+
+def _accelerator(recipe: Recipe, output_dir: Path) -> Accelerator:
+    tracker = recipe.train.tracker
+    if tracker == "wandb" and not is_wandb_available():
+        raise ValueError("train.tracker=wandb needs the wandb package (pip install wandb); "
+                         "or use train.tracker=tensorboard")
+    return Accelerator(
+        mixed_precision=recipe.train.mixed_precision,
+        log_with=None if tracker == "none" else tracker,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+
+
+def _export(accelerator: Accelerator, method: nn.Module, recipe: Recipe, output_dir: Path, step: int,
+            total_steps: int, steps_per_epoch: int) -> Path:
+    export_dir = output_dir / EXPORT_DIR
+    if accelerator.is_main_process:
+        backbone = accelerator.unwrap_model(method).backbone
+        d3ssl_zoo.save_pretrained(backbone, export_dir, model_name=recipe.model.name, card_extra={
+            "recipe": recipe.tag, "data": recipe.dataset.source, "steps": step,
+            "epochs": round(step / steps_per_epoch, 3), "planned_steps": total_steps})
+    accelerator.wait_for_everyone()
+    return export_dir
+
+
+def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> TrainResult:
+    """Pre-train ``recipe`` into ``output_dir`` (checkpoints, logs, and the exported backbone).
+
+    ``resume``: ``None`` (fresh), ``'auto'`` (the newest checkpoint of ``output_dir`` if any) or a
+    checkpoint folder. Raises :class:`NonFiniteLossError` if the loss stops being finite.
+    """
+    output_dir = Path(output_dir)
+    accelerator = _accelerator(recipe, output_dir)
+    set_seed(recipe.train.seed)
+    ckpt = resolve_resume(resume, output_dir)
+
+    with accelerator.main_process_first():  # the first process builds any cache (sample dataset)
+        dataset = build_pretrain_dataset(recipe.data, recipe.dataset.source, recipe.dataset.proposals,
+                                         seed=recipe.train.seed)
+    sampler = EpochShuffleSampler(len(dataset), recipe.train.seed)
+    loader = DataLoader(dataset, batch_size=recipe.train.batch_size, sampler=sampler,
+                        collate_fn=PretrainCollator(recipe.data), num_workers=recipe.train.num_workers,
+                        drop_last=True, pin_memory=accelerator.device.type == "cuda")
+
+    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False))
+    if accelerator.num_processes > 1 and recipe.method.sync_bn:
+        if accelerator.device.type == "cpu":
+            logger.warning("method.sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own "
+                           "batch statistics")
+        else:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    optimizer = LARS(lars_param_groups(method, recipe.optim.weight_decay), lr=0.0,
+                     momentum=recipe.optim.momentum, eta=recipe.optim.eta)
+    method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
+
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} images give no full batch of {recipe.train.batch_size} per process "
+                         f"on {accelerator.num_processes} process(es); lower train.batch_size")
+    total_steps = recipe.train.epochs * steps_per_epoch
+    warmup_steps = round(recipe.optim.warmup_epochs * steps_per_epoch)
+    global_batch = recipe.train.batch_size * accelerator.num_processes
+    peak_lr = scaled_lr(recipe.optim.base_lr, global_batch, recipe.optim.base_batch)
+
+    step = 0
+    if ckpt is not None:
+        state = load_checkpoint(accelerator, ckpt)
+        if state["global_batch"] != global_batch or state["steps_per_epoch"] != steps_per_epoch:
+            raise ValueError(
+                f"checkpoint {ckpt} was written with a global batch of {state['global_batch']} and "
+                f"{state['steps_per_epoch']} steps per epoch; this run has {global_batch} and {steps_per_epoch}. "
+                f"Resume with the same number of processes and train.batch_size")
+        step = state["step"]
+        accelerator.print(f"resumed from {ckpt} at step {step}/{total_steps}")
+
+    recipe_dict = recipe_to_dict(recipe)
+    accelerator.init_trackers(recipe.tag.replace(".", "_"), config=_tracker_config(recipe))
+    raw = accelerator.unwrap_model(method)
+    last_ckpt = ckpt
+
+    def checkpoint() -> Path:
+        return save_checkpoint(accelerator, output_dir, {
+            "step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "global_batch": global_batch,
+            "num_processes": accelerator.num_processes, "tag": recipe.tag}, recipe_dict, recipe.train.keep_last)
+
+    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process,
+               desc=recipe.tag, dynamic_ncols=True)
+    method.train()
+    tic, tic_step = time.perf_counter(), step
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            skip = step % steps_per_epoch
+            for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+                lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.optim.final_lr)
+                momentum = momentum_at(step, total_steps, recipe.method.momentum_base, recipe.method.momentum_final)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                out = method(batch)
+                names = sorted(out)
+                values = accelerator.gather(torch.stack([out[k].detach().float() for k in names]).unsqueeze(0))
+                if not torch.isfinite(values).all():
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step} (epoch {epoch}): "
+                        f"{dict(zip(names, values.mean(0).tolist()))}. Training stopped before this step's update; "
+                        f"last good checkpoint: {last_ckpt or 'none written yet'}. Lower optim.base_lr, "
+                        f"use train.mixed_precision=bf16 instead of fp16, or check the data; resume with --resume auto")
+                accelerator.backward(out["loss"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                raw.momentum_update(momentum)  # teacher EMA after the student's update
+                step += 1
+                bar.update(1)
+                if step % recipe.train.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - tic
+                    metrics = {k: v for k, v in zip(names, values.mean(0).tolist())}
+                    metrics.update(lr=lr, momentum=momentum,
+                                   images_per_s=global_batch * (step - tic_step) / max(elapsed, 1e-9))
+                    if hasattr(raw, "queue"):
+                        metrics["queue_fill"] = raw.queue.fill()
+                    accelerator.log(metrics, step=step)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.3g}")
+                    tic, tic_step = time.perf_counter(), step
+                if step % recipe.train.checkpoint_every == 0 or step == total_steps:
+                    last_ckpt = checkpoint()
+                if step == total_steps:
+                    break
+        export_dir = _export(accelerator, method, recipe, output_dir, step, total_steps, steps_per_epoch)
+    finally:
+        bar.close()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    return TrainResult(output_dir=output_dir, export_dir=export_dir, last_checkpoint=last_ckpt,
+                       step=step, total_steps=total_steps, method=raw)

@@ -1,0 +1,203 @@
+"""Tests of d3ssl_zoo.engine and train/pretrain.py: recipes, resume, NaN guard, checkpoints, export."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import d3ssl_zoo
+from d3ssl_zoo.data.proposals import ProposalEntry, write_proposal_file
+from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, list_checkpoints, load_recipe, train,
+                              valid_keys)
+from d3ssl_zoo.engine import trainer as trainer_module
+from d3ssl_zoo.method import D3SSL
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "train" / "recipes"
+sys.path.insert(0, str(ROOT / "train"))
+import pretrain  # noqa: E402  (train/ is a scripts folder, not a package)
+
+
+def make_tiny_source(root: Path, num_images: int = 8, size=(96, 80)) -> tuple[Path, Path]:
+    """An image folder of ``num_images`` small random-texture images and a proposal file for it."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    w, h = size
+    for i in range(num_images):
+        img = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).resize((w, h), Image.NEAREST).save(images / f"img{i}.png")
+        boxes = np.array([[4, 4, 52, 60], [30, 10, 90, 70], [10, 30, 60, 78]], np.float32)
+        entries.append(ProposalEntry(i, f"img{i}.png", w, h, 0, boxes))
+    proposals = root / "proposals.safetensors"
+    write_proposal_file(proposals, entries, mode="fast", resize_long=None)
+    return images, proposals
+
+
+def tiny_overrides(images: Path, proposals: Path) -> list[str]:
+    return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
+            "data.small_size=32", "data.num_proposals=2", "method.proj_hidden_dim=32", "method.proj_dim=16",
+            "method.pred_hidden_dim=32", "method.queue_size=48", "train.batch_size=2", "train.epochs=1",
+            "train.num_workers=0", "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1",
+            "train.keep_last=2", "optim.warmup_epochs=0.5", "optim.base_lr=4.0"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_source(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_recipe(tiny, *extra):
+    return load_recipe(RECIPES / "demo.yaml", tiny_overrides(*tiny) + list(extra))
+
+
+def method_state(method):
+    return {k: v.clone() for k, v in method.state_dict().items()}
+
+
+# --- recipes ---------------------------------------------------------------------------------------------------------
+
+def _flat_keys(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "extra":
+            yield from _flat_keys(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k
+
+
+def test_every_tag_has_a_complete_commented_recipe():
+    names = {t.name for t in d3ssl_zoo.TAGS}
+    assert len(names) == 13
+    files = {p.stem for p in RECIPES.glob("*.yaml") if not p.stem.startswith("det_")}
+    assert names | {"demo"} <= files
+    for name in names | {"demo"}:
+        path = RECIPES / f"{name}.yaml"
+        recipe = load_recipe(path)
+        if name != "demo":
+            assert recipe.tag == name and recipe.model.name == name.split(".")[0]
+        assert sorted(_flat_keys(yaml.safe_load(path.read_text()))) == sorted(valid_keys()), name
+        for line in path.read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#") and not line.endswith(":"):
+                assert "  # " in line, f"{name}: every hyper-parameter needs a source comment: {line!r}"
+
+
+def test_recipes_express_the_ablation_table():
+    def aug(name):
+        d = load_recipe(RECIPES / f"{name}.yaml").data
+        return {k for k in ("prc", "prm", "rbj", "soco_cutout", "box_jitter", "depositioning") if getattr(d, k)}
+    assert aug("d3ssl_r50c4.coco_800ep") == {"prc", "prm", "rbj", "depositioning"}
+    assert aug("d3ssl_r50c4.coco_200ep_dconly") == {"prc", "prm", "rbj"}
+    assert aug("d3ssl_r50c4.coco_200ep_dconly_noaug") == set()
+    assert aug("d3ssl_r50c4.coco_200ep_dconly_cutout") == {"soco_cutout"}
+    assert aug("d3ssl_r50c4.coco_200ep_dconly_jitter_prc") == {"box_jitter", "prc"}
+    assert aug("d3ssl_r50c4.coco_200ep_dconly_prc") == {"prc"}
+    assert aug("d3ssl_r50c4.coco_200ep_dconly_prc_rbj") == {"prc", "rbj"}
+    assert aug("soco_r50c4.oimini_200ep") == {"soco_cutout"}
+    assert aug("soco_r50c4.oimini_200ep_d3aug") == {"prc", "prm", "rbj"}
+    assert load_recipe(RECIPES / "soco_r50c4.coco_800ep.yaml").method.name == "soco"
+
+
+def test_unknown_override_key_lists_valid_keys(capsys):
+    with pytest.raises(UnknownRecipeKeyError) as e:
+        load_recipe(RECIPES / "demo.yaml", ["method.tua=0.1"])
+    msg = str(e.value)
+    assert "'method.tua'" in msg and "did you mean method.tau" in msg
+    assert all(k in msg for k in valid_keys())
+    assert pretrain.main(["train.epochz=3"]) == 2
+    assert "unknown recipe key 'train.epochz'" in capsys.readouterr().err
+
+
+def test_override_values_are_typed():
+    r = load_recipe(RECIPES / "demo.yaml", ["method.tau=0.1", "data.crop_scale=[0.5, 1.0]", "train.epochs=3"])
+    assert r.method.tau == 0.1 and r.data.crop_scale == (0.5, 1.0) and r.train.epochs == 3
+    with pytest.raises(TypeError, match="train.epochs must be an integer"):
+        load_recipe(RECIPES / "demo.yaml", ["train.epochs=three"])
+    with pytest.raises(ValueError, match="method.name=soco needs data.views=soco"):
+        load_recipe(RECIPES / "demo.yaml", ["method.name=soco"])
+
+
+# --- the loop ----------------------------------------------------------------------------------------------------------
+
+class Killed(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+def test_resume_gives_identical_weights(tiny, tmp_path, monkeypatch):
+    straight = train(tiny_recipe(tiny), tmp_path / "straight")
+    assert straight.step == straight.total_steps == 4
+
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, state, *args, **kwargs):
+        path = real_save(accelerator, output_dir, state, *args, **kwargs)
+        if state["step"] == 2:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(tiny_recipe(tiny), tmp_path / "resumed")
+    monkeypatch.undo()
+    saved = json.loads((list_checkpoints(tmp_path / "resumed")[-1] / "trainer_state.json").read_text())
+    assert saved["step"] == 2 and saved["batch_in_epoch"] == 2  # stopped mid-epoch
+
+    resumed = train(tiny_recipe(tiny), tmp_path / "resumed", resume="auto")
+    assert resumed.step == 4
+    a, b = method_state(straight.method), method_state(resumed.method)
+    assert a.keys() == b.keys()
+    for k in a:  # student, teacher (so the momentum schedule continued), queue keys and pointer
+        assert torch.equal(a[k], b[k]), k
+    assert int(b["queue.ptr"]) == (4 * 2 * 2 * 2) % 48  # steps x 2 views x B x K
+    # keep_last=2, and no half-written checkpoint left behind
+    names = [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()]
+    assert sorted(names) == ["step_00000003", "step_00000004"]
+
+
+def test_export_loads_in_the_zoo_format(tiny, tmp_path):
+    result = train(tiny_recipe(tiny, "train.checkpoint_every=100"), tmp_path / "run")
+    model = d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(result.export_dir / "model.safetensors")))
+    trained = result.method.backbone.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    assert (result.export_dir / "config.json").is_file() and (result.export_dir / "README.md").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000004"]  # the final one
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny, tmp_path, monkeypatch):
+    real_forward = D3SSL.forward
+    calls = []
+
+    def nan_at_third_step(self, batch):
+        out = real_forward(self, batch)
+        calls.append(1)
+        if len(calls) == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(D3SSL, "forward", nan_at_third_step)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as e:
+        train(tiny_recipe(tiny), run)
+    last = list_checkpoints(run)[-1]
+    assert "non-finite loss at step 2" in str(e.value) and str(last) in str(e.value)
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 2
+    from safetensors.torch import load_file
+    weights = load_file(str(last / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_pretrain_refuses_to_mix_runs(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--output-dir", str(out), "--no-eval"] + tiny_overrides(*tiny) + ["train.checkpoint_every=100"]
+    assert pretrain.main(args) == 0
+    assert "pretrained_cfg_overlay=dict(file=" in capsys.readouterr().out
+    assert pretrain.main(args + ["--resume", "none"]) == 1
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert pretrain.main(args + ["method.tau=0.3"]) == 1
+    assert "method.tau: 0.2 -> 0.3" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""Pre-train a D3SSL or SoCo backbone with Accelerate.
+
+    accelerate launch train/pretrain.py                       # the embedded demo (CPU, minutes)
+    accelerate launch train/pretrain.py --recipe d3ssl_r50c4.coco_800ep --data /data/coco/annotations/instances_train2017.json \
+        --proposals /data/coco/proposals_train2017.safetensors
+    accelerate launch train/pretrain.py --recipe demo train.epochs=2 method.tau=0.1   # key=value overrides
+
+``--recipe`` is a tag of the zoo (``train/recipes/<model.tag>.yaml``), ``demo``, or a YAML path.
+Runs resume by default (``--resume auto``): relaunching the same command continues from the newest
+checkpoint of ``--output-dir``. The backbone is exported with ``d3ssl_zoo.save_pretrained`` into
+``<output-dir>/export``. For the demo on the embedded sample dataset, the O-KNN (Sec. 5.3) of the
+trained backbone and of its random initialisation is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from accelerate import PartialState
+from accelerate.utils import set_seed
+
+import d3ssl_zoo
+from d3ssl_zoo.engine import (NonFiniteLossError, Recipe, UnknownRecipeKeyError, list_checkpoints, load_recipe,
+                              recipe_to_dict, train)
+from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_file(name: str) -> Path:
+    """``demo``, ``<model.tag>`` or a path -> the recipe YAML file (an error lists the known recipes)."""
+    if name.endswith((".yaml", ".yml")):
+        return Path(name)
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {name!r} in {RECIPES_DIR}; known recipes: {', '.join(known)}")
+    return path
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def check_output_dir(recipe: Recipe, output_dir: Path, resume: str | None) -> None:
+    """Refuse to mix runs: a fresh run needs an output dir without checkpoints, a resumed one the same recipe."""
+    found = list_checkpoints(output_dir)
+    if not found:
+        return
+    if resume is None:
+        raise FileExistsError(f"{output_dir} already holds checkpoints ({found[-1].name}); resume with "
+                              f"--resume auto or choose another --output-dir")
+    saved_path = (Path(resume) if resume != "auto" else found[-1]) / RECIPE_FILE
+    saved = yaml.safe_load(saved_path.read_text())
+    diff = _differences(saved, recipe_to_dict(recipe))
+    if diff:
+        raise ValueError(f"the recipe differs from the one of the checkpoint {saved_path.parent}:\n  "
+                         + "\n  ".join(diff) + "\nresume with the same recipe, or use another --output-dir")
+
+
+def report_oknn(recipe: Recipe, export_dir: Path) -> None:
+    """O-KNN of the trained backbone vs. its random initialisation on the sample's labelled split."""
+    from d3ssl_zoo.data.sample import get_sample_dataset
+    from d3ssl_zoo.evaluation.oknn import run_oknn
+
+    sample = get_sample_dataset()
+    set_seed(recipe.train.seed)  # the same draw as the start of training: the exact initial weights
+    initial = d3ssl_zoo.create_model(recipe.model.name, pretrained=False)
+    trained = d3ssl_zoo.create_model(recipe.model.name, pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(export_dir / "model.safetensors")))
+    splits = (sample.train_ann, getattr(sample, "train_images", sample.images_dir),
+              sample.val_ann, getattr(sample, "val_images", sample.images_dir))
+    rows = []
+    for name, model in (("random init", initial), ("trained", trained)):
+        r = run_oknn(model, *splits, seed=recipe.train.seed, progress=False)
+        rows.append(f"  {name:<12} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  "
+                    f"({r['num_bank']} bank objects, {r['num_queries']} queries)")
+    print("O-KNN (Sec. 5.3) on the sample's labelled split:\n" + "\n".join(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="demo", help="demo, a zoo tag (e.g. d3ssl_r50c4.coco_800ep) or a YAML file")
+    p.add_argument("--data", help="pre-training images: COCO annotation json, image folder, or 'sample' "
+                                  "(sets dataset.source)")
+    p.add_argument("--proposals", help="proposal file from train/make_proposals.py (sets dataset.proposals)")
+    p.add_argument("--output-dir", help="run folder (default: runs/<model.tag>)")
+    p.add_argument("--resume", default="auto",
+                   help="'auto' (default: newest checkpoint of --output-dir, if any), 'none', or a checkpoint folder")
+    p.add_argument("--no-eval", action="store_true", help="skip the O-KNN report of the demo")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=10")
+    args = p.parse_args(argv)
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"dataset.source={args.data}")
+    if args.proposals:
+        overrides.append(f"dataset.proposals={args.proposals}")
+    try:
+        recipe = load_recipe(recipe_file(args.recipe), overrides)
+    except (UnknownRecipeKeyError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"pretrain.py: {e}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output_dir or Path("runs") / recipe.tag)
+    resume = None if args.resume == "none" else args.resume
+    try:
+        check_output_dir(recipe, output_dir, resume)
+        result = train(recipe, output_dir, resume=resume)
+    except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"pretrain.py: {e}", file=sys.stderr)
+        return 1
+    if not PartialState().is_main_process:
+        return 0
+    weights = result.export_dir / "model.safetensors"
+    print(f"\nTrained {result.step} steps; checkpoint {result.last_checkpoint}; backbone exported to {result.export_dir}\n"
+          f"Load it with:\n"
+          f"  import timm, d3ssl_zoo\n"
+          f"  model = timm.create_model('{recipe.model.name}', pretrained=True, "
+          f"pretrained_cfg_overlay=dict(file='{weights}'))\n")
+    if recipe.dataset.source == "sample" and not args.no_eval:
+        report_oknn(recipe, result.export_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Reading checkpoint files safely, and the ResNet key vocabulary shared by the converters.
+
+Every ``.pth`` is read with ``torch.load(weights_only=True)``: tensors and plain containers
+only, never arbitrary unpickling. The one class let through is ``argparse.Namespace``, which
+SoCo and PixPro save under ``"opt"`` next to their weights; it only holds attributes.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+from typing import Dict, Mapping, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["read_checkpoint", "is_state_dict", "resnet_arch", "BACKBONE_KEY", "STEM_AND_STAGES"]
+
+PathLike = Union[str, Path]
+
+#: Key of a torchvision/timm ResNet trunk (classifier ``fc`` excluded): stem conv1/bn1 and the
+#: four stages layer1..layer4 with their blocks.
+BACKBONE_KEY = re.compile(r"^(conv1\.weight|bn1\.[a-z_]+|layer[1-4]\.\d+\.[a-z0-9_.]+)$")
+#: Dotted names that start a ResNet trunk inside a longer key (used to report key prefixes).
+STEM_AND_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, object]:
+    """Load a ``.safetensors`` file or a ``.pth``/``.pt``/``.tar`` file with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return dict(load_file(str(path)))
+    if path.suffix == ".pkl":
+        raise ValueError(
+            f"{path} is a pickle (.pkl, e.g. a detectron2 file); d3ssl_zoo never unpickles such "
+            f"files. Convert the original .pth/.safetensors checkpoint instead")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain containers, so it cannot be read "
+            f"with torch.load(weights_only=True). If you trust it, re-save only its weights "
+            f"elsewhere: torch.save(ckpt['state_dict'], 'weights.pth'). Loader said: "
+            f"{str(e).splitlines()[-1] if str(e) else e!r}") from e
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
+    return dict(obj)
+
+
+def is_state_dict(obj: object) -> bool:
+    """A non-empty mapping from names to tensors."""
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()))
+
+
+def resnet_arch(state_dict: Mapping[str, Tensor]) -> Tuple[str, Tuple[int, ...]]:
+    """Block type ('bottleneck' or 'basic') and blocks per stage of a torchvision-keyed ResNet."""
+    blocks = []
+    for stage in range(1, 5):
+        ids = {int(k.split(".")[1]) for k in state_dict if k.startswith(f"layer{stage}.")}
+        blocks.append(max(ids) + 1 if ids else 0)
+    kind = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    return kind, tuple(blocks)

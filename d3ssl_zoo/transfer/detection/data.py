@@ -1,0 +1,229 @@
+"""Readers for the transfer datasets (paper §5 "Setting"): PASCAL VOC XML and COCO json.
+
+Boxes follow the package convention (xyxy float pixels). VOC's 1-based inclusive corners are
+read as detectron2 reads them (``xmin - 1, ymin - 1, xmax, ymax``); the VOC evaluator converts
+back at its edge. Labels are 0-based class indices here; the torchvision detector adds 1
+(its class 0 is the background) inside ``DetectionDataset``.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["VOC_CLASSES", "DetRecord", "ReadStats", "read_voc", "read_voc_splits", "read_coco",
+           "DetectionDataset", "hflip_sample", "collate_detection"]
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+@dataclass
+class DetRecord:
+    """One image with its objects (boxes xyxy float pixels, labels 0-based class indices)."""
+
+    file_name: str
+    image_id: object
+    height: int
+    width: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    segmentations: Optional[List[object]] = None   # COCO polygons / RLE, one per object
+
+
+@dataclass
+class ReadStats:
+    """Counted skips of a reader, reported by the caller (never silent)."""
+
+    images: int = 0
+    objects: int = 0
+    skipped: Dict[str, int] = field(default_factory=dict)
+
+    def skip(self, why: str, n: int = 1) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + n
+
+    def summary(self) -> str:
+        extra = "; skipped: " + ", ".join(f"{n} {w}" for w, n in self.skipped.items()) if self.skipped else ""
+        return f"{self.images} images, {self.objects} objects{extra}"
+
+
+def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC_CLASSES,
+             stats: Optional[ReadStats] = None) -> List[DetRecord]:
+    """Read ``root/VOC<year>/ImageSets/Main/<split>.txt`` and its ``Annotations/*.xml``.
+
+    Difficult objects are kept and flagged: detectron2 trains on them and its evaluator ignores
+    them.
+    """
+    base = Path(root) / f"VOC{year}"
+    ids_file = base / "ImageSets" / "Main" / f"{split}.txt"
+    if not ids_file.is_file():
+        raise FileNotFoundError(
+            f"{ids_file} not found; --data must be the VOCdevkit folder holding VOC2007/ and VOC2012/")
+    stats = stats if stats is not None else ReadStats()
+    index = {c: i for i, c in enumerate(class_names)}
+    records = []
+    for image_id in ids_file.read_text().split():
+        xml = base / "Annotations" / f"{image_id}.xml"
+        if not xml.is_file():
+            raise FileNotFoundError(f"{xml} listed in {ids_file} is missing")
+        tree = ET.parse(xml)
+        size = tree.find("size")
+        boxes, labels, difficult = [], [], []
+        for obj in tree.findall("object"):
+            name = obj.findtext("name", "").strip()
+            if name not in index:
+                raise ValueError(f"{xml}: class {name!r} is not one of the {len(class_names)} VOC classes")
+            bb = obj.find("bndbox")
+            x1, y1, x2, y2 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
+            labels.append(index[name])
+            difficult.append(int(obj.findtext("difficult", "0") or 0) == 1)
+        records.append(DetRecord(
+            file_name=str(base / "JPEGImages" / f"{image_id}.jpg"), image_id=image_id,
+            height=int(size.findtext("height")), width=int(size.findtext("width")),
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
+            difficult=np.asarray(difficult, bool)))
+        stats.images += 1
+        stats.objects += len(boxes)
+    return records
+
+
+def read_voc_splits(root: Path, splits: Sequence[Tuple[str, str]],
+                    stats: Optional[ReadStats] = None) -> List[DetRecord]:
+    """Concatenate VOC splits, e.g. ``[("2007", "trainval"), ("2012", "trainval")]`` (VOC07+12)."""
+    out: List[DetRecord] = []
+    for year, split in splits:
+        out += read_voc(root, year, split, stats=stats)
+    return out
+
+
+def read_coco(ann_file: Path, image_root: Path, *, train: bool,
+              stats: Optional[ReadStats] = None) -> Tuple[List[DetRecord], List[int], object]:
+    """Read a COCO instances json with pycocotools.
+
+    Returns records, the sorted category ids (label i <-> ``category_ids[i]``) and the COCO api
+    object (the ground truth for COCO AP). For training, crowd regions and boxes under one pixel
+    wide are left out and images left with no object are skipped (detectron2 does the same);
+    each is counted in ``stats``.
+    """
+    from pycocotools.coco import COCO
+
+    if not Path(ann_file).is_file():
+        raise FileNotFoundError(f"COCO annotation file {ann_file} not found")
+    stats = stats if stats is not None else ReadStats()
+    coco = COCO(str(ann_file))
+    cat_ids = sorted(coco.getCatIds())
+    index = {c: i for i, c in enumerate(cat_ids)}
+    records = []
+    for img_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(img_id)[0]
+        boxes, labels, segs = [], [], []
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            if train and ann.get("iscrowd", 0):
+                stats.skip("crowd annotations (training)")
+                continue
+            x, y, w, h = ann["bbox"]
+            if train and (w < 1 or h < 1):
+                stats.skip("boxes under 1 px (training)")
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(index[ann["category_id"]])
+            segs.append(ann.get("segmentation"))
+        if train and not boxes:
+            stats.skip("images without objects (training)")
+            continue
+        records.append(DetRecord(
+            file_name=str(Path(image_root) / info["file_name"]), image_id=img_id,
+            height=int(info["height"]), width=int(info["width"]),
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
+            difficult=np.zeros(len(boxes), bool), segmentations=segs))
+        stats.images += 1
+        stats.objects += len(boxes)
+    return records, cat_ids, coco
+
+
+def _masks(record: DetRecord) -> Tensor:
+    from pycocotools import mask as mask_utils
+
+    h, w = record.height, record.width
+    out = np.zeros((len(record.segmentations or []), h, w), np.uint8)
+    for i, seg in enumerate(record.segmentations or []):
+        if seg is None:
+            raise ValueError(f"image {record.image_id}: object {i} has no segmentation, needed for Mask R-CNN")
+        if isinstance(seg, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg.get("counts"), list):
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = seg
+        out[i] = mask_utils.decode(rle)
+    return torch.from_numpy(out)
+
+
+def hflip_sample(image: Tensor, target: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """Mirror an image (C, H, W) and its boxes / masks left-right."""
+    w = image.shape[-1]
+    out = dict(target)
+    b = target["boxes"]
+    out["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=1)
+    if "masks" in target:
+        out["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), out
+
+
+class DetectionDataset(Dataset):
+    """Images as float RGB tensors in [0, 1] with torchvision detection targets.
+
+    Training samples are flipped with probability 0.5, drawn from a generator seeded by
+    ``(seed, epoch, index)`` so a run is reproducible and resumable (call ``set_epoch``).
+    Labels become 1-based (torchvision's 0 is the background).
+    """
+
+    def __init__(self, records: Sequence[DetRecord], *, train: bool, mask_on: bool = False, seed: int = 0):
+        self.records = list(records)
+        self.train = train
+        self.mask_on = mask_on
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+        r = self.records[i]
+        with Image.open(r.file_name) as im:
+            arr = np.asarray(im.convert("RGB"))
+        if arr.shape[:2] != (r.height, r.width):
+            raise ValueError(f"{r.file_name} is {arr.shape[1]}x{arr.shape[0]} but its annotation says "
+                             f"{r.width}x{r.height}")
+        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        target = {"boxes": torch.from_numpy(r.boxes).float(),
+                  "labels": torch.from_numpy(r.labels) + 1,
+                  "index": torch.tensor(i)}
+        if self.mask_on:
+            target["masks"] = _masks(r)
+        if self.train:
+            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+            if torch.rand((), generator=g) < 0.5:
+                image, target = hflip_sample(image, target)
+        return image, target
+
+
+def collate_detection(batch):
+    """Lists of images and targets (images differ in size; the model's transform batches them)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

@@ -1,0 +1,211 @@
+"""Detection fine-tuning without detectron2 (paper §5 "Setting"), on Accelerate.
+
+One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accelerate's
+``mixed_precision``; checkpoint / resume of model, optimizer, scheduler, RNG and step counter
+with ``save_state`` / ``load_state``. Evaluation is separate from training: ``evaluate_detector``
+runs the test split and hands the predictions to the VOC or COCO evaluator.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import DetectionDataset, ReadStats, collate_detection, read_coco, read_voc_splits
+from .evaluate import coco_results, evaluate_coco, evaluate_voc
+from .model import build_c4_detector
+from .recipe import DetRecipe, lr_factor
+
+__all__ = ["TaskData", "load_task_data", "param_groups", "evaluate_detector", "finetune", "latest_checkpoint"]
+
+
+class TaskData:
+    """Train/test records of one task, plus what its evaluator needs."""
+
+    def __init__(self, recipe: DetRecipe, data_dir: Path):
+        self.task = recipe.task
+        self.train_stats, self.test_stats = ReadStats(), ReadStats()
+        data_dir = Path(data_dir)
+        if recipe.task == "voc":
+            self.train = read_voc_splits(data_dir, [tuple(s) for s in recipe.voc_train], self.train_stats)
+            self.test = read_voc_splits(data_dir, [tuple(recipe.voc_test)], self.test_stats)
+            self.coco_gt, self.category_ids = None, None
+        else:
+            ann, images = recipe.coco_train
+            self.train, cats, _ = read_coco(data_dir / ann, data_dir / images, train=True, stats=self.train_stats)
+            ann, images = recipe.coco_test
+            self.test, self.category_ids, self.coco_gt = read_coco(
+                data_dir / ann, data_dir / images, train=False, stats=self.test_stats)
+            if cats != self.category_ids:
+                raise ValueError("COCO train and test annotation files have different category ids")
+        n_classes = 20 if recipe.task == "voc" else len(self.category_ids)
+        if n_classes != recipe.num_classes:
+            raise ValueError(f"recipe num_classes {recipe.num_classes} but the {recipe.task} data has {n_classes}")
+        if not self.train:
+            raise ValueError(f"no training images found under {data_dir}")
+
+
+def load_task_data(recipe: DetRecipe, data_dir: Path) -> TaskData:
+    return TaskData(recipe, data_dir)
+
+
+def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> List[Dict[str, object]]:
+    """SGD groups: norm-layer parameters get ``weight_decay_norm`` (detectron2: 0), the rest ``weight_decay``."""
+    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    norm, other = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                (norm if isinstance(module, norm_types) else other).append(p)
+    return [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": weight_decay_norm}]
+
+
+class _Progress:
+    """Step counter saved with the Accelerate state (the schedule must not restart on resume)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    ckpts = sorted((Path(output_dir) / "checkpoints").glob("step_*"))
+    return ckpts[-1] if ckpts else None
+
+
+@torch.no_grad()
+def evaluate_detector(detector: nn.Module, data: TaskData, recipe: DetRecipe, accelerator) -> Dict[str, object]:
+    """Predict the test split on every process, gather, and score on the main process."""
+    from accelerate.utils import gather_object
+
+    ds = DetectionDataset(data.test, train=False)
+    loader = accelerator.prepare_data_loader(DataLoader(
+        ds, batch_size=recipe.eval_ims_per_batch, collate_fn=collate_detection, num_workers=recipe.num_workers))
+    detector.eval()
+    payload: List[Tuple[int, object]] = []
+    for images, targets in loader:
+        for out, t in zip(detector(images), targets):
+            idx = int(t["index"])
+            pred = {"boxes": out["boxes"].float().cpu().numpy(), "scores": out["scores"].float().cpu().numpy(),
+                    "labels": (out["labels"] - 1).cpu().numpy()}
+            if data.task == "coco":
+                if recipe.mask_on:
+                    pred["masks"] = out["masks"].float().cpu().numpy()
+                payload.append((idx, coco_results({data.test[idx].image_id: pred}, data.category_ids)))
+            else:
+                payload.append((idx, pred))
+    gathered = dict(gather_object(payload))     # keyed by index: drops the padding duplicates
+    if not accelerator.is_main_process:
+        return {}
+    if data.task == "voc":
+        preds = {data.test[i].image_id: p for i, p in gathered.items()}
+        return {"bbox": evaluate_voc(preds, data.test, use_07_metric=recipe.voc_07_metric)}
+    results = [r for i in sorted(gathered) for r in gathered[i]]
+    iou_types = ("bbox", "segm") if recipe.mask_on else ("bbox",)
+    per_type = {}
+    # bbox AP from the boxes; segm AP from the masks alone (areas from the masks, as detectron2).
+    drop = {"bbox": "segmentation", "segm": "bbox"}
+    for iou_type in iou_types:
+        rs = [{k: v for k, v in r.items() if k != drop[iou_type]} for r in results]
+        per_type.update(evaluate_coco(data.coco_gt, rs, (iou_type,), image_ids=[r.image_id for r in data.test]))
+    return per_type
+
+
+def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Path, *, resume: bool = False,
+             evaluate: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
+    """Fine-tune a zoo/timm/torchvision backbone as an R50-C4 detector on ``recipe.task``.
+
+    Returns ``{"step", "losses" (last logged), "metrics"}``; writes ``metrics.json``,
+    ``model.safetensors`` (the whole detector) and ``checkpoints/step_*`` under ``output_dir``.
+    """
+    import d3ssl_zoo
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+
+    acc = Accelerator(mixed_precision=recipe.mixed_precision,
+                      dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    log = log or acc.print
+    set_seed(recipe.seed)
+    output_dir = Path(output_dir)
+    if recipe.ims_per_batch % acc.num_processes:
+        raise ValueError(f"ims_per_batch {recipe.ims_per_batch} must be divisible by the {acc.num_processes} processes")
+    data = load_task_data(recipe, data_dir)
+    log(f"[finetune_det] {recipe.task} train: {data.train_stats.summary()}; test: {data.test_stats.summary()}")
+
+    trunk = d3ssl_zoo.load_backbone(model_spec)
+    detector = build_c4_detector(trunk, recipe.detector_config())
+    if recipe.sync_bn and acc.num_processes > 1:
+        detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
+    train_ds = DetectionDataset(data.train, train=True, mask_on=recipe.mask_on, seed=recipe.seed)
+    loader = DataLoader(train_ds, batch_size=recipe.ims_per_batch // acc.num_processes, shuffle=True,
+                        drop_last=True, collate_fn=collate_detection, num_workers=recipe.num_workers)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_ds)} training images are fewer than one batch of "
+                         f"{recipe.ims_per_batch // acc.num_processes}")
+    lr = recipe.lr()
+    optimizer = torch.optim.SGD(param_groups(detector, recipe.weight_decay, recipe.weight_decay_norm),
+                                lr=lr, momentum=recipe.momentum)
+    # Not passed to prepare(): Accelerate would step it once per process per iteration.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, recipe))
+    detector, optimizer, loader = acc.prepare(detector, optimizer, loader)
+    progress = _Progress()
+    acc.register_for_checkpointing(scheduler, progress)
+    if resume:
+        ckpt = latest_checkpoint(output_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoints/step_* under {output_dir}")
+        acc.load_state(str(ckpt))
+        log(f"[finetune_det] resumed from {ckpt} at step {progress.step}")
+    if acc.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.json").write_text(json.dumps({**asdict(recipe), "model": model_spec, "lr": lr}, indent=1))
+    log(f"[finetune_det] {recipe.max_iter} iterations, {recipe.ims_per_batch} images/iter, lr {lr:g}, "
+        f"{acc.num_processes} process(es), mixed precision {recipe.mixed_precision}")
+
+    last: Dict[str, float] = {}
+    detector.train()
+    while progress.step < recipe.max_iter:
+        epoch, offset = divmod(progress.step, len(loader))
+        loader.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        batches = acc.skip_first_batches(loader, offset) if offset else loader
+        for images, targets in batches:
+            targets = [{k: v for k, v in t.items() if k != "index"} for t in targets]
+            losses = detector(images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"loss is {float(loss)} at step {progress.step}: {losses}")
+            acc.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            if progress.step % recipe.log_period == 0 or progress.step == recipe.max_iter:
+                reduced = {k: float(acc.reduce(v.detach(), "mean")) for k, v in losses.items()}
+                last = {"loss": sum(reduced.values()), **reduced}
+                log(f"[finetune_det] step {progress.step}/{recipe.max_iter} lr {scheduler.get_last_lr()[0]:.5f} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+            if progress.step % recipe.checkpoint_period == 0 or progress.step == recipe.max_iter:
+                acc.save_state(str(output_dir / "checkpoints" / f"step_{progress.step:07d}"))
+            if progress.step >= recipe.max_iter:
+                break
+    acc.wait_for_everyone()
+    acc.save_model(detector, str(output_dir), safe_serialization=True)
+    metrics = evaluate_detector(detector, data, recipe, acc) if evaluate else {}
+    if acc.is_main_process and metrics:
+        (output_dir / "metrics.json").write_text(json.dumps(
+            {t: {k: v for k, v in m.items() if k != "summary"} for t, m in metrics.items()}, indent=1))
+        for t, m in metrics.items():
+            log(f"[finetune_det] {t}: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f}")
+    return {"step": progress.step, "losses": last, "metrics": metrics}

@@ -1,0 +1,105 @@
+"""Fine-tuning recipes (config as data): ``train/recipes/det_voc.yaml`` and ``det_coco.yaml``.
+
+The defaults below are the paper's transfer protocol (§5 "Setting", MoCo's detectron2
+configs): Faster R-CNN R50-C4 on VOC07+12 for 24k iterations, Mask R-CNN R50-C4 on COCO with
+the 1x schedule (90k iterations), 16 images per batch, SGD lr 0.02, SyncBN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from .model import C4DetectorConfig
+
+__all__ = ["DetRecipe", "load_det_recipe", "lr_factor"]
+
+
+@dataclass
+class DetRecipe:
+    task: str = "voc"                                         # voc | coco
+    # data, relative to --data
+    voc_train: List[Tuple[str, str]] = field(default_factory=lambda: [("2007", "trainval"), ("2012", "trainval")])
+    voc_test: Tuple[str, str] = ("2007", "test")
+    coco_train: Tuple[str, str] = ("annotations/instances_train2017.json", "train2017")
+    coco_test: Tuple[str, str] = ("annotations/instances_val2017.json", "val2017")
+    # model (detectron2 R50-C4, MoCo protocol)
+    num_classes: int = 20
+    mask_on: bool = False
+    extra_norm: bool = True
+    min_size_train: Tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    min_size_test: int = 800
+    max_size: int = 1333
+    anchor_sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)
+    rpn_pre_nms_train: int = 12000
+    rpn_post_nms_train: int = 2000
+    rpn_pre_nms_test: int = 6000
+    rpn_post_nms_test: int = 1000
+    rpn_batch_per_image: int = 256
+    roi_batch_per_image: int = 512
+    # solver (detectron2 defaults; MoCo's VOC config shortens warm-up to 100 iterations)
+    ims_per_batch: int = 16
+    reference_batch: int = 16                                 # base_lr is for this many images
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    max_iter: int = 24000
+    steps: Tuple[int, ...] = (18000, 22000)
+    gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    # engine
+    sync_bn: bool = True
+    mixed_precision: str = "no"                               # no | fp16 | bf16 (Accelerate)
+    checkpoint_period: int = 2000
+    log_period: int = 20
+    num_workers: int = 4
+    eval_ims_per_batch: int = 1
+    voc_07_metric: bool = True                                # 11-point AP on VOC2007 test
+    seed: int = 0
+
+    def detector_config(self) -> C4DetectorConfig:
+        return C4DetectorConfig(
+            num_classes=self.num_classes, mask_on=self.mask_on, extra_norm=self.extra_norm,
+            min_size_train=tuple(self.min_size_train), min_size_test=self.min_size_test,
+            max_size=self.max_size, anchor_sizes=tuple(self.anchor_sizes),
+            rpn_pre_nms_train=self.rpn_pre_nms_train, rpn_post_nms_train=self.rpn_post_nms_train,
+            rpn_pre_nms_test=self.rpn_pre_nms_test, rpn_post_nms_test=self.rpn_post_nms_test,
+            rpn_batch_per_image=self.rpn_batch_per_image, roi_batch_per_image=self.roi_batch_per_image)
+
+    def lr(self) -> float:
+        """``base_lr`` scaled linearly to ``ims_per_batch`` (the linear scaling rule)."""
+        return self.base_lr * self.ims_per_batch / self.reference_batch
+
+
+def load_det_recipe(path: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> DetRecipe:
+    """Read a recipe YAML (every key must be a ``DetRecipe`` field), then apply ``overrides``."""
+    data: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} not found")
+        data = yaml.safe_load(path.read_text()) or {}
+    data.update(overrides or {})
+    known = {f.name for f in fields(DetRecipe)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown recipe keys {unknown} in {path or 'overrides'}; valid keys: {sorted(known)}")
+    recipe = DetRecipe(**data)
+    if recipe.task not in ("voc", "coco"):
+        raise ValueError(f"recipe task must be 'voc' or 'coco', got {recipe.task!r}")
+    if list(recipe.steps) != sorted(recipe.steps):
+        raise ValueError(f"recipe steps must increase, got {recipe.steps}")
+    return recipe
+
+
+def lr_factor(step: int, recipe: DetRecipe) -> float:
+    """detectron2's WarmupMultiStepLR: linear warm-up from ``warmup_factor``, x``gamma`` at each step."""
+    decay = recipe.gamma ** sum(step >= s for s in recipe.steps)
+    if step >= recipe.warmup_iters:
+        return decay
+    alpha = step / recipe.warmup_iters
+    return decay * (recipe.warmup_factor * (1 - alpha) + alpha)

@@ -98,6 +98,10 @@ class ProposalEntry:
     height: int
     fallback: int
     boxes: np.ndarray
+    stored_name_hash: int | None = None  # set when read back from a file (names are stored hashed)
+
+    def name_hash(self) -> int:
+        return self.stored_name_hash if self.stored_name_hash is not None else name_hash(self.file_name)
 
 
 def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry], *, mode: str,
@@ -115,7 +119,7 @@ def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry
     dtype = np.int16 if boxes.size == 0 or np.abs(boxes).max() < 32767 else np.int32
     tensors = {
         "image_ids": ids,
-        "name_hash": np.array([name_hash(e.file_name) for e in entries], dtype=np.int64),
+        "name_hash": np.array([e.name_hash() for e in entries], dtype=np.int64),
         "sizes": np.array([[e.width, e.height] for e in entries], dtype=np.int32).reshape(-1, 2),
         "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         "fallback": np.array([e.fallback for e in entries], dtype=np.uint8),
@@ -127,6 +131,7 @@ def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # a shared dataset file, not a secret
     os.replace(tmp, path)
 
 

@@ -1,0 +1,176 @@
+"""The proposal tool behind ``train/make_proposals.py``: selective search over a dataset in
+parallel worker processes, resumable, with atomic writes.
+
+Resume: finished images are flushed every ``flush_every`` images / ``flush_seconds`` seconds
+into ``<out>.parts/part-NNNNN.safetensors`` (each written to a temp name, then renamed, so a kill
+never leaves a half-written file). A rerun reads the final file and the parts, skips every image
+already in them (done or recorded as skipped), and at the end merges everything into ``out``
+(atomically) and removes the parts folder. No image is computed twice, and no image can appear
+twice: the todo list excludes every id already stored, and the writer rejects duplicates.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .datasets import ImageRecord, load_rgb
+from .proposals import (FALLBACK_LEVELS, ProposalEntry, ProposalStore, image_proposals, name_hash,
+                        write_proposal_file)
+
+__all__ = ["process_image", "read_entries", "make_proposals", "format_summary"]
+
+
+def process_image(record: ImageRecord, mode: str, resize_long: int | None, min_side: int):
+    """One image -> ``("ok", ProposalEntry)`` or ``("skip", {"image_id", "file_name", "reason"})``."""
+    try:
+        image = load_rgb(record.path)
+    except ValueError as e:
+        return "skip", {"image_id": record.image_id, "file_name": record.file_name, "reason": "unreadable",
+                        "detail": str(e)}
+    h, w = image.shape[:2]
+    if min(h, w) < min_side:
+        return "skip", {"image_id": record.image_id, "file_name": record.file_name, "reason": "too_small",
+                        "detail": f"{w}x{h} < {min_side} px"}
+    boxes, level = image_proposals(image, mode, resize_long)
+    return "ok", ProposalEntry(record.image_id, record.file_name, w, h, level, boxes)
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # parallelism is across images; threads inside OpenCV would oversubscribe
+
+
+def _worker(args):
+    return process_image(*args)
+
+
+def read_entries(path: str | os.PathLike) -> tuple[ProposalStore, list[ProposalEntry], list[dict]]:
+    """All entries of a proposal file (file names are stored hashed: ``file_name`` is empty and
+    ``stored_name_hash`` carries the hash)."""
+    store = ProposalStore(path)
+    entries = [ProposalEntry(int(i), "", int(store.sizes[r][0]), int(store.sizes[r][1]), int(store.fallback[r]),
+                             store[int(i)], int(store.name_hashes[r])) for r, i in enumerate(store.image_ids)]
+    return store, entries, list(store.skipped)
+
+
+def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mode: str = "fast",
+                   resize_long: int | None = 500, workers: int = 1, min_side: int = 32, flush_every: int = 256,
+                   flush_seconds: float = 30.0, progress: bool = True) -> dict:
+    """Selective search + SoCo filters for every record; writes one proposal file at ``out``.
+
+    ``workers <= 1`` runs in this process. Returns a summary dict (see :func:`format_summary`).
+    """
+    out = Path(out)
+    parts_dir = out.with_name(out.name + ".parts")
+    by_id = {r.image_id: r for r in records}
+    if len(by_id) != len(records):
+        raise ValueError("dataset lists an image id twice; image ids must be unique")
+    sources = ([out] if out.is_file() else []) + (sorted(parts_dir.glob("part-*.safetensors"))
+                                                   if parts_dir.is_dir() else [])
+    stored: list[ProposalEntry] = []
+    skipped: list[dict] = []
+    for src in sources:
+        store, entries, sk = read_entries(src)
+        if store.metadata.get("mode") != mode or store.metadata.get("resize_long") != str(resize_long):
+            raise ValueError(f"{src} was made with mode={store.metadata.get('mode')} resize_long="
+                             f"{store.metadata.get('resize_long')}; rerun with the same settings or a new --out")
+        for r, e in enumerate(entries):
+            rec = by_id.get(e.image_id)
+            if rec is not None and store.name_hashes[r] != name_hash(rec.file_name):
+                raise ValueError(f"{src} belongs to another dataset: image id {e.image_id} is "
+                                 f"{rec.file_name!r} here but not in that file; use a new --out")
+        stored += entries
+        skipped += sk
+    done = {e.image_id for e in stored} | {int(s["image_id"]) for s in skipped}
+    todo = [r for r in records if r.image_id not in done]
+    if parts_dir.is_dir():
+        for stale in parts_dir.glob(".*.tmp-*"):  # temp files of a killed run
+            stale.unlink()
+
+    new_entries: list[ProposalEntry] = []
+    new_skipped: list[dict] = []
+    buffer: list[ProposalEntry] = []
+    buffer_skipped: list[dict] = []
+    part_index = len(list(parts_dir.glob("part-*.safetensors"))) if parts_dir.is_dir() else 0
+    last_flush = time.monotonic()
+
+    def flush():
+        nonlocal part_index, last_flush, buffer, buffer_skipped
+        if buffer or buffer_skipped:
+            parts_dir.mkdir(parents=True, exist_ok=True)
+            write_proposal_file(parts_dir / f"part-{part_index:05d}.safetensors", buffer, mode=mode,
+                                resize_long=resize_long, skipped=buffer_skipped)
+            part_index += 1
+        buffer, buffer_skipped = [], []
+        last_flush = time.monotonic()
+
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    jobs = ((r, mode, resize_long, min_side) for r in todo)
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="proposals", unit="img",
+               disable=not progress)
+    pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers, _worker_init) \
+        if workers > 1 and todo else None
+    if pool is None:
+        _worker_init()
+    try:
+        results = pool.imap_unordered(_worker, jobs, chunksize=4) if pool else map(_worker, jobs)
+        for kind, item in results:
+            (buffer if kind == "ok" else buffer_skipped).append(item)
+            (new_entries if kind == "ok" else new_skipped).append(item)
+            bar.update(1)
+            if len(buffer) + len(buffer_skipped) >= flush_every or time.monotonic() - last_flush > flush_seconds:
+                flush()
+        flush()
+    except KeyboardInterrupt:
+        flush()  # keep what is finished; the rerun resumes from there
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        bar.close()
+    seconds = time.perf_counter() - start
+
+    all_entries = stored + new_entries
+    all_skipped = skipped + new_skipped
+    if sources != [out] or new_entries or new_skipped:
+        write_proposal_file(out, all_entries, mode=mode, resize_long=resize_long, skipped=all_skipped)
+    if parts_dir.is_dir():
+        shutil.rmtree(parts_dir)
+    counts = np.array([len(e.boxes) for e in all_entries]) if all_entries else np.zeros(0, int)
+    levels = Counter(FALLBACK_LEVELS[e.fallback] for e in all_entries)
+    return {
+        "out": str(out), "images": len(records), "with_proposals": len(all_entries),
+        "computed_now": len(new_entries) + len(new_skipped), "resumed": len(records) - len(todo),
+        "skipped": dict(Counter(s["reason"] for s in all_skipped)),
+        "proposals_per_image": {"mean": float(counts.mean()) if counts.size else 0.0,
+                                "min": int(counts.min()) if counts.size else 0,
+                                "max": int(counts.max()) if counts.size else 0},
+        "fallbacks": {lvl: levels.get(lvl, 0) for lvl in FALLBACK_LEVELS},
+        "seconds": seconds, "images_per_s": (len(todo) / seconds) if seconds > 0 and todo else 0.0,
+        "workers": workers, "mode": mode,
+    }
+
+
+def format_summary(s: dict) -> str:
+    pp = s["proposals_per_image"]
+    lines = [
+        f"proposal file      {s['out']}",
+        f"images             {s['images']} ({s['with_proposals']} with proposals, {s['resumed']} already done, "
+        f"{s['computed_now']} computed now)",
+        f"skipped            {s['skipped'] or 'none'}",
+        f"proposals / image  mean {pp['mean']:.1f}, min {pp['min']}, max {pp['max']}",
+        "fallbacks used     " + ", ".join(f"{k}: {v}" for k, v in s["fallbacks"].items()),
+        f"speed              {s['images_per_s']:.2f} images/s with {s['workers']} worker(s), mode {s['mode']}, "
+        f"{s['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)

@@ -153,6 +153,11 @@ def _unavailable(cfg: Mapping[str, Any], reason: str) -> PretrainedWeightsError:
     return PretrainedWeightsError("\n".join(lines))
 
 
+def _first_sentence(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return text.split(". ")[0].rstrip(".")
+
+
 def _download(cfg: Mapping[str, Any], cache_dir: Optional[str]) -> str:
     from huggingface_hub import constants, hf_hub_download
 
@@ -170,7 +175,7 @@ def _download(cfg: Mapping[str, Any], cache_dir: Optional[str]) -> str:
     except Exception as e:  # every huggingface_hub failure becomes one clear error
         raise _unavailable(
             cfg, f"{where} '{filename}' of Hub repo '{repo}' could not be fetched "
-                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                 f"({type(e).__name__}: {_first_sentence(e)})") from e
 
 
 def pretrained_state_dict(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> ResolvedWeights:

@@ -1,0 +1,71 @@
+"""Fine-tune a backbone for detection without detectron2 (paper §5 "Setting", SPEC §4).
+
+    accelerate launch train/finetune_det.py --task voc --model d3ssl_r50c4.coco_800ep --data /data/VOCdevkit
+    accelerate launch train/finetune_det.py --task coco --model ./my_export --data /data/coco --mixed-precision bf16
+    python train/finetune_det.py --task voc --model ./my_export --data /data/VOCdevkit --resume
+
+VOC: Faster R-CNN R50-C4, VOC07+12 trainval, 24k iterations, VOC07 test AP/AP50/AP75.
+COCO: Mask R-CNN R50-C4, 1x (90k iterations), val2017 bbox/segm AP. Recipes:
+``train/recipes/det_voc.yaml`` / ``det_coco.yaml``; ``--set key=value`` overrides any field.
+``--model`` is anything ``d3ssl_zoo.load_backbone`` takes: a zoo name/tag, a save_pretrained
+folder (e.g. from ``d3ssl-zoo convert``), ``torchvision:resnet50`` or a timm name.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from d3ssl_zoo.transfer.detection.finetune import finetune
+from d3ssl_zoo.transfer.detection.recipe import load_det_recipe
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def parse_overrides(items) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--task", required=True, choices=("voc", "coco"))
+    p.add_argument("--model", required=True, help="zoo name/tag, save_pretrained folder, torchvision:resnet50, timm name")
+    p.add_argument("--data", required=True, type=Path, help="VOCdevkit folder (voc) or COCO root (coco)")
+    p.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: train/recipes/det_<task>.yaml)")
+    p.add_argument("--output-dir", type=Path, default=None, help="default: runs/det_<task>")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --output-dir")
+    p.add_argument("--max-iter", type=int, default=None, help="override the schedule length")
+    p.add_argument("--ims-per-batch", type=int, default=None, help="total images per iteration (lr scales linearly)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override recipe fields, e.g. num_workers=2")
+    args = p.parse_args(argv)
+
+    overrides = parse_overrides(args.set)
+    for key, value in (("max_iter", args.max_iter), ("ims_per_batch", args.ims_per_batch),
+                       ("mixed_precision", args.mixed_precision)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        recipe = load_det_recipe(args.recipe or RECIPES_DIR / f"det_{args.task}.yaml", overrides)
+        if recipe.task != args.task:
+            raise ValueError(f"--task {args.task} but the recipe is for {recipe.task}")
+        finetune(recipe, args.model, args.data, args.output_dir or Path("runs") / f"det_{args.task}",
+                 resume=args.resume, evaluate=not args.no_eval)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"finetune_det: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

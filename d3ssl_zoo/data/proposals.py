@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 __all__ = ["FORMAT", "FALLBACK_LEVELS", "ProposalEntry", "name_hash", "selective_search",
@@ -158,7 +158,7 @@ class ProposalStore:
                 self.sizes = f.get_tensor("sizes")
                 self.offsets = f.get_tensor("offsets")
                 self.fallback = f.get_tensor("fallback")
-        except (OSError, json.JSONDecodeError) as e:  # safetensors raises OSError-like errors on bad headers
+        except (OSError, SafetensorError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read proposal file {self.path}: {e}") from e
         self.metadata = meta
         self.skipped = json.loads(meta.get("skipped", "[]"))

@@ -70,14 +70,13 @@ def _shrink(a: np.ndarray, long_side: int) -> np.ndarray:
     return cv2.resize(a, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else a
 
 
-def _write_pretrain(ds: SampleDataset) -> None:
+def _write_pretrain(ds: SampleDataset, photos: dict[str, np.ndarray]) -> None:
     from .datasets import coco_records
     from .proposal_tool import make_proposals
 
     ds.images_dir.mkdir(parents=True)
     images = []
-    for i, name in enumerate(PHOTOS, start=1):
-        a = _shrink(_photo(name), LONG_SIDE)
+    for i, (name, a) in enumerate(photos.items(), start=1):
         file_name = f"{name}.png" if a.ndim == 3 and a.shape[2] == 4 else f"{name}.jpg"  # keep the RGBA one
         Image.fromarray(a).save(ds.images_dir / file_name, quality=92)
         images.append({"id": i, "file_name": file_name, "width": a.shape[1], "height": a.shape[0]})
@@ -115,13 +114,14 @@ def _paste_digits(bg: np.ndarray, glyphs, labels, rng: np.random.Generator):
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), boxes, cats
 
 
-def _write_labelled(ds: SampleDataset, split: str, count: int, digit_ids: np.ndarray, rng: np.random.Generator) -> None:
+def _write_labelled(ds: SampleDataset, photos: dict[str, np.ndarray], split: str, count: int, digit_ids: np.ndarray,
+                    rng: np.random.Generator) -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     folder = ds.train_images if split == "train" else ds.val_images
     folder.mkdir(parents=True)
-    backgrounds = [_photo(n) for n in PHOTOS if n != "logo"]
+    backgrounds = [a for n, a in photos.items() if n != "logo"]
     images, anns = [], []
     pos = 0
     for i in range(1, count + 1):
@@ -150,11 +150,12 @@ def _write_labelled(ds: SampleDataset, split: str, count: int, digit_ids: np.nda
 
 def _build(root: Path, seed: int) -> None:
     ds = _layout(root)
-    _write_pretrain(ds)
+    photos = {name: _shrink(_photo(name), LONG_SIDE) for name in PHOTOS}
+    _write_pretrain(ds, photos)
     rng = np.random.default_rng(seed)
     order = rng.permutation(1797)  # sklearn's digit set; halves keep train and val glyphs apart
-    _write_labelled(ds, "train", NUM_TRAIN, order[: len(order) // 2], rng)
-    _write_labelled(ds, "val", NUM_VAL, order[len(order) // 2:], rng)
+    _write_labelled(ds, photos, "train", NUM_TRAIN, order[: len(order) // 2], rng)
+    _write_labelled(ds, photos, "val", NUM_VAL, order[len(order) // 2:], rng)
     (root / "complete.json").write_text(json.dumps({"version": SAMPLE_VERSION, "seed": seed}))
 
 

@@ -1,0 +1,140 @@
+"""Image decoding, dataset sources, the contract's build_pretrain_dataset, and the sample."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, build_pretrain_dataset, load_rgb
+from d3ssl_zoo.data.datasets import coco_records, folder_records
+from d3ssl_zoo.data.proposals import ProposalEntry, write_proposal_file
+from d3ssl_zoo.data.sample import get_sample_dataset
+
+CFG = PretrainDataConfig(image_size=64, small_size=32)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "LA"])
+def test_load_rgb_converts_modes(tmp_path, mode):
+    a = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
+    im = Image.fromarray(a)
+    if mode == "I;16":
+        im = Image.fromarray(a[..., 0].astype(np.uint16) * 257)
+    else:
+        im = im.convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(path)
+    if mode == "I;16":
+        assert Image.open(path).mode.startswith("I;16")
+    out = load_rgb(path)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    if mode == "I;16":
+        assert np.abs(out[..., 0].astype(int) - a[..., 0]).max() <= 1  # 16-bit scaled, not clipped
+
+
+def test_load_rgb_truncated_names_file(tmp_path):
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 100).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="cut.jpg"):
+        load_rgb(path)
+
+
+def make_source(tmp_path, n=3):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"sub/b{i}.png" if i % 2 else f"a{i}.jpg" for i in range(n)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)).save(root / name)
+    records = folder_records(root)
+    entries = [ProposalEntry(r.image_id, r.file_name, 64, 48, 0, np.array([[2, 2, 40, 30], [20, 10, 60, 45]],
+                                                                          np.float32)) for r in records]
+    return root, records, entries
+
+
+def test_folder_dataset_samples_and_seeds(tmp_path):
+    root, records, entries = make_source(tmp_path)
+    assert [r.file_name for r in records] == sorted(r.file_name for r in records)
+    prop = tmp_path / "p.safetensors"
+    write_proposal_file(prop, entries, mode="fast", resize_long=500)
+    ds = build_pretrain_dataset(CFG, root, prop, seed=1)
+    assert len(ds) == 3
+    a, b = ds[1], ds[1]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    ds.set_epoch(1)
+    c = ds[1]
+    assert not np.array_equal(a["x2"], c["x2"])
+    other = build_pretrain_dataset(CFG, root, prop, seed=2)
+    assert not np.array_equal(other[1]["x2"], a["x2"])
+    ds2 = pickle.loads(pickle.dumps(ds))  # DataLoader workers get a copy
+    ds2.set_epoch(0)
+    ds.set_epoch(0)
+    assert np.array_equal(ds2[2]["x1"], ds[2]["x1"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=PretrainCollator(CFG))
+    batch = next(iter(loader))
+    assert batch["x3"].shape == (2, 3, 64, 64) and batch["image_id"].tolist() == [0, 1]
+
+
+def test_dataset_errors_and_counted_skips(tmp_path):
+    root, records, entries = make_source(tmp_path)
+    prop = tmp_path / "p.safetensors"
+    write_proposal_file(prop, entries[:1], mode="fast", resize_long=500)
+    with pytest.raises(ValueError, match="lacks 2 image"):
+        build_pretrain_dataset(CFG, root, prop, seed=0)
+    write_proposal_file(prop, entries[:2], mode="fast", resize_long=500,
+                        skipped=[{"image_id": 2, "file_name": records[2].file_name, "reason": "unreadable"}])
+    with pytest.warns(UserWarning, match="skipped 1 of 3"):
+        ds = build_pretrain_dataset(CFG, root, prop, seed=0)
+    assert len(ds) == 2 and ds.skipped[0]["reason"] == "unreadable"
+    renamed = [ProposalEntry(e.image_id, "other_" + e.file_name, 64, 48, 0, e.boxes) for e in entries]
+    write_proposal_file(prop, renamed, mode="fast", resize_long=500)
+    with pytest.raises(ValueError, match="belongs to another dataset"):
+        build_pretrain_dataset(CFG, root, prop, seed=0)
+    resized = [ProposalEntry(e.image_id, e.file_name, 640, 480, 0, e.boxes) for e in entries]
+    write_proposal_file(prop, resized, mode="fast", resize_long=500)
+    with pytest.raises(ValueError, match="was made for a 640x480 image"):
+        build_pretrain_dataset(CFG, root, prop, seed=0)[0]
+    with pytest.raises(ValueError, match="make_proposals.py --images"):
+        build_pretrain_dataset(CFG, root, None, seed=0)
+    with pytest.raises(ValueError, match="neither"):
+        build_pretrain_dataset(CFG, tmp_path / "x.txt", prop, seed=0)
+
+
+def test_coco_source_finds_images_folder(tmp_path):
+    root, records, entries = make_source(tmp_path)
+    ann = tmp_path / "ann" / "instances_train2017.json"
+    ann.parent.mkdir()
+    ann.write_text(json.dumps({"images": [{"id": 5 + r.image_id, "file_name": r.file_name, "width": 64, "height": 48}
+                                          for r in records], "annotations": [], "categories": []}))
+    with pytest.raises(FileNotFoundError, match="images_dir"):
+        coco_records(ann)
+    (tmp_path / "train2017").symlink_to(root)
+    recs = coco_records(ann)
+    assert [r.image_id for r in recs] == [5, 6, 7] and recs[0].path.startswith(str(tmp_path / "train2017"))
+
+
+def test_sample_dataset_is_built_once_and_usable(tmp_path):
+    ds = get_sample_dataset()  # the session's cache (tests/conftest.py sets D3SSL_ZOO_CACHE)
+    assert get_sample_dataset() == ds  # idempotent
+    pre = json.loads(ds.pretrain_ann.read_text())
+    assert len(pre["images"]) == 16 and not pre["annotations"]
+    for ann_path, img_dir in ((ds.train_ann, ds.train_images), (ds.val_ann, ds.val_images)):
+        ann = json.loads(ann_path.read_text())
+        assert len(ann["categories"]) == 10
+        sizes = {im["id"]: (im["width"], im["height"]) for im in ann["images"]}
+        for im in ann["images"]:
+            assert (img_dir / im["file_name"]).is_file()
+        for a in ann["annotations"]:
+            x, y, w, h = a["bbox"]
+            W, H = sizes[a["image_id"]]
+            assert w > 4 and h > 4 and x >= 0 and y >= 0 and x + w <= W and y + h <= H
+        per_image = np.bincount([a["image_id"] for a in ann["annotations"]])[1:]
+        assert per_image.min() >= 2
+    data = build_pretrain_dataset(CFG, "sample", None, seed=0)
+    assert len(data) == 16 and data[15]["x1"].shape == (64, 64, 3)  # includes the RGBA and grayscale photos
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "junk").write_text("x")
+    with pytest.raises(RuntimeError, match="delete it"):
+        get_sample_dataset(tmp_path / "half")

@@ -7,6 +7,7 @@ forward (Eq. 10), NaN guard, backward, LARS step, teacher EMA, log, maybe checkp
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,11 +101,20 @@ def _accelerator(recipe: Recipe, output_dir: Path) -> Accelerator:
     if tracker == "wandb" and not is_wandb_available():
         raise ValueError("train.tracker=wandb needs the wandb package (pip install wandb); "
                          "or use train.tracker=tensorboard")
-    return Accelerator(
+    # Launched as several processes on a machine without GPUs, Accelerate must be told to use CPU (gloo);
+    # otherwise every process silently trains alone.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(
+        cpu=world_size > 1 and not torch.cuda.is_available(),
         mixed_precision=recipe.train.mixed_precision,
         log_with=None if tracker == "none" else tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    if accelerator.num_processes != world_size:
+        raise RuntimeError(f"launched as {world_size} processes but Accelerate runs {accelerator.num_processes}: "
+                           f"an Accelerate state was created before train() without cpu=True; create none, "
+                           f"or create it with PartialState(cpu=True) on machines without GPUs")
+    return accelerator
 
 
 def _export(accelerator: Accelerator, method: nn.Module, recipe: Recipe, output_dir: Path, step: int,

@@ -1,0 +1,73 @@
+"""Two processes on CPU (gloo) through ``accelerate launch``: the memory bank holds both processes'
+keys and the weights stay in sync (issue 4, item 4).
+
+Run by pytest, this file launches itself as the worker: ``accelerate launch --multi_gpu
+--num_processes 2 tests/test_engine_distributed.py OUT IMAGES PROPOSALS``.
+"""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+# BatchNorm running statistics are per process on CPU (SyncBN needs GPUs): they are not trained weights
+_PER_PROCESS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(out: Path, images: str, proposals: str) -> None:
+    import torch.nn.functional as F
+    from accelerate import PartialState
+
+    from d3ssl_zoo.engine import load_recipe, train
+    from d3ssl_zoo.method import RegionQueue
+    from test_engine import RECIPES, tiny_overrides
+
+    torch.set_num_threads(1)
+    state = PartialState(cpu=True)  # this machine has no GPU: gloo on CPU
+    rank = state.process_index
+    queue = RegionQueue(size=8, dim=4, seed=0)
+    queue.enqueue(F.normalize(torch.eye(4)[2 * rank: 2 * rank + 2], dim=1))  # rank 0: e0, e1; rank 1: e2, e3
+    recipe = load_recipe(RECIPES / "demo.yaml", tiny_overrides(Path(images), Path(proposals)))
+    result = train(recipe, out / "run")
+    weights = {k: v.contiguous() for k, v in result.method.state_dict().items() if not k.endswith(_PER_PROCESS)}
+    save_file({**weights, "unit_queue.keys": queue.keys, "unit_queue.ptr": queue.ptr},
+              str(out / f"rank{rank}.safetensors"))
+
+
+def test_two_processes_share_queue_and_weights(tmp_path):
+    from test_engine import make_tiny_source
+
+    images, proposals = make_tiny_source(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), __file__, str(tmp_path), str(images), str(proposals)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    # the queue gathers keys from all processes before enqueueing: both ranks hold e0..e3 in rank order
+    for r in (r0, r1):
+        assert torch.allclose(r["unit_queue.keys"][:4], torch.eye(4)) and int(r["unit_queue.ptr"]) == 4
+    # the engine run: 8 images / (2 processes x batch 2) = 2 steps, 2 views x 2 images x 2 boxes per process
+    assert int(r0["queue.ptr"]) == int(r1["queue.ptr"]) == 2 * 2 * (2 * 2 * 2)
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between the two processes"
+    # both processes' (different) images went into the queue: the newest 16 rows are not all one rank's
+    new = r0["queue.keys"][16:32]
+    assert not torch.allclose(new[:8], new[8:])
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -123,9 +123,11 @@ def _write(out: str, payload: dict) -> str:
 
 
 def _run(args, fn) -> int:
+    from d3ssl_zoo.hub import PretrainedWeightsError
+
     try:
         return fn(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, PretrainedWeightsError) as e:
         print(f"d3ssl-zoo eval {args.eval_command}: {e}", file=sys.stderr)
         return 2
 

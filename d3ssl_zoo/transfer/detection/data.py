@@ -7,6 +7,8 @@ back at its edge. Labels are 0-based class indices here; the torchvision detecto
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +124,8 @@ def read_coco(ann_file: Path, image_root: Path, *, train: bool,
     if not Path(ann_file).is_file():
         raise FileNotFoundError(f"COCO annotation file {ann_file} not found")
     stats = stats if stats is not None else ReadStats()
-    coco = COCO(str(ann_file))
+    with contextlib.redirect_stdout(io.StringIO()):   # pycocotools' progress lines; we report stats instead
+        coco = COCO(str(ann_file))
     cat_ids = sorted(coco.getCatIds())
     index = {c: i for i, c in enumerate(cat_ids)}
     records = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -133,7 +134,9 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
-    acc = Accelerator(mixed_precision=recipe.mixed_precision,
+    # Several processes on a machine without GPUs must be told to use the CPU (gloo backend).
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    acc = Accelerator(cpu=world_size > 1 and not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision,
                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     log = log or acc.print
     set_seed(recipe.seed)

@@ -1,0 +1,298 @@
+"""Detection transfer without detectron2: VOC / COCO evaluators with known answers, readers, the
+R50-C4-form detector and a short fine-tuning run (resume included) on tiny made-up data."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import d3ssl_zoo
+from d3ssl_zoo.transfer.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
+                                          coco_results, collate_detection, detector_backbone_state_dict,
+                                          evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
+                                          read_voc, voc_ap)
+from d3ssl_zoo.transfer.detection.data import hflip_sample
+from d3ssl_zoo.transfer.detection.finetune import finetune, latest_checkpoint
+
+
+def _rec(image_id, boxes, labels, difficult=None):
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return DetRecord(f"{image_id}.jpg", image_id, 64, 64, boxes, np.asarray(labels, np.int64),
+                     np.asarray(difficult if difficult is not None else [False] * len(labels), bool))
+
+
+# --- VOC evaluator ------------------------------------------------------------------------------------------------
+
+def test_voc_ap_11_point_and_area_by_hand():
+    rec = np.array([0.5, 0.5, 0.5, 0.5, 1.0])
+    prec = np.array([1.0, 1.0, 0.5, 1 / 3, 0.5])
+    # 11-point: recall thresholds 0..0.5 see precision 1, 0.6..1.0 see 0.5 -> (6 + 2.5) / 11
+    assert voc_ap(rec, prec, use_07_metric=True) == pytest.approx(8.5 / 11)
+    # area under the envelope: 0.5 * 1 + 0.5 * 0.5
+    assert voc_ap(rec, prec, use_07_metric=False) == pytest.approx(0.75)
+    assert voc_ap(np.zeros(0), np.zeros(0), use_07_metric=True) == 0.0
+
+
+def test_voc_evaluator_matches_hand_computed_values():
+    # class 0: img1 has a normal and a difficult object, img2 one object (npos = 2)
+    # class 1: img2 one 10x10 object, detected by a 10x12 box: devkit IoU 100/120 = 0.833
+    records = [_rec("img1", [[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0], [False, True]),
+               _rec("img2", [[0, 0, 20, 20], [0, 0, 10, 10]], [0, 1])]
+    preds = {
+        "img1": {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], "scores": [0.9, 0.8, 0.6],
+                 "labels": [0, 0, 0]},        # TP, difficult (ignored), duplicate (FP)
+        "img2": {"boxes": [[10, 10, 30, 30], [0, 0, 20, 20], [0, 0, 10, 12]], "scores": [0.7, 0.5, 0.95],
+                 "labels": [0, 0, 1]},        # IoU 1/7 (FP), TP; class 1 hit at IoU 0.833
+    }
+    out = evaluate_voc(preds, records, class_names=("a", "b"), use_07_metric=True)
+    ap_a = 100 * 8.5 / 11                     # the curve of the test above, at every IoU threshold
+    ap_b = [100.0] * 7 + [0.0] * 3            # IoU 0.833 > 0.50..0.80, not > 0.85..0.95
+    assert out["AP50_per_class"] == pytest.approx({"a": ap_a, "b": 100.0})
+    assert out["AP50"] == pytest.approx((ap_a + 100) / 2)
+    assert out["AP75"] == pytest.approx((ap_a + 100) / 2)
+    assert out["AP"] == pytest.approx((ap_a + np.mean(ap_b)) / 2)
+    area = evaluate_voc(preds, records, class_names=("a", "b"), use_07_metric=False)
+    assert area["AP50_per_class"]["a"] == pytest.approx(75.0)
+
+
+def test_voc_evaluator_edges():
+    records = [_rec("img1", [[0, 0, 10, 10]], [0])]
+    out = evaluate_voc({}, records, class_names=("a", "b"))
+    assert out["AP"] == 0.0 and out["classes_without_objects"] == ["b"]
+    with pytest.raises(ValueError, match="not in the test set"):
+        evaluate_voc({"other": {"boxes": [], "scores": [], "labels": []}}, records, class_names=("a",))
+    with pytest.raises(ValueError, match="0-based class indices"):
+        evaluate_voc({"img1": {"boxes": [[0, 0, 1, 1]], "scores": [1.0], "labels": [3]}}, records, class_names=("a",))
+
+
+# --- readers ------------------------------------------------------------------------------------------------------
+
+def _voc_xml(objects, w=64, h=48):
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>{int(d)}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
+    return f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objs}</annotation>"
+
+
+def make_voc(root, year, split, images, seed=0):
+    """A VOCdevkit/VOC<year> split of made-up images: one coloured rectangle per object on noise."""
+    base = root / f"VOC{year}"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colours = {"cat": (230, 40, 40), "dog": (40, 40, 230)}
+    for image_id, objects in images.items():
+        arr = rng.integers(90, 140, (48, 64, 3)).astype(np.uint8)
+        for name, (x1, y1, x2, y2), _ in objects:
+            arr[y1 - 1:y2, x1 - 1:x2] = colours[name]
+        Image.fromarray(arr).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        (base / "Annotations" / f"{image_id}.xml").write_text(_voc_xml(objects))
+    with open(base / "ImageSets" / "Main" / f"{split}.txt", "a") as f:
+        f.write("".join(f"{i}\n" for i in images))
+
+
+def test_voc_reader_reads_detectron2_coordinates_and_difficult(tmp_path):
+    make_voc(tmp_path, "2007", "test", {"000001": [("dog", (11, 5, 40, 30), False), ("cat", (1, 1, 8, 9), True)]})
+    (r,) = read_voc(tmp_path, "2007", "test")
+    assert (r.width, r.height) == (64, 48)
+    np.testing.assert_array_equal(r.boxes, [[10, 4, 40, 30], [0, 0, 8, 9]])
+    assert r.labels.tolist() == [11, 7] and r.difficult.tolist() == [False, True]
+    (tmp_path / "VOC2007" / "Annotations" / "000001.xml").write_text(_voc_xml([("unicorn", (1, 1, 5, 5), False)]))
+    with pytest.raises(ValueError, match="unicorn"):
+        read_voc(tmp_path, "2007", "test")
+    with pytest.raises(FileNotFoundError, match="VOCdevkit"):
+        read_voc(tmp_path, "2012", "trainval")
+
+
+def _square_poly(x1, y1, x2, y2):
+    return [[x1, y1, x2, y1, x2, y2, x1, y2]]
+
+
+def make_coco(path):
+    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+              {"id": 2, "file_name": "b.jpg", "width": 64, "height": 48},
+              {"id": 3, "file_name": "c.jpg", "width": 64, "height": 48}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 8, 20, 16], "area": 320, "iscrowd": 0,
+         "segmentation": _square_poly(10, 8, 30, 24)},
+        {"id": 2, "image_id": 2, "category_id": 7, "bbox": [30, 10, 24, 30], "area": 720, "iscrowd": 0,
+         "segmentation": _square_poly(30, 10, 54, 40)},
+        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 1,
+         "segmentation": _square_poly(0, 0, 10, 10)},
+    ]
+    cats = [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+
+
+def test_coco_reader_and_perfect_detections_score_100(tmp_path, capsys):
+    make_coco(tmp_path / "ann.json")
+    from d3ssl_zoo.transfer.detection.data import ReadStats, _masks
+    stats = ReadStats()
+    train, cats, _ = read_coco(tmp_path / "ann.json", tmp_path, train=True, stats=stats)
+    assert cats == [3, 7] and [r.image_id for r in train] == [1, 2]
+    assert stats.skipped == {"crowd annotations (training)": 1, "images without objects (training)": 1}
+    test, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=False)
+    np.testing.assert_array_equal(test[0].boxes, [[10, 8, 30, 24]])
+    masks = _masks(train[0])
+    assert masks.shape == (1, 48, 64) and masks[0, 10:20, 12:28].all() and not masks[0, 30:].any()
+
+    preds = {r.image_id: {"boxes": r.boxes, "scores": np.ones(len(r.labels)), "labels": r.labels,
+                          "masks": _masks(r).float().unsqueeze(1).numpy()} for r in train}
+    results = coco_results(preds, cats)
+    assert results[0]["category_id"] == 3 and results[0]["bbox"] == [10.0, 8.0, 20.0, 16.0]
+    out = evaluate_coco(gt, results, ("bbox",))
+    assert out["bbox"]["AP"] == pytest.approx(100.0) and out["bbox"]["AP50"] == pytest.approx(100.0)
+    segm = evaluate_coco(gt, [{k: v for k, v in r.items() if k != "bbox"} for r in results], ("segm",))
+    assert segm["segm"]["AP"] == pytest.approx(100.0)
+    # boxes shifted to IoU ~0.6: counted at AP50, not at AP75
+    shifted = [{**r, "bbox": [r["bbox"][0] + r["bbox"][2] / 4, r["bbox"][1], r["bbox"][2], r["bbox"][3]]}
+               for r in results]
+    worse = evaluate_coco(gt, [{k: v for k, v in r.items() if k != "segmentation"} for r in shifted])["bbox"]
+    assert worse["AP50"] == pytest.approx(100.0) and worse["AP75"] == pytest.approx(0.0)
+    assert evaluate_coco(gt, [])["bbox"]["AP"] == 0.0
+    assert capsys.readouterr().out == ""      # pycocotools' table is returned, not printed
+
+
+# --- detector -----------------------------------------------------------------------------------------------------
+
+TINY = dict(min_size_train=(64,), min_size_test=64, max_size=96, anchor_sizes=(16, 32, 64),
+            rpn_pre_nms_train=300, rpn_post_nms_train=64, rpn_pre_nms_test=300, rpn_post_nms_test=32,
+            rpn_batch_per_image=64, roi_batch_per_image=32)
+
+
+def _tiny_batch():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 48, 64, generator=g) * 0.3 for _ in range(2)]
+    images[0][:, 8:30, 10:40] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)
+    images[1][:, 20:44, 30:60] = torch.tensor([0.1, 0.1, 0.9]).view(3, 1, 1)
+    targets = [{"boxes": torch.tensor([[10.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[30.0, 20.0, 60.0, 44.0]]), "labels": torch.tensor([2])}]
+    for img, t in zip(images, targets):
+        m = torch.zeros(1, 48, 64, dtype=torch.uint8)
+        x1, y1, x2, y2 = t["boxes"][0].int().tolist()
+        m[0, y1:y2, x1:x2] = 1
+        t["masks"] = m
+    return images, targets
+
+
+def test_c4_detector_has_the_res5_head_layout():
+    trunk = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0)
+    layer4 = trunk.layer4
+    det = build_c4_detector(trunk, C4DetectorConfig(num_classes=2, mask_on=True, **TINY))
+    assert det.backbone.out_channels == trunk.c4_channels == 256
+    assert det.roi_heads.box_head.res5 is layer4                       # res5 of the pre-trained trunk
+    assert isinstance(det.roi_heads.box_head.norm, torch.nn.BatchNorm2d)  # MoCo's extra norm
+    feats = det.backbone(torch.randn(1, 3, 64, 96))["0"]
+    assert feats.shape == (1, 256, 4, 6)                               # C4, stride 16
+    rois = det.roi_heads.box_roi_pool({"0": feats}, [torch.tensor([[0.0, 0.0, 32.0, 32.0]])], None)
+    assert rois.shape == (1, 256, 14, 14)                              # RoIAlign 14x14 on C4
+    assert det.roi_heads.box_head(rois).shape == (1, 512, 7, 7)       # res5 with stride 2
+    sd = detector_backbone_state_dict(det)
+    ref = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0).state_dict()
+    assert set(sd) == set(ref)
+    det.eval()
+    with torch.no_grad():
+        out = det([torch.rand(3, 48, 64)])
+    assert set(out[0]) == {"boxes", "labels", "scores", "masks"}
+    assert out[0]["masks"].shape[1:] == (1, 48, 64)
+
+
+def test_hflip_moves_boxes_and_masks():
+    img = torch.zeros(3, 4, 10)
+    img[:, :, 1] = 1
+    t = {"boxes": torch.tensor([[1.0, 0.0, 3.0, 4.0]]), "masks": (img[:1] > 0).to(torch.uint8)}
+    fimg, ft = hflip_sample(img, t)
+    assert fimg[0, 0, 8] == 1 and ft["boxes"].tolist() == [[7.0, 0.0, 9.0, 4.0]] and ft["masks"][0, 0, 8] == 1
+
+
+def test_a_few_finetuning_steps_lower_the_loss():
+    torch.manual_seed(0)
+    trunk = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0)
+    det = build_c4_detector(trunk, C4DetectorConfig(num_classes=2, mask_on=True, **TINY))
+    images, targets = _tiny_batch()
+    opt = torch.optim.SGD(det.parameters(), lr=0.01, momentum=0.9)
+
+    def loss_at_fixed_sampling():
+        torch.manual_seed(123)        # same RPN / RoI sampling before and after
+        with torch.no_grad():
+            return float(sum(det(images, targets).values()))
+
+    det.train()
+    before = loss_at_fixed_sampling()
+    for _ in range(8):
+        loss = sum(det(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = loss_at_fixed_sampling()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_lr_schedule_is_detectron2s_warmup_multistep():
+    r = load_det_recipe(None, {"warmup_iters": 100, "warmup_factor": 0.001, "steps": [18000, 22000]})
+    assert lr_factor(0, r) == pytest.approx(0.001)
+    assert lr_factor(50, r) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(100, r) == 1.0 and lr_factor(18000, r) == pytest.approx(0.1)
+    assert lr_factor(23999, r) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        load_det_recipe(None, {"lr": 0.1})
+
+
+def test_shipped_recipes_are_the_papers_protocol():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "train" / "recipes"
+    voc, coco = load_det_recipe(root / "det_voc.yaml"), load_det_recipe(root / "det_coco.yaml")
+    assert (voc.max_iter, list(voc.steps), voc.num_classes, voc.mask_on) == (24000, [18000, 22000], 20, False)
+    assert [list(s) for s in voc.voc_train] == [["2007", "trainval"], ["2012", "trainval"]]
+    assert (coco.max_iter, list(coco.steps), coco.num_classes, coco.mask_on) == (90000, [60000, 80000], 80, True)
+    for r in (voc, coco):
+        assert (r.ims_per_batch, r.base_lr, r.sync_bn, r.extra_norm) == (16, 0.02, True, True)
+
+
+@pytest.fixture
+def fresh_accelerate():
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate):
+    data = tmp_path / "VOCdevkit"
+    make_voc(data, "2007", "trainval", {"a": [("cat", (11, 9, 40, 30), False)], "b": [("dog", (31, 21, 60, 44), False)]})
+    make_voc(data, "2012", "trainval", {"c": [("dog", (5, 5, 30, 40), False), ("cat", (35, 2, 60, 20), False)]}, 1)
+    make_voc(data, "2007", "test", {"t": [("cat", (11, 9, 40, 30), False), ("dog", (41, 5, 60, 20), True)]}, 2)
+    over = dict(TINY, min_size_train=[64], anchor_sizes=[16, 32, 64], ims_per_batch=2, max_iter=2, steps=[3],
+                warmup_iters=1, checkpoint_period=2, log_period=1, num_workers=0, sync_bn=False, base_lr=0.01)
+    model_dir = tmp_path / "zoo"
+    d3ssl_zoo.save_pretrained(d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0), model_dir, model_name="d3ssl_r18c4")
+    logs = []
+    out = finetune(load_det_recipe(None, over), str(model_dir), data, tmp_path / "run", evaluate=False, log=logs.append)
+    assert out["step"] == 2 and latest_checkpoint(tmp_path / "run").name == "step_0000002"
+    assert any("train: 3 images, 4 objects" in line for line in logs)
+    out = finetune(load_det_recipe(None, dict(over, max_iter=3)), str(model_dir), data, tmp_path / "run",
+                   resume=True, log=logs.append)
+    assert out["step"] == 3 and any("resumed from" in line and "step 2" in line for line in logs)
+    m = out["metrics"]["bbox"]
+    assert set(m) >= {"AP", "AP50", "AP75"} and 0.0 <= m["AP"] <= 100.0
+    assert "dog" in m["classes_without_objects"] and "cat" not in m["classes_without_objects"]   # dog only difficult
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["bbox"]["AP50"] == pytest.approx(m["AP50"])
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_dataset_flip_is_reproducible_per_epoch(tmp_path):
+    make_voc(tmp_path, "2007", "trainval", {str(i): [("cat", (11, 9, 40, 30), False)] for i in range(6)})
+    ds = DetectionDataset(read_voc(tmp_path, "2007", "trainval"), train=True, seed=3)
+    first = [ds[i][1]["boxes"][0, 0].item() for i in range(6)]
+    assert first == [ds[i][1]["boxes"][0, 0].item() for i in range(6)]
+    assert set(first) <= {10.0, 64.0 - 40.0}
+    ds.set_epoch(1)
+    flips = [[ds[i][1]["boxes"][0, 0].item() for i in range(6)]]
+    for e in range(2, 6):
+        ds.set_epoch(e)
+        flips.append([ds[i][1]["boxes"][0, 0].item() for i in range(6)])
+    assert any(f != first for f in flips)
+    images, targets = collate_detection([ds[0], ds[1]])
+    assert len(images) == 2 and targets[0]["labels"].tolist() == [8]          # 'cat' is class 7, +1 background

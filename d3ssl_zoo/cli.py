@@ -15,6 +15,7 @@ from typing import List, Optional
 SUBCOMMAND_MODULES: tuple = (
     "d3ssl_zoo.evaluation.cli",
     "d3ssl_zoo.transfer.cli",
+    "d3ssl_zoo.data.cli",
 )
 
 

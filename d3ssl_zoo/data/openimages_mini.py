@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["load_class_map", "read_class_descriptions", "read_boxes", "select_images", "build_openimages_mini",
-           "dataset_statistics", "format_statistics", "main"]
+           "dataset_statistics", "format_statistics", "add_arguments", "run", "main"]
 
 CLASS_MAP_FILE = Path(__file__).with_name("coco_openimages_classes.csv")
 
@@ -190,19 +190,27 @@ def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *,
             "skipped": dict(missing)}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Build OpenImage-MINI (D3SSL Sec. 5.1) as a COCO json and print "
-                                            "the Tab. 2 statistics.")
+def add_arguments(p) -> None:
+    """Command-line options of ``python -m d3ssl_zoo.data.openimages_mini`` and ``d3ssl-zoo oimini``."""
     p.add_argument("--boxes", required=True, help="OpenImages box CSV (e.g. oidv6-train-annotations-bbox.csv)")
     p.add_argument("--classes", required=True, help="OpenImages class descriptions CSV (boxable)")
     p.add_argument("--images", required=True, help="folder with the OpenImages <ImageID>.jpg files")
     p.add_argument("--coco", required=True, help="COCO instances json giving the per-class object budget")
     p.add_argument("--out", required=True, help="output COCO json")
     p.add_argument("--seed", type=int, default=0, help="order in which images are considered")
-    args = p.parse_args(argv)
+
+
+def run(args) -> int:
     stats = build_openimages_mini(args.boxes, args.classes, args.images, args.coco, args.out, seed=args.seed)
     print(format_statistics({"OpenImage-MINI": stats["openimage_mini"], "COCO": stats["coco"]}))
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Build OpenImage-MINI (D3SSL Sec. 5.1) as a COCO json and print "
+                                            "the Tab. 2 statistics.")
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .datasets import ImageRecord, load_rgb
+from .datasets import ImageRecord, coco_records, folder_records, load_rgb
 from .proposals import (FALLBACK_LEVELS, ProposalEntry, ProposalStore, image_proposals, name_hash,
                         write_proposal_file)
 
-__all__ = ["process_image", "read_entries", "make_proposals", "format_summary"]
+__all__ = ["process_image", "read_entries", "make_proposals", "format_summary", "add_arguments", "run"]
 
 
 def process_image(record: ImageRecord, mode: str, resize_long: int | None, min_side: int):
@@ -174,3 +174,27 @@ def format_summary(s: dict) -> str:
         f"{s['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def add_arguments(p) -> None:
+    """Command-line options of ``train/make_proposals.py`` and ``d3ssl-zoo proposals``."""
+    p.add_argument("--images", help="image folder (with --coco: the folder the json's file_names refer to)")
+    p.add_argument("--coco", help="COCO annotation json; its image ids key the proposal file")
+    p.add_argument("--out", required=True, help="output proposal file (.safetensors)")
+    p.add_argument("--mode", choices=("fast", "single", "quality"), default="fast", help="selective search mode")
+    p.add_argument("--resize-long", type=int, default=500, help="long side the search runs at (0: original size)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (1: in process)")
+    p.add_argument("--min-side", type=int, default=32, help="images with a shorter side are skipped and reported")
+    p.add_argument("--flush-every", type=int, default=256, help="images per resumable part file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    if not args.images and not args.coco:
+        raise SystemExit("give --images DIR, or --coco ANN.json (with --images DIR if the images are not next to it)")
+    records = coco_records(args.coco, args.images) if args.coco else folder_records(args.images)
+    summary = make_proposals(records, args.out, mode=args.mode, resize_long=args.resize_long or None,
+                             workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
+                             progress=not args.no_progress)
+    print(format_summary(summary))
+    return 0

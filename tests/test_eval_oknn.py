@@ -214,6 +214,9 @@ def test_run_oknn_end_to_end_and_cache_resume(splits, r18, tmp_path):
     assert r["num_queries"] == sum(len(x) for x in [json.load(open(splits[2]))["annotations"]])
     assert r["num_bank"] == len(json.load(open(splits[0]))["annotations"])
     assert 0 <= r["top1"] <= r["top5"] <= 100
+    per_class = r["bank_per_class"]
+    assert sum(per_class.values()) == r["num_bank"]
+    assert r["classes_with_fewer_than_k_bank_objects"] == [c for c, n in per_class.items() if n < 5]
     # a killed run: drop one shard of the bank; the rerun recomputes it and gives the same answer
     folders = sorted(p for p in cache.iterdir() if p.is_dir())
     shards = sorted(folders[0].glob("shard_*.npz"))

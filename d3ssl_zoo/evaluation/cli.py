@@ -179,8 +179,10 @@ def _print_notes(results: Dict[str, dict]) -> None:
           f"skipped train {_nonzero(r['skips']['train'])}, val {_nonzero(r['skips']['val'])}")
     if r["classes_with_fewer_than_k_bank_objects"]:
         print(f"note: {len(r['classes_with_fewer_than_k_bank_objects'])} classes have fewer than k={r['k']} "
-              f"bank objects; {r['queries_of_classes_absent_from_bank']} queries belong to classes absent "
-              f"from the bank (counted as errors)")
+              f"bank objects (see results.json); --objects-per-image 0 puts every object in the bank")
+    if r["queries_of_classes_absent_from_bank"]:
+        print(f"note: {r['queries_of_classes_absent_from_bank']} queries belong to classes absent from the "
+              f"bank and count as errors")
 
 
 def _nonzero(counts: Dict[str, int]) -> Dict[str, int]:

@@ -36,13 +36,8 @@ def plot_per_stage(per_model: Mapping[str, Mapping[str, float]], metric: str, pa
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
-    """Plain-text table with aligned columns; floats with 2 (percent) or 3 decimals."""
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
-        return str(v)
-
-    body: List[List[str]] = [[cell(v) for v in r] for r in rows]
+    """Plain-text table with aligned columns; floats with 3 decimals, strings as given."""
+    body: List[List[str]] = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in body)) if body else len(str(h))
               for i, h in enumerate(headers)]
     line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
@@ -64,6 +59,6 @@ def oknn_table(per_model: Mapping[str, Dict[str, dict]]) -> str:
     kinds = [k for k in ("oknn", "disturbed_oknn") if any(k in r for r in per_model.values())]
     headers = ["model"] + [f"{'O-KNN' if k == 'oknn' else 'Disturbed O-KNN'} {t}"
                            for k in kinds for t in ("Top-1", "Top-5")]
-    rows = [[label] + [r[k][t] if k in r else "-" for k in kinds for t in ("top1", "top5")]
+    rows = [[label] + [f"{r[k][t]:.2f}" if k in r else "-" for k in kinds for t in ("top1", "top5")]
             for label, r in per_model.items()]
     return format_table(headers, rows, title="Object-level kNN (%)")

@@ -202,7 +202,8 @@ def d3ssl_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfi
         # The whole proposals of x2 are pasted; the (jittered) RoIs inside them move with t.
         m, m_hat, t = depositioning_masks(b2, size, size, rng, side_range=cfg.prc_side,
                                           max_cover=cfg.prc_max_cover, area_reading=cfg.prc_area_reading)
-        out.update(m=m, m_hat=m_hat, t=t, boxes3=(j2 + np.tile(t, 2)).astype(np.float32))
+        boxes3 = (j2 + np.tile(t, 2)).clip(0, size)  # clip: unrestricted box_jitter may leave the proposal
+        out.update(m=m, m_hat=m_hat, t=t, boxes3=boxes3.astype(np.float32))
     return out
 
 

@@ -296,3 +296,18 @@ def test_dataset_flip_is_reproducible_per_epoch(tmp_path):
     assert any(f != first for f in flips)
     images, targets = collate_detection([ds[0], ds[1]])
     assert len(images) == 2 and targets[0]["labels"].tolist() == [8]          # 'cat' is class 7, +1 background
+
+
+def test_finetune_coco_mask_rcnn_end_to_end(tmp_path, fresh_accelerate):
+    make_coco(tmp_path / "ann.json")
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)).save(tmp_path / name)
+    over = dict(TINY, task="coco", num_classes=2, mask_on=True, min_size_train=[64], anchor_sizes=[16, 32, 64],
+                coco_train=["ann.json", "."], coco_test=["ann.json", "."], ims_per_batch=2, max_iter=2, steps=[3],
+                warmup_iters=1, checkpoint_period=2, log_period=1, num_workers=0, sync_bn=False)
+    out = finetune(load_det_recipe(None, over), "d3ssl_r18c4", tmp_path, tmp_path / "run", log=lambda s: None)
+    assert out["step"] == 2 and "loss_mask" in out["losses"]
+    assert set(out["metrics"]) == {"bbox", "segm"}
+    for m in out["metrics"].values():
+        assert 0.0 <= m["AP"] <= 100.0

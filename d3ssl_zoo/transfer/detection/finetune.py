@@ -149,7 +149,10 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     trunk = d3ssl_zoo.load_backbone(model_spec)
     detector = build_c4_detector(trunk, recipe.detector_config())
     if recipe.sync_bn and acc.num_processes > 1:
-        detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
+        if acc.device.type == "cpu":   # torch's SyncBatchNorm runs on accelerators only
+            log("[finetune_det] sync_bn: SyncBatchNorm needs GPUs; these CPU processes use per-process BatchNorm")
+        else:
+            detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
     train_ds = DetectionDataset(data.train, train=True, mask_on=recipe.mask_on, seed=recipe.seed)
     loader = DataLoader(train_ds, batch_size=recipe.ims_per_batch // acc.num_processes, shuffle=True,
                         drop_last=True, collate_fn=collate_detection, num_workers=recipe.num_workers)
@@ -187,7 +190,7 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
             targets = [{k: v for k, v in t.items() if k != "index"} for t in targets]
             losses = detector(images, targets)
             loss = sum(losses.values())
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"loss is {float(loss)} at step {progress.step}: {losses}")
             acc.backward(loss)
             optimizer.step()

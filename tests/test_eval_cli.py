@@ -55,3 +55,24 @@ def test_eval_bad_arguments(data, tmp_path, capsys):
     assert rc == 2 and "missing --ann, --images" in capsys.readouterr().err
     rc = main(["eval", "coupling", "--model", "resnet18", "--sample", "--ann", data["val_ann"], "--out", str(tmp_path)])
     assert rc == 2 and "--sample replaces --ann" in capsys.readouterr().err
+
+
+def test_eval_with_checkpoint_file(data, tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from d3ssl_zoo.evaluation.mcs import run_mcs
+
+    torch.manual_seed(1)
+    reference = timm.create_model("resnet18").eval()
+    ckpt = tmp_path / "r18.safetensors"
+    save_file(reference.state_dict(), str(ckpt))
+    out = tmp_path / "mcs"
+    assert main(["eval", "mcs", "--model", "resnet18", "--checkpoint", str(ckpt), "--ann", data["val_ann"],
+                 "--images", data["val_images"], "--num-crops", "1", "--tile-size", "32",
+                 "--min-object-size", "16", "--no-progress", "--out", str(out)]) == 0
+    got = json.load(open(out / "results.json"))["models"]["resnet18@r18.safetensors"]["per_stage"]
+    want = run_mcs(reference, data["val_ann"], data["val_images"], num_crops=1, tile_size=32,
+                   min_object_size=16, progress=False)["per_stage"]
+    assert got == pytest.approx(want, abs=1e-6)

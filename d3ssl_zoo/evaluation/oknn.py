@@ -85,19 +85,20 @@ def disturb(image: np.ndarray, boxes: np.ndarray, replacement: np.ndarray) -> np
 
 
 def knn_topk(queries: Tensor, bank_chunks: Iterable[Tuple[Tensor, Tensor]], k: int,
-             query_block: int = 512) -> Tuple[Tensor, Tensor]:
+             query_block: int = 512, device=None) -> Tuple[Tensor, Tensor]:
     """Cosine top-``k`` neighbours of L2-normalised ``queries`` over a bank given in chunks.
 
     Each chunk ``(features (n, D), labels (n,))`` is read once; the running top-k is merged per
     chunk, so memory is one chunk plus ``query_block x n`` similarities. Returns similarities
-    and labels of the neighbours, ``(Q, k)`` each, sorted by decreasing similarity.
+    and labels of the neighbours, ``(Q, k)`` each, sorted by decreasing similarity, on
+    ``device`` (default: the queries'), where the search runs.
     """
-    q = queries.float()
-    sims = torch.full((q.shape[0], k), -float("inf"))
-    labels = torch.full((q.shape[0], k), -1, dtype=torch.long)
+    q = queries.to(device=device, dtype=torch.float32)
+    sims = torch.full((q.shape[0], k), -float("inf"), device=q.device)
+    labels = torch.full((q.shape[0], k), -1, dtype=torch.long, device=q.device)
     seen = 0
     for feats, lab in bank_chunks:
-        feats, lab = feats.float(), lab.long()
+        feats, lab = feats.to(device=q.device, dtype=torch.float32), lab.to(device=q.device, dtype=torch.long)
         seen += feats.shape[0]
         for s in range(0, q.shape[0], query_block):
             block = q[s:s + query_block] @ feats.T
@@ -116,13 +117,13 @@ def knn_topk(queries: Tensor, bank_chunks: Iterable[Tuple[Tensor, Tensor]], k: i
 def weighted_vote(sims: Tensor, labels: Tensor, num_classes: int, temperature: float) -> Tensor:
     """DINO's weighted kNN vote: class score = sum over neighbours of that class of exp(sim / T)."""
     weights = (sims / temperature).exp()
-    return torch.zeros(sims.shape[0], num_classes, dtype=weights.dtype).scatter_add_(1, labels, weights)
+    return weights.new_zeros(sims.shape[0], num_classes).scatter_add_(1, labels, weights)
 
 
 def topk_accuracy(scores: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> Dict[int, float]:
     """Percent of rows whose target is among the ``k`` highest scores, for each ``k``."""
     order = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hit = order == targets.view(-1, 1)
+    hit = order == targets.to(order.device).view(-1, 1)
     return {k: 100.0 * hit[:, :k].any(dim=1).float().mean().item() for k in ks}
 
 
@@ -276,7 +277,7 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
         bank_counts = np.zeros(num_classes, np.int64)
         for _, lab in iter_shards(bank_dir):
             bank_counts += np.bincount(lab.numpy(), minlength=num_classes)
-        sims, labels = knn_topk(q_feats, iter_shards(bank_dir), k)
+        sims, labels = knn_topk(q_feats, iter_shards(bank_dir), k, device=model_device(model, device))
     finally:
         model.train(was_training)
         if tmp is not None:

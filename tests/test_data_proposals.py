@@ -31,6 +31,8 @@ def test_filter_levels_and_fallbacks():
     assert lvl == 0 and np.allclose(b, good)
     b, lvl = filter_proposals(np.array([[0, 0, 190, 190]], np.float32), W, H)  # too large -> ratio filter
     assert lvl == 1
+    b, lvl = filter_proposals(np.array([[0, 0, 190, 190], [0, 0, 20, 20]], np.float32), W, H)
+    assert lvl == 1 and len(b) == 1  # the ratio fallback keeps the size rule
     b, lvl = filter_proposals(np.array([[0, 0, 190, 40]], np.float32), W, H)  # elongated, big enough
     assert lvl == 2
     b, lvl = filter_proposals(np.array([[0, 0, 20, 1]], np.float32), W, H)  # fails every filter

@@ -33,7 +33,7 @@ __all__ = ["FORMAT", "FALLBACK_LEVELS", "ProposalEntry", "name_hash", "selective
            "filter_proposals", "image_proposals", "write_proposal_file", "ProposalStore"]
 
 FORMAT = "d3ssl_zoo.proposals/1"
-FALLBACK_LEVELS = ("size+ratio+scale", "ratio", "size", "whole_image")
+FALLBACK_LEVELS = ("size+ratio+scale", "size+ratio", "size", "whole_image")
 MODES = ("fast", "single", "quality")
 
 
@@ -67,9 +67,10 @@ def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: fl
                      max_ratio: float = 3.0, scale_range=(0.3, 0.8)) -> tuple[np.ndarray, int]:
     """SoCo's filters with fallbacks (SPEC Sec. 3); returns ``(boxes, level)``.
 
-    Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8. Images
-    left with none fall back to the ratio filter (1), then size only (2), then the whole-image
-    box (3). Duplicate boxes are removed.
+    Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8 (SoCo's
+    ``ratio3size0308``). Images left with none fall back to the ratio filter (1: size + aspect,
+    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), then the whole-image
+    box (3). Sizes are in original image pixels. Duplicate boxes are removed.
     """
     b = np.unique(np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), axis=0)
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
@@ -78,7 +79,7 @@ def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: fl
     ratio_ok = valid & (bw <= max_ratio * bh) & (bh <= max_ratio * bw)
     rel = np.sqrt(bw.clip(0) * bh.clip(0)) / np.sqrt(width * height)
     scale_ok = (rel >= scale_range[0]) & (rel <= scale_range[1])
-    for level, keep in enumerate((size_ok & ratio_ok & scale_ok, ratio_ok, size_ok)):
+    for level, keep in enumerate((size_ok & ratio_ok & scale_ok, size_ok & ratio_ok, size_ok)):
         if keep.any():
             return b[keep], level
     return np.array([[0, 0, width, height]], dtype=np.float32), 3

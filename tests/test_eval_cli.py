@@ -76,3 +76,13 @@ def test_eval_with_checkpoint_file(data, tmp_path):
     want = run_mcs(reference, data["val_ann"], data["val_images"], num_crops=1, tile_size=32,
                    min_object_size=16, progress=False)["per_stage"]
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_eval_oknn_on_the_sample_dataset(tmp_path, capsys):
+    out = tmp_path / "sample"
+    rc = main(["eval", "oknn", "--sample", "--model", "d3ssl_r18c4", "--out", str(out), "--short-side", "64",
+               "--objects-per-image", "0", "--k", "5", "--no-progress"])
+    assert rc == 0
+    res = json.load(open(out / "results.json"))["models"]["d3ssl_r18c4"]["oknn"]
+    assert res["num_classes"] == 10 and res["num_queries"] > 0 and res["num_bank"] >= 5
+    assert "O-KNN Top-1" in capsys.readouterr().out

@@ -88,6 +88,11 @@ def test_dataset_errors_and_counted_skips(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 of 3"):
         ds = build_pretrain_dataset(CFG, root, prop, seed=0)
     assert len(ds) == 2 and ds.skipped[0]["reason"] == "unreadable"
+    tiny = [ProposalEntry(e.image_id, e.file_name, 64, 20 if e.image_id == 0 else 48, 0, e.boxes) for e in entries]
+    write_proposal_file(prop, tiny, mode="fast", resize_long=500)
+    with pytest.warns(UserWarning, match="'too_small': 1"):
+        ds = build_pretrain_dataset(CFG, root, prop, seed=0)  # below cfg.min_image_side = 32
+    assert [r.image_id for r in ds.records] == [1, 2]
     renamed = [ProposalEntry(e.image_id, "other_" + e.file_name, 64, 48, 0, e.boxes) for e in entries]
     write_proposal_file(prop, renamed, mode="fast", resize_long=500)
     with pytest.raises(ValueError, match="belongs to another dataset"):

@@ -101,8 +101,9 @@ def folder_records(images_dir: str | os.PathLike) -> list[ImageRecord]:
 class PretrainDataset(Dataset):
     """Images + their proposals -> one view sample (:func:`d3ssl_zoo.data.views.make_views`).
 
-    Images the proposal file recorded as skipped (unreadable, too small) are left out with a
-    warning and listed in ``self.skipped``; images it lacks are an error.
+    Images the proposal file recorded as skipped (unreadable, too small) and images with a side
+    below ``cfg.min_image_side`` are left out with a warning and listed in ``self.skipped``;
+    images the file lacks are an error.
     """
 
     def __init__(self, cfg: PretrainDataConfig, records: list[ImageRecord], proposals: ProposalStore, seed: int = 0):
@@ -111,14 +112,20 @@ class PretrainDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         usable, self.skipped = proposals.check_images((r.image_id, r.file_name) for r in records)
-        keep = set(usable)
+        names = {r.image_id: r.file_name for r in records}
+        keep = set()
+        for image_id in usable:
+            if min(proposals.image_size(image_id)) < cfg.min_image_side:
+                self.skipped.append({"image_id": image_id, "file_name": names[image_id], "reason": "too_small"})
+            else:
+                keep.add(image_id)
         self.records = [r for r in records if r.image_id in keep]
         if self.skipped:
             reasons = {}
             for s in self.skipped:
                 reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
             warnings.warn(f"pre-training dataset: skipped {len(self.skipped)} of {len(records)} images "
-                          f"recorded as unusable in {proposals.path}: {reasons}")
+                          f"(proposal file {proposals.path}): {reasons}")
         if not self.records:
             raise ValueError(f"pre-training dataset is empty: all {len(records)} images were skipped")
 

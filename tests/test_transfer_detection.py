@@ -311,3 +311,27 @@ def test_finetune_coco_mask_rcnn_end_to_end(tmp_path, fresh_accelerate):
     assert set(out["metrics"]) == {"bbox", "segm"}
     for m in out["metrics"].values():
         assert 0.0 <= m["AP"] <= 100.0
+
+
+def test_box_head_losses_are_cross_entropy_and_l1_of_the_true_class():
+    from d3ssl_zoo.transfer.detection.model import box_head_losses
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    deltas = torch.zeros(2, 12)
+    deltas[1, 8:12] = torch.tensor([1.0, -1.0, 0.5, 0.0])          # class 2 of RoI 1
+    targets = [torch.zeros(2, 4)]
+    cls, box = box_head_losses(logits, deltas, [torch.tensor([0, 2])], targets)
+    expected_cls = -(torch.log_softmax(logits, 1)[0, 0] + torch.log_softmax(logits, 1)[1, 2]) / 2
+    assert cls == pytest.approx(float(expected_cls))
+    assert box == pytest.approx((1 + 1 + 0.5) / 2)                  # L1 sum over fg / sampled RoIs
+
+
+def test_precise_bn_sets_the_average_of_batch_statistics():
+    from d3ssl_zoo.transfer.detection.finetune import precise_bn
+    bn = torch.nn.BatchNorm1d(2, momentum=0.1)
+    batches = [torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.tensor([[4.0, 5.0], [6.0, 7.0]]),
+               torch.tensor([[100.0, 100.0], [100.0, 100.0]])]
+    bn.eval()
+    assert precise_bn(bn, batches, 2, bn) == 2
+    assert bn.running_mean.tolist() == pytest.approx([3.0, 4.0])    # mean of the batch means 1,2 and 5,6
+    assert bn.running_var.tolist() == pytest.approx([2.0, 2.0])     # unbiased variance of each batch: 2
+    assert bn.momentum == 0.1 and not bn.training

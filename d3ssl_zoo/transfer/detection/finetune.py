@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,7 +23,8 @@ from .evaluate import coco_results, evaluate_coco, evaluate_voc
 from .model import build_c4_detector
 from .recipe import DetRecipe, lr_factor
 
-__all__ = ["TaskData", "load_task_data", "param_groups", "evaluate_detector", "finetune", "latest_checkpoint"]
+__all__ = ["TaskData", "load_task_data", "param_groups", "precise_bn", "evaluate_detector", "finetune",
+           "latest_checkpoint"]
 
 
 class TaskData:
@@ -78,6 +79,33 @@ class _Progress:
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         self.step = int(state["step"])
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterable, num_iter: int, run: Callable[[object], object]) -> int:
+    """Replace BatchNorm running statistics by their true average over ``num_iter`` batches.
+
+    detectron2's PreciseBN (``TEST.PRECISE_BN``, enabled in MoCo's detection configs): the
+    EMA statistics of a still-moving network are recomputed before testing. ``run(batch)``
+    makes one forward pass in training mode. Returns the number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None        # cumulative average over the batches seen
+    was_training = model.training
+    model.train()
+    n = 0
+    for batch in batches:
+        if n >= num_iter:
+            break
+        run(batch)
+        n += 1
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    model.train(was_training)
+    return n
 
 
 def latest_checkpoint(output_dir: Path) -> Optional[Path]:
@@ -206,6 +234,11 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
                 acc.save_state(str(output_dir / "checkpoints" / f"step_{progress.step:07d}"))
             if progress.step >= recipe.max_iter:
                 break
+    if recipe.precise_bn_iters > 0:
+        core = acc.unwrap_model(detector)
+        n = precise_bn(core, loader, recipe.precise_bn_iters,
+                       lambda b: core(b[0], [{k: v for k, v in t.items() if k != "index"} for t in b[1]]))
+        log(f"[finetune_det] precise BN: BatchNorm statistics averaged over {n} training batches")
     acc.wait_for_everyone()
     acc.save_model(detector, str(output_dir), safe_serialization=True)
     metrics = evaluate_detector(detector, data, recipe, acc) if evaluate else {}

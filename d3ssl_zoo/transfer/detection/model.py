@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import (RoIHeads, fastrcnn_loss, maskrcnn_inference,
-                                                    maskrcnn_loss)
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ...boxes import boxes_to_rois, region_align
 
 __all__ = ["C4DetectorConfig", "C4Backbone", "Res5Head", "C4RoIPool", "Res5ROIHeads", "build_c4_detector",
-           "detector_backbone_state_dict"]
+           "box_head_losses", "detector_backbone_state_dict"]
 
 # ImageNet statistics for [0, 1] RGB input (= MoCo's 0-255 PIXEL_MEAN / PIXEL_STD divided by 255).
 _MEAN = (0.485, 0.456, 0.406)
@@ -101,7 +101,9 @@ class C4RoIPool(nn.Module):
         self.stride = stride
 
     def forward(self, features: Dict[str, Tensor], boxes: List[Tensor], image_shapes=None) -> Tensor:
-        c4 = features["0"]
+        # float32 features keep the RoI coordinates in float32 under AMP (fp16 rounds them to 1 px
+        # beyond 1024); autocast casts the pooled features back for res5.
+        c4 = features["0"].float()
         rois = boxes_to_rois(list(boxes), len(boxes), device=c4.device)
         return region_align(c4, rois, self.output_size, self.stride)
 
@@ -136,6 +138,37 @@ class _MaskPredictor(nn.Conv2d):
         nn.init.zeros_(self.bias)
 
 
+def box_head_losses(class_logits: Tensor, box_regression: Tensor, labels: List[Tensor],
+                    regression_targets: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """detectron2's Fast R-CNN losses: cross-entropy over the K+1 classes and L1 (its default
+    SMOOTH_L1_BETA 0) on the ground-truth class's deltas of foreground RoIs, summed and divided
+    by the number of sampled RoIs."""
+    labels_all = torch.cat(labels)
+    targets = torch.cat(regression_targets)
+    loss_cls = F.cross_entropy(class_logits, labels_all)
+    fg = torch.nonzero(labels_all > 0).squeeze(1)
+    deltas = box_regression.reshape(labels_all.shape[0], -1, 4)[fg, labels_all[fg]]
+    loss_box = F.l1_loss(deltas, targets[fg], reduction="sum") / max(labels_all.numel(), 1)
+    return loss_cls, loss_box
+
+
+class _RPN(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's losses: objectness BCE and L1 anchor-delta loss
+    (SMOOTH_L1_BETA 0), both summed over the sampled anchors and divided by
+    ``batch_size_per_image * images``."""
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        pos, neg = self.fg_bg_sampler(labels)
+        pos, neg = torch.cat(pos).bool(), torch.cat(neg).bool()
+        sampled = pos | neg
+        norm = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        target = torch.cat(labels)
+        loss_obj = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[sampled], target[sampled], reduction="sum") / norm
+        loss_box = F.l1_loss(pred_bbox_deltas[pos], torch.cat(regression_targets)[pos], reduction="sum") / norm
+        return loss_obj, loss_box
+
+
 class Res5ROIHeads(RoIHeads):
     """torchvision ``RoIHeads`` whose box and mask branches share one res5 transform.
 
@@ -150,7 +183,7 @@ class Res5ROIHeads(RoIHeads):
         res5 = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(res5.mean(dim=(2, 3)))
         if self.training:
-            loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            loss_cls, loss_box = box_head_losses(class_logits, box_regression, labels, regression_targets)
             losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
             if self.has_mask():
                 fg = [lab > 0 for lab in labels]
@@ -178,7 +211,7 @@ def build_c4_detector(trunk: nn.Module, cfg: C4DetectorConfig) -> GeneralizedRCN
     backbone = C4Backbone(trunk)
     stride = 16
     anchors = AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
-    rpn = RegionProposalNetwork(
+    rpn = _RPN(
         anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=cfg.rpn_batch_per_image,
         positive_fraction=0.5,

@@ -58,6 +58,7 @@ class DetRecipe:
     log_period: int = 20
     num_workers: int = 4
     eval_ims_per_batch: int = 1
+    precise_bn_iters: int = 200                               # MoCo's TEST.PRECISE_BN (detectron2: 200 iterations)
     voc_07_metric: bool = True                                # 11-point AP on VOC2007 test
     seed: int = 0
 

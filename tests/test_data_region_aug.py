@@ -29,6 +29,18 @@ def test_prc_never_covers_smaller_proposal_beyond_threshold(seed):
     assert parts.any()
 
 
+@pytest.mark.parametrize("max_cover", [0.5, 0.2])
+def test_prc_restores_small_proposals_inside_large_cutouts(max_cover):
+    # small proposals inside a large one: without the restore rule most seeds violate the bound
+    boxes = np.array([[0, 0, 100, 100], [40, 40, 52, 50], [30, 60, 45, 80]], np.float32)
+    for seed in range(50):
+        parts = prc_cutouts(boxes, 100, 100, np.random.default_rng(seed), max_cover=max_cover)
+        for j in (1, 2):
+            x0, y0, x1, y1 = box_pixels(boxes[j], 100, 100)
+            assert parts[0][y0:y1, x0:x1].sum() <= max_cover * (x1 - x0) * (y1 - y0)
+        assert parts[0].sum() > 0
+
+
 def test_prc_cutout_inside_proposals_with_aspect_and_fill():
     img = np.full((64, 64, 3), 200, np.uint8)
     box = np.array([[8, 16, 40, 32]], np.float32)  # 32 x 16

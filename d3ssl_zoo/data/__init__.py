@@ -11,7 +11,8 @@ from .config import PretrainDataConfig
 from .datasets import PretrainCollator, PretrainDataset, build_pretrain_dataset, load_rgb
 from .proposals import ProposalStore
 from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
+from .sample import get_sample_dataset
 
 __all__ = ["PretrainDataConfig", "PretrainDataset", "PretrainCollator", "build_pretrain_dataset",
            "ProposalStore", "load_rgb", "prc", "prm", "rbj", "box_jitter", "soco_cutout",
-           "composite_depositioned"]
+           "composite_depositioned", "get_sample_dataset"]

@@ -65,7 +65,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "give none or one per --model")
     p.add_argument("--out", required=True, help="output folder (results.json, plots, feature cache)")
     p.add_argument("--sample", action="store_true", help="use the embedded sample dataset's labelled split")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice, random weights included (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -153,6 +153,7 @@ def _oknn(args) -> int:
     models = _models(args)
     results: Dict[str, dict] = {}
     for label, spec, ckpt in models:
+        torch.manual_seed(args.seed)  # randomly initialised models (no weights given) are reproducible
         model = load_model(spec, ckpt, _device(args))
         results[label] = {}
         for disturbed in ([False, True] if args.disturbed else [False]):
@@ -197,6 +198,7 @@ def _per_stage(args, metric: str) -> int:
     files = _split_files(args, {"ann": "val_ann", "images": "val_images"})
     results: Dict[str, dict] = {}
     for label, spec, ckpt in _models(args):
+        torch.manual_seed(args.seed)  # randomly initialised models (no weights given) are reproducible
         model = load_model(spec, ckpt, _device(args))
         t0 = time.perf_counter()
         common = dict(min_object_size=args.min_object_size, seed=args.seed, batch_size=args.batch_size,

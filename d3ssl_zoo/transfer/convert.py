@@ -41,7 +41,7 @@ class Layout:
     source: str
     containers: Tuple[str, ...]          # top-level keys holding the state dict ("" = the file itself)
     prefixes: Tuple[str, ...]            # backbone key prefix inside it, first present wins
-    detect: Callable[[Mapping[str, Tensor]], bool]
+    detect: Optional[Callable[[Mapping[str, Tensor]], bool]]
 
 
 LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
@@ -63,7 +63,7 @@ LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
            lambda sd: _has(list(sd), "backbone.conv1.") and not _has(list(sd), "encoder_q.")),
     Layout("timm", "timm training checkpoint: ckpt['state_dict'] (optionally module.-prefixed) next to "
            "'arch'; timm's released resnet files are plain torchvision keys", ("state_dict", ""), ("module.", ""),
-           lambda sd: False),  # told apart from torchvision by the container, see detect_layout
+           None),   # same keys as torchvision: told apart by the file's 'arch' entry in detect_layout
     Layout("torchvision", "plain torchvision/timm ResNet state dict (conv1, bn1, layer1..4, fc)",
            ("state_dict", "model", ""), ("", "module."),
            lambda sd: "conv1.weight" in sd or "module.conv1.weight" in sd),
@@ -99,7 +99,7 @@ def detect_layout(ckpt: Mapping[str, object]) -> Tuple[str, str]:
     matches.
     """
     for name, layout in LAYOUTS.items():
-        if name in ("timm", "torchvision"):
+        if name in ("timm", "torchvision"):   # plain keys: checked last, below
             continue
         for container, sd in _candidates(ckpt, layout.containers):
             if layout.detect(sd):

@@ -129,8 +129,8 @@ def evaluate_detector(detector: nn.Module, data: TaskData, recipe: DetRecipe, ac
             pred = {"boxes": out["boxes"].float().cpu().numpy(), "scores": out["scores"].float().cpu().numpy(),
                     "labels": (out["labels"] - 1).cpu().numpy()}
             if data.task == "coco":
-                if recipe.mask_on:
-                    pred["masks"] = out["masks"].float().cpu().numpy()
+                if recipe.mask_on:   # binarise on the device: full-image masks are large
+                    pred["masks"] = (out["masks"] >= 0.5).cpu().numpy()
                 payload.append((idx, coco_results({data.test[idx].image_id: pred}, data.category_ids)))
             else:
                 payload.append((idx, pred))

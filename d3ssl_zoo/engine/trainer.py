@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, is_wandb_available, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_wandb_available, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -106,6 +106,9 @@ def _accelerator(recipe: Recipe, output_dir: Path) -> Accelerator:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
         cpu=world_size > 1 and not torch.cuda.is_available(),
+        # the queue is identical on every process by construction and SyncBN keeps BN statistics in step:
+        # broadcasting all buffers (a 64 MB queue) before every forward would only cost time
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         mixed_precision=recipe.train.mixed_precision,
         log_with=None if tracker == "none" else tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),

@@ -1,0 +1,155 @@
+"""Step-time breakdown of D3SSL pre-training (issue 4, item 8).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py                      # small CPU config (ResNet-18-C4, 96 px)
+    python benchmarks/bench_train.py --arch d3ssl_r50c4 --image-size 224 --batch-size 64 --precision bf16  # on a GPU
+
+Times one instrumented step, piece by piece, on the embedded sample dataset: data wait, each view's
+forward (student f_q on x1, x2-s, x3; teacher f_k on x1, x2) and each student view's backward, the
+losses, the queue update, the teacher EMA and the LARS step. It then times the same step as the
+engine runs it (``method(batch)``, backward, step, EMA) and prints both, plus the share of the step
+spent outside backbone forward/backward (target <= 15%). On CUDA it also prints images/s and peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
+from d3ssl_zoo.engine import EpochShuffleSampler, build_method, load_recipe
+from d3ssl_zoo.method import LARS, lars_param_groups, nce
+
+import d3ssl_zoo
+
+RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="d3ssl_r18c4")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
+    p.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    recipe = load_recipe(RECIPES / "demo.yaml", [
+        f"model.name={args.arch}", f"data.image_size={args.image_size}", f"data.small_size={args.image_size // 2}",
+        f"train.batch_size={args.batch_size}"] + ([] if args.arch.endswith("r18c4") else [
+            "method.proj_hidden_dim=4096", "method.pred_hidden_dim=4096", "method.queue_size=65536"]))
+    dataset = build_pretrain_dataset(recipe.data, "sample", None, seed=0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=EpochShuffleSampler(len(dataset), 0), drop_last=True,
+        collate_fn=PretrainCollator(recipe.data), num_workers=args.num_workers)
+    if len(loader) == 0:
+        raise SystemExit(f"the sample has {len(dataset)} images: use --batch-size <= {len(dataset)}")
+
+    def batches():
+        epoch = 0
+        while True:
+            dataset.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    torch.manual_seed(0)
+    method = build_method(recipe, d3ssl_zoo.create_model(args.arch)).to(device).train()
+    opt = LARS(lars_param_groups(method, 1e-5), lr=0.1, momentum=0.9)
+    dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def timed(name):
+        sync()
+        t = time.perf_counter()
+        yield
+        sync()
+        times[name] += time.perf_counter() - t
+
+    it = batches()
+
+    def instrumented_step():
+        with timed("data wait"):
+            batch = next(it)
+        with timed("host->device"):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        s, t, r, rs = method.student, method.teacher, method.roi_size, method.roi_size_small
+        with autocast():
+            with timed("fwd f_q x1"):
+                z_s1 = s(batch["x1"], batch["boxes1"], r)
+            with timed("fwd f_q x2s"):
+                z_s2 = s(batch["x2s"], batch["boxes2s"], rs)
+            with timed("fwd f_q x3"):
+                z_s3 = s(batch["x3"], batch["boxes3"], r)
+            with torch.no_grad():
+                with timed("fwd f_k x1"):
+                    z_t1 = t(batch["x1"], batch["boxes1"], r)
+                with timed("fwd f_k x2"):
+                    z_t2 = t(batch["x2"], batch["boxes2"], r)
+        with timed("losses (Eq. 4, 5, 9, 10)"):
+            zs = [z.detach().requires_grad_() for z in (z_s1, z_s2, z_s3)]
+            neg = method.queue.keys.clone()
+            loss = (nce(zs[0], z_t2, neg, method.tau) + nce(zs[1], z_t1, neg, method.tau)
+                    + nce(zs[2], z_t2, neg, method.tau) + nce(zs[2], z_t1, neg, method.tau)).mean()
+            grads = torch.autograd.grad(loss, zs)
+        for name, z, g in zip(("x1", "x2s", "x3"), (z_s1, z_s2, z_s3), grads):
+            with timed(f"bwd f_q {name}"):
+                z.backward(g)
+        with timed("queue enqueue"):
+            method.queue.enqueue(torch.cat([z_t1, z_t2]))
+        with timed("optimizer (LARS)"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with timed("teacher EMA"):
+            method.momentum_update(0.99)
+
+    def engine_step():
+        with timed("engine: data wait"):
+            batch = next(it)
+        with timed("engine: step"):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast():
+                out = method(batch)
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            method.momentum_update(0.99)
+
+    for step in (instrumented_step, engine_step):
+        step()  # warm-up
+    times.clear()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.steps):
+        instrumented_step()
+    for _ in range(args.steps):
+        engine_step()
+
+    n = args.steps
+    parts = {k: v / n for k, v in times.items() if not k.startswith("engine")}
+    total = sum(parts.values())
+    backbone = sum(v for k, v in parts.items() if k.startswith(("fwd", "bwd")))
+    print(f"D3SSL step breakdown: {args.arch}, {args.image_size} px, batch {args.batch_size}, K="
+          f"{recipe.data.num_proposals}, precision {args.precision}, {device}, {torch.get_num_threads()} thread(s), "
+          f"mean of {n} steps")
+    for k, v in parts.items():
+        print(f"  {k:<28} {1000 * v:9.1f} ms  {100 * v / total:5.1f}%")
+    print(f"  {'instrumented step':<28} {1000 * total:9.1f} ms")
+    engine = (times["engine: data wait"] + times["engine: step"]) / n
+    print(f"  {'engine step (same config)':<28} {1000 * engine:9.1f} ms  (instrumented / engine = {total / engine:.2f})")
+    outside = 1.0 - backbone / total
+    print(f"share of the step outside backbone forward/backward: {100 * outside:.1f}% (target <= 15%)")
+    print(f"images/s (engine step): {args.batch_size / engine:.1f}")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

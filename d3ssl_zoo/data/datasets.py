@@ -159,14 +159,16 @@ class PretrainCollator:
 
     def __init__(self, cfg: PretrainDataConfig):
         self.cfg = cfg
-        self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.scale = 1.0 / std
+        self.shift = -torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255 / std
 
     def _images(self, arrays) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        # permute while still uint8 (4x less memory traffic than after the float conversion)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - self.mean) / self.std).contiguous()
+        return x.float().mul_(self.scale).add_(self.shift)
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = {"image_id": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64)}

@@ -1,6 +1,4 @@
 """Coupling rate (paper Sec. 3.1), positional MCS (Sec. 3.2), plots and tables."""
-import json
-import os
 
 import numpy as np
 import pytest

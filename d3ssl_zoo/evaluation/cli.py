@@ -103,7 +103,7 @@ def _split_files(args, names: Dict[str, str]) -> Dict[str, str]:
         from d3ssl_zoo.data.sample import get_sample_dataset
 
         ds = get_sample_dataset()
-        return {d: os.fspath(getattr(ds, a, None) or ds.images_dir) for d, a in names.items()}
+        return {d: os.fspath(getattr(ds, a)) for d, a in names.items()}
     missing = [d for d in names if d not in given]
     if missing:
         raise ValueError(f"missing {', '.join('--' + d.replace('_', '-') for d in missing)} (or use --sample)")

@@ -7,7 +7,7 @@ f is the mean of the stage's feature cells inside the object's box (``stage_regi
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch

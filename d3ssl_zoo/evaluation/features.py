@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d3ssl_zoo.boxes import region_align
+from d3ssl_zoo.factory import load_backbone
 from d3ssl_zoo.evaluation.coco import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["STAGES", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
@@ -27,8 +28,6 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 def load_model(spec: str, checkpoint: Optional[str] = None, device: Optional[str] = None) -> nn.Module:
     """Build a backbone from a zoo name/tag, timm name, 'torchvision:resnetX' or a
     save_pretrained folder, optionally with a state-dict file, in eval mode on ``device``."""
-    from d3ssl_zoo import load_backbone
-
     model = load_backbone(spec, checkpoint=checkpoint)
     return model.to(device or "cpu").eval()
 

@@ -9,7 +9,8 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py [--images DIR] [--samples 200] [--proposal-images 8]
 
 Default images: the sample dataset's photos upscaled to COCO's 640 px long side, saved as JPEG.
-Ratios need idle cores: on a shared machine the 2-worker number is a lower bound.
+Ratios need idle cores: on a shared machine the 2-worker number is a lower bound. Proposal
+timings are interleaved and repeated (best of ``--repeats``) so a burst of load hits all three.
 """
 import argparse
 import tempfile
@@ -72,13 +73,16 @@ def bench_samples(records, store, n, batch):
 
 
 def bare_opencv(paths):
+    """Decode + resize to 500 px + selective search, nothing else (same decoder and pixels as the tool,
+    since the search's run time depends on the exact pixels)."""
     t0 = time.perf_counter()
     for p in paths:
-        img = cv2.imread(str(p))
+        img = load_rgb(p)
         s = 500 / max(img.shape[:2])
-        img = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)),
+                         interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
-        ss.setBaseImage(img)
+        ss.setBaseImage(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         ss.switchToSelectiveSearchFast()
         ss.process()
     return len(paths) / (time.perf_counter() - t0)
@@ -91,6 +95,7 @@ def main():
     p.add_argument("--batch", type=int, default=32, help="collator batch size")
     p.add_argument("--proposal-images", type=int, default=8, help="images timed for the proposal tool")
     p.add_argument("--workers", type=int, default=2, help="workers of the parallel proposal run")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the proposal timings (best kept)")
     args = p.parse_args()
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,10 +107,14 @@ def main():
             folder = coco_like_images(tmp / "imgs")
         records = folder_records(folder)[: max(args.proposal_images, 1)]
         paths = [r.path for r in records]
-        bare = bare_opencv(paths)
-        one = make_proposals(records, tmp / "one.safetensors", workers=1, progress=False)
-        many = make_proposals(records, tmp / "many.safetensors", workers=args.workers, progress=False)
-        store = ProposalStore(tmp / "one.safetensors")
+        bare, one, many = 0.0, {"images_per_s": 0.0}, {"images_per_s": 0.0}
+        for r in range(args.repeats):  # interleaved, best of each: load from other processes only slows
+            bare = max(bare, bare_opencv(paths))
+            res = make_proposals(records, tmp / f"one{r}.safetensors", workers=1, progress=False)
+            one = max(one, res, key=lambda d: d["images_per_s"])
+            res = make_proposals(records, tmp / f"many{r}.safetensors", workers=args.workers, progress=False)
+            many = max(many, res, key=lambda d: d["images_per_s"])
+        store = ProposalStore(tmp / "one0.safetensors")
         floor, full = bench_samples(records, store, args.samples, args.batch)
     print(f"images: {len(records)} from {folder if args.images else 'sample photos at 640 px'}")
     print(f"per-sample floor (decode + 3 resizes): {floor * 1e3:7.2f} ms")

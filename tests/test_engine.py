@@ -115,6 +115,8 @@ def test_unknown_override_key_lists_valid_keys(capsys):
 def test_override_values_are_typed():
     r = load_recipe(RECIPES / "demo.yaml", ["method.tau=0.1", "data.crop_scale=[0.5, 1.0]", "train.epochs=3"])
     assert r.method.tau == 0.1 and r.data.crop_scale == (0.5, 1.0) and r.train.epochs == 3
+    r = load_recipe(RECIPES / "d3ssl_r50c4.coco_800ep.yaml", ["train.mixed_precision=no", "dataset.proposals=null"])
+    assert r.train.mixed_precision == "no" and r.dataset.proposals is None  # not YAML's boolean 'no'
     with pytest.raises(TypeError, match="train.epochs must be an integer"):
         load_recipe(RECIPES / "demo.yaml", ["train.epochs=three"])
     with pytest.raises(ValueError, match="method.name=soco needs data.views=soco"):
@@ -153,6 +155,8 @@ def test_resume_gives_identical_weights(tiny, tmp_path, monkeypatch):
     for k in a:  # student, teacher (so the momentum schedule continued), queue keys and pointer
         assert torch.equal(a[k], b[k]), k
     assert int(b["queue.ptr"]) == (4 * 2 * 2 * 2) % 48  # steps x 2 views x B x K
+    # the EMA moved the teacher away from the student, so the teacher check above tests the schedule
+    assert not torch.equal(b["student.projector.0.weight"], b["teacher.projector.0.weight"])
     # keep_last=2, and no half-written checkpoint left behind
     names = [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()]
     assert sorted(names) == ["step_00000003", "step_00000004"]
@@ -201,3 +205,12 @@ def test_pretrain_refuses_to_mix_runs(tiny, tmp_path, capsys):
     assert "already holds checkpoints" in capsys.readouterr().err
     assert pretrain.main(args + ["method.tau=0.3"]) == 1
     assert "method.tau: 0.2 -> 0.3" in capsys.readouterr().err
+
+
+def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
+    recipe = load_recipe(RECIPES / "soco_r50c4.oimini_200ep_d3aug.yaml", tiny_overrides(*tiny) + [
+        "model.name=d3ssl_r18c4", "train.checkpoint_every=100",
+        "train.mixed_precision=no"])  # Accelerate fixes the precision once per process
+    result = train(recipe, tmp_path / "soco")
+    assert result.step == 4 and hasattr(result.method, "predictor") and not hasattr(result.method, "queue")
+    assert (result.export_dir / "model.safetensors").is_file()

@@ -226,8 +226,20 @@ def apply_overrides(d: dict[str, Any], overrides: Iterable[str]) -> dict[str, An
         node = d
         for s in sections:
             node = node.setdefault(s, {})
-        node[name] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if value is not None and not isinstance(value, str) and _accepts_str(key):
+            value = raw.strip()  # YAML would read train.mixed_precision=no as false
+        node[name] = value
     return d
+
+
+def _accepts_str(key: str) -> bool:
+    cls: Any = Recipe
+    *sections, name = key.split(".")
+    for s in sections:
+        cls = typing.get_type_hints(cls)[s]
+    hint = typing.get_type_hints(cls)[name]
+    return hint is str or str in typing.get_args(hint)
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:

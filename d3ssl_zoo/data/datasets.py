@@ -41,6 +41,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image to RGB uint8 ``(H, W, 3)``.
 
     Grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit/float images are converted.
+    EXIF orientation is not applied: proposals and COCO boxes refer to the stored pixels.
     Unreadable or truncated files raise ``ValueError`` naming the file.
     """
     try:

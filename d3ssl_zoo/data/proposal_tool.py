@@ -2,8 +2,9 @@
 parallel worker processes, resumable, with atomic writes.
 
 Resume: finished images are flushed every ``flush_every`` images / ``flush_seconds`` seconds
-into ``<out>.parts/part-NNNNN.safetensors`` (each written to a temp name, then renamed, so a kill
-never leaves a half-written file). A rerun reads the final file and the parts, skips every image
+(defaults 64 / 10 s; Ctrl-C flushes too) into ``<out>.parts/part-NNNNN.safetensors``, each
+written to a temp name, then renamed, so a kill never leaves a half-written file and loses at
+most the images finished since the last flush. A rerun reads the final file and the parts, skips every image
 already in them (done or recorded as skipped), and at the end merges everything into ``out``
 (atomically) and removes the parts folder. No image is computed twice, and no image can appear
 twice: the todo list excludes every id already stored, and the writer rejects duplicates.
@@ -61,8 +62,8 @@ def read_entries(path: str | os.PathLike) -> tuple[ProposalStore, list[ProposalE
 
 
 def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mode: str = "fast",
-                   resize_long: int | None = 500, workers: int = 1, min_side: int = 32, flush_every: int = 256,
-                   flush_seconds: float = 30.0, progress: bool = True) -> dict:
+                   resize_long: int | None = 500, workers: int = 1, min_side: int = 32, flush_every: int = 64,
+                   flush_seconds: float = 10.0, progress: bool = True) -> dict:
     """Selective search + SoCo filters for every record; writes one proposal file at ``out``.
 
     ``workers <= 1`` runs in this process. Returns a summary dict (see :func:`format_summary`).
@@ -185,7 +186,7 @@ def add_arguments(p) -> None:
     p.add_argument("--resize-long", type=int, default=500, help="long side the search runs at (0: original size)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (1: in process)")
     p.add_argument("--min-side", type=int, default=32, help="images with a shorter side are skipped and reported")
-    p.add_argument("--flush-every", type=int, default=256, help="images per resumable part file")
+    p.add_argument("--flush-every", type=int, default=64, help="images per resumable part file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -4,10 +4,11 @@ parallel worker processes, resumable, with atomic writes.
 Resume: finished images are flushed every ``flush_every`` images / ``flush_seconds`` seconds
 (defaults 64 / 10 s; Ctrl-C flushes too) into ``<out>.parts/part-NNNNN.safetensors``, each
 written to a temp name, then renamed, so a kill never leaves a half-written file and loses at
-most the images finished since the last flush. A rerun reads the final file and the parts, skips every image
-already in them (done or recorded as skipped), and at the end merges everything into ``out``
-(atomically) and removes the parts folder. No image is computed twice, and no image can appear
-twice: the todo list excludes every id already stored, and the writer rejects duplicates.
+most the images finished since the last flush. A rerun reads the final file and the parts,
+skips every image already in them (done or recorded as skipped), and at the end merges
+everything into ``out`` (atomically) and removes the parts folder. No stored image is computed
+again, and no image can appear twice: the todo list excludes every id already stored, and the
+writer rejects duplicates.
 """
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     new_skipped: list[dict] = []
     buffer: list[ProposalEntry] = []
     buffer_skipped: list[dict] = []
-    part_index = len(list(parts_dir.glob("part-*.safetensors"))) if parts_dir.is_dir() else 0
+    part_index = 1 + max((int(p.stem.split("-")[1]) for p in sources if p.parent == parts_dir), default=-1)
     last_flush = time.monotonic()
 
     def flush():

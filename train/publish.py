@@ -79,7 +79,7 @@ def export_folder(checkpoint: Path, tag: str, out: Path, metrics: dict[str, obje
     model = d3ssl_zoo.create_model(arch, pretrained=False)
     model.load_state_dict(backbone, strict=True)
     epochs = state["step"] / state["steps_per_epoch"]
-    card = {"recipe": f"train/recipes/{recipe['tag']}.yaml (copy: recipe.yaml)",
+    card = {"recipe": f"{recipe['tag']} (the run's full recipe: recipe.yaml in this repo)",
             "data": recipe["dataset"]["source"],
             "epochs trained": f"{epochs:g} of {recipe['train']['epochs']} ({state['step']} steps, "
                               f"global batch {state['global_batch']})",

@@ -5,13 +5,15 @@
 
 Times one instrumented step, piece by piece, on the embedded sample dataset: data wait, each view's
 forward (student f_q on x1, x2-s, x3; teacher f_k on x1, x2) and each student view's backward, the
-losses, the queue update, the teacher EMA and the LARS step. It then times the same step as the
-engine runs it (``method(batch)``, backward, step, EMA) and prints both, plus the share of the step
-spent outside backbone forward/backward (target <= 15%). On CUDA it also prints images/s and peak memory.
+losses, the queue update, the teacher EMA and the LARS step. It then times the same step without
+instruments, as the engine's loop runs it (``method(batch)``, backward, LARS step, EMA), prints both,
+and the share of the step spent outside backbone forward/backward (target <= 15%). On CUDA it also
+prints peak memory. The sample's 16 photos are repeated so that large batches can be timed.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -35,7 +37,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
     p.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: 0 on CPU, 8 on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -44,11 +46,12 @@ def main() -> None:
         f"train.batch_size={args.batch_size}"] + ([] if args.arch.endswith("r18c4") else [
             "method.proj_hidden_dim=4096", "method.pred_hidden_dim=4096", "method.queue_size=65536"]))
     dataset = build_pretrain_dataset(recipe.data, "sample", None, seed=0)
+    # the sample has 16 photos: repeat them so that large batches (64 on a GPU) can be timed
+    repeated = torch.utils.data.ConcatDataset([dataset] * math.ceil(2 * args.batch_size / len(dataset)))
+    num_workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 0)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=EpochShuffleSampler(len(dataset), 0), drop_last=True,
-        collate_fn=PretrainCollator(recipe.data), num_workers=args.num_workers)
-    if len(loader) == 0:
-        raise SystemExit(f"the sample has {len(dataset)} images: use --batch-size <= {len(dataset)}")
+        repeated, batch_size=args.batch_size, sampler=EpochShuffleSampler(len(repeated), 0), drop_last=True,
+        collate_fn=PretrainCollator(recipe.data), num_workers=num_workers, pin_memory=device.type == "cuda")
 
     def batches():
         epoch = 0
@@ -110,10 +113,10 @@ def main() -> None:
         with timed("teacher EMA"):
             method.momentum_update(0.99)
 
-    def engine_step():
-        with timed("engine: data wait"):
+    def plain_step():
+        with timed("plain: data wait"):
             batch = next(it)
-        with timed("engine: step"):
+        with timed("plain: step"):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast():
                 out = method(batch)
@@ -122,7 +125,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             method.momentum_update(0.99)
 
-    for step in (instrumented_step, engine_step):
+    for step in (instrumented_step, plain_step):
         step()  # warm-up
     times.clear()
     if device.type == "cuda":
@@ -130,23 +133,25 @@ def main() -> None:
     for _ in range(args.steps):
         instrumented_step()
     for _ in range(args.steps):
-        engine_step()
+        plain_step()
 
     n = args.steps
-    parts = {k: v / n for k, v in times.items() if not k.startswith("engine")}
+    parts = {k: v / n for k, v in times.items() if not k.startswith("plain")}
     total = sum(parts.values())
     backbone = sum(v for k, v in parts.items() if k.startswith(("fwd", "bwd")))
     print(f"D3SSL step breakdown: {args.arch}, {args.image_size} px, batch {args.batch_size}, K="
           f"{recipe.data.num_proposals}, precision {args.precision}, {device}, {torch.get_num_threads()} thread(s), "
+          f"{num_workers} data worker(s), "
           f"mean of {n} steps")
     for k, v in parts.items():
         print(f"  {k:<28} {1000 * v:9.1f} ms  {100 * v / total:5.1f}%")
     print(f"  {'instrumented step':<28} {1000 * total:9.1f} ms")
-    engine = (times["engine: data wait"] + times["engine: step"]) / n
-    print(f"  {'engine step (same config)':<28} {1000 * engine:9.1f} ms  (instrumented / engine = {total / engine:.2f})")
+    engine = (times["plain: data wait"] + times["plain: step"]) / n
+    print(f"  {'method step, uninstrumented':<28} {1000 * engine:9.1f} ms  (instrumented / uninstrumented = "
+          f"{total / engine:.2f})")
     outside = 1.0 - backbone / total
     print(f"share of the step outside backbone forward/backward: {100 * outside:.1f}% (target <= 15%)")
-    print(f"images/s (engine step): {args.batch_size / engine:.1f}")
+    print(f"images/s (uninstrumented step): {args.batch_size / engine:.1f}")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

@@ -24,7 +24,7 @@ import d3ssl_zoo
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Recipe, recipe_to_dict
 
 __all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "build_method", "train"]

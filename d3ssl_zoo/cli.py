@@ -61,7 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d3ssl-zoo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="d3ssl-zoo", description="d3ssl_zoo: dense self-supervised ResNet-C4 backbones — models, training data, evaluation and transfer.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print the table of pretrained tags")
     p.add_argument("--width", type=int, default=None, help="table width in characters (default: terminal)")

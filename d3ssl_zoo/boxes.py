@@ -76,10 +76,13 @@ def region_align(features: Tensor, rois: Tensor, output_size: int, stride: int) 
     """RoIAlign of ``(N, 5)`` pixel RoIs on a feature map of the given ``stride``.
 
     ``aligned=True`` (half-pixel correct, as detectron2's ROIAlignV2) and ``sampling_ratio=0``
-    (adaptive), the settings of SoCo's C4 head and of Mask R-CNN.
+    (adaptive), the settings of SoCo's C4 head and of Mask R-CNN. The result has the dtype of
+    ``features``.
     """
-    return roi_align(features, rois.to(features.dtype), output_size=output_size,
-                     spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)
+    # Pool in float32: half-precision RoI coordinates would round boxes by up to a pixel or more.
+    out = roi_align(features.float(), rois.float(), output_size=output_size,
+                    spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)
+    return out.to(features.dtype)
 
 
 def xywh_to_xyxy(b: Tensor) -> Tensor:

@@ -221,3 +221,20 @@ def test_hub_org_env_override():
 def test_unknown_names_suggest_close_ones(name, match):
     with pytest.raises(ValueError, match=match):
         d3ssl_zoo.create_model(name)
+
+
+def test_init_matches_torchvision_not_timm_zero_init(r18):
+    # every block's last BN starts at gamma = 1, as torchvision/MoCo/SoCo
+    assert torch.equal(r18.layer4[1].bn2.weight, torch.ones(512))
+    assert torch.equal(d3ssl_zoo.create_model("d3ssl_r50c4").layer3[0].bn3.weight, torch.ones(1024))
+
+
+def test_region_align_keeps_box_precision_in_bf16():
+    feats = (torch.arange(64, dtype=torch.float32) * 100).expand(64, 64).reshape(1, 1, 64, 64)  # 100 per cell in x
+    rois = torch.tensor([[0.0, 1000.5, 300.25, 1010.5, 310.25]])
+    full = d3ssl_zoo.region_align(feats, rois, 2, 16)
+    half = d3ssl_zoo.region_align(feats.bfloat16(), rois, 2, 16)
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), full, rtol=1e-2)
+    shifted = d3ssl_zoo.region_align(feats, rois.bfloat16().float(), 2, 16)  # what bf16 coordinates would give
+    assert (shifted - full).abs().max() > 1.0  # bf16 moves x1 = 1000.5 px to 1000 px

@@ -107,6 +107,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> D3SSLResNet:
+    # torchvision, MoCo and SoCo start from ordinary BN init, not timm's zero-init of each
+    # block's last BN (which would also leave those blocks' convs without gradient at step 0).
+    kwargs.setdefault("zero_init_last", False)
     cfg_overlay = kwargs.pop("pretrained_cfg_overlay", None)
     cfg = kwargs.pop("pretrained_cfg", None)
     if isinstance(cfg, str):

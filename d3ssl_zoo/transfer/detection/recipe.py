@@ -18,27 +18,16 @@ __all__ = ["DetRecipe", "load_det_recipe", "lr_factor"]
 
 
 @dataclass
-class DetRecipe:
+class DetRecipe(C4DetectorConfig):
+    """A fine-tuning recipe: the detector's fields (inherited from ``C4DetectorConfig``, named
+    once there) plus data, solver and engine settings."""
+
     task: str = "voc"                                         # voc | coco
     # data, relative to --data
     voc_train: List[Tuple[str, str]] = field(default_factory=lambda: [("2007", "trainval"), ("2012", "trainval")])
     voc_test: Tuple[str, str] = ("2007", "test")
     coco_train: Tuple[str, str] = ("annotations/instances_train2017.json", "train2017")
     coco_test: Tuple[str, str] = ("annotations/instances_val2017.json", "val2017")
-    # model (detectron2 R50-C4, MoCo protocol)
-    num_classes: int = 20
-    mask_on: bool = False
-    extra_norm: bool = True
-    min_size_train: Tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-    min_size_test: int = 800
-    max_size: int = 1333
-    anchor_sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)
-    rpn_pre_nms_train: int = 12000
-    rpn_post_nms_train: int = 2000
-    rpn_pre_nms_test: int = 6000
-    rpn_post_nms_test: int = 1000
-    rpn_batch_per_image: int = 256
-    roi_batch_per_image: int = 512
     # solver (detectron2 defaults; MoCo's VOC config shortens warm-up to 100 iterations)
     ims_per_batch: int = 16
     reference_batch: int = 16                                 # base_lr is for this many images
@@ -63,17 +52,15 @@ class DetRecipe:
     seed: int = 0
 
     def detector_config(self) -> C4DetectorConfig:
-        return C4DetectorConfig(
-            num_classes=self.num_classes, mask_on=self.mask_on, extra_norm=self.extra_norm,
-            min_size_train=tuple(self.min_size_train), min_size_test=self.min_size_test,
-            max_size=self.max_size, anchor_sizes=tuple(self.anchor_sizes),
-            rpn_pre_nms_train=self.rpn_pre_nms_train, rpn_post_nms_train=self.rpn_post_nms_train,
-            rpn_pre_nms_test=self.rpn_pre_nms_test, rpn_post_nms_test=self.rpn_post_nms_test,
-            rpn_batch_per_image=self.rpn_batch_per_image, roi_batch_per_image=self.roi_batch_per_image)
+        return C4DetectorConfig(**{f.name: _as_tuple(getattr(self, f.name)) for f in fields(C4DetectorConfig)})
 
     def lr(self) -> float:
         """``base_lr`` scaled linearly to ``ims_per_batch`` (the linear scaling rule)."""
         return self.base_lr * self.ims_per_batch / self.reference_batch
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def load_det_recipe(path: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> DetRecipe:

@@ -21,7 +21,7 @@ from torch import Tensor
 from d3ssl_zoo.boxes import xywh_to_xyxy
 
 __all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
-           "read_image", "to_tensor", "crop_object", "objects_of_min_size"]
+           "read_image", "to_tensor", "crop_object", "objects_of_min_size", "load_objects_of_min_size"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -169,3 +169,14 @@ def objects_of_min_size(objects: CocoObjects, min_size: float) -> List[Tuple[int
     """(image index, object index) of every object whose shorter box side is >= ``min_size``."""
     return [(i, j) for i, r in enumerate(objects.images) for j, b in enumerate(r.boxes)
             if min(b[2] - b[0], b[3] - b[1]) >= min_size]
+
+
+def load_objects_of_min_size(ann_file: str | os.PathLike, images_dir: str | os.PathLike,
+                             min_size: float) -> Tuple[CocoObjects, List[Tuple[int, int]]]:
+    """``load_coco_objects`` and the objects large enough to crop; an error if there are none."""
+    objects = load_coco_objects(ann_file, images_dir)
+    candidates = objects_of_min_size(objects, min_size)
+    if not candidates:
+        raise ValueError(f"no object in {ann_file} has both box sides >= {min_size} px; "
+                         f"lower --min-object-size")
+    return objects, candidates

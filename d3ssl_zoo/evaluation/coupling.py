@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from d3ssl_zoo.evaluation.coco import crop_object, load_coco_objects, objects_of_min_size, to_tensor
+from d3ssl_zoo.evaluation.coco import crop_object, load_objects_of_min_size, to_tensor
 from d3ssl_zoo.evaluation.features import STAGES, model_device, model_mean_std, stage_region_features
 
 __all__ = ["compose_pair", "pair_coupling_rates", "coupling_rate", "sample_pairs", "run_coupling"]
@@ -96,11 +96,7 @@ def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_
     if object_size % 32 or gap % 32:
         raise ValueError(f"object_size ({object_size}) and gap ({gap}) must be multiples of 32 (the C5 "
                          f"stride) so every box lies on each stage's grid")
-    objects = load_coco_objects(ann, images)
-    candidates = objects_of_min_size(objects, min_object_size)
-    if not candidates:
-        raise ValueError(f"no object in {ann} has both box sides >= {min_object_size} px; "
-                         f"lower --min-object-size")
+    objects, candidates = load_objects_of_min_size(ann, images, min_object_size)
     labels = [int(objects.images[i].labels[j]) for i, j in candidates]
     pairs = sample_pairs(labels, num_pairs, np.random.default_rng(seed))
 

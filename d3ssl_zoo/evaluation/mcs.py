@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from d3ssl_zoo.evaluation.coco import crop_object, load_coco_objects, objects_of_min_size, to_tensor
+from d3ssl_zoo.evaluation.coco import crop_object, load_objects_of_min_size, to_tensor
 from d3ssl_zoo.evaluation.features import STAGES, model_device, model_mean_std, stage_region_features
 
 __all__ = ["tile_3x3", "crop_mcs", "positional_mcs", "run_mcs"]
@@ -71,11 +71,7 @@ def run_mcs(model: nn.Module, ann, images, *, num_crops: int = 100, tile_size: i
     if tile_size % 32:
         raise ValueError(f"tile_size ({tile_size}) must be a multiple of 32 (the C5 stride) so every "
                          f"tile lies on each stage's grid")
-    objects = load_coco_objects(ann, images)
-    candidates = objects_of_min_size(objects, min_object_size)
-    if not candidates:
-        raise ValueError(f"no object in {ann} has both box sides >= {min_object_size} px; "
-                         f"lower --min-object-size")
+    objects, candidates = load_objects_of_min_size(ann, images, min_object_size)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(candidates), size=num_crops, replace=num_crops > len(candidates))
     crops = [crop_object(objects.images[candidates[c][0]], objects.images[candidates[c][0]].boxes[candidates[c][1]],

@@ -3,7 +3,7 @@
 Importing the package registers its models in timm. timm has no plugin entry point, so
 ``import d3ssl_zoo`` must come before ``timm.create_model('d3ssl_r50c4')``.
 """
-from .boxes import boxes_to_rois, region_align, validate_boxes
+from .boxes import boxes_to_rois, region_align, region_align_pooled, validate_boxes
 from .factory import create_model, get_pretrained_cfg, list_models, list_pretrained, load_backbone
 from .hub import PretrainedWeightsError, push_to_hub, save_pretrained
 from .models import D3SSLResNet
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "D3SSLResNet", "PretrainedWeightsError", "TAGS", "boxes_to_rois", "create_model", "get_pretrained_cfg",
-    "list_models", "list_pretrained", "load_backbone", "push_to_hub", "region_align", "save_pretrained",
+    "list_models", "list_pretrained", "load_backbone", "push_to_hub", "region_align", "region_align_pooled",
+    "save_pretrained",
     "validate_boxes",
 ]

@@ -15,7 +15,8 @@ from torchvision.ops import roi_align
 
 BoxesLike = Union[Tensor, Sequence[Tensor]]
 
-__all__ = ["BoxesLike", "validate_boxes", "boxes_to_rois", "region_align", "xywh_to_xyxy", "xyxy_to_xywh"]
+__all__ = ["BoxesLike", "validate_boxes", "boxes_to_rois", "region_align", "region_align_pooled", "xywh_to_xyxy",
+           "xyxy_to_xywh"]
 
 
 def _check_box_tensor(b: Tensor, what: str, width: int) -> None:
@@ -82,6 +83,61 @@ def region_align(features: Tensor, rois: Tensor, output_size: int, stride: int) 
     # Pool in float32: half-precision RoI coordinates would round boxes by up to a pixel or more.
     out = roi_align(features.float(), rois.float(), output_size=output_size,
                     spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)
+    return out.to(features.dtype)
+
+
+def _bin_weights(start: Tensor, length: Tensor, output_size: int, size: int) -> Tensor:
+    """Per-RoI weights (N, size) of one axis such that RoIAlign followed by averaging over the
+    output bins equals a weighted sum of the feature map along that axis.
+
+    The same sample points, bounds and edge clamping as torchvision's RoIAlign kernel
+    (``aligned=True``, ``sampling_ratio=0``: ceil(length / output_size) samples per bin), whose
+    bilinear weights factor into one y part and one x part.
+    """
+    grid = torch.ceil(length / output_size).clamp(min=0)  # samples per bin along this axis
+    g_max = max(int(grid.max().item()) if grid.numel() else 1, 1)
+    bin_size = (length / output_size)[:, None, None]
+    p = torch.arange(output_size, dtype=start.dtype, device=start.device)[None, :, None]
+    i = torch.arange(g_max, dtype=start.dtype, device=start.device)[None, None, :]
+    g = grid.clamp(min=1)[:, None, None]
+    pos = start[:, None, None] + p * bin_size + (i + 0.5) * bin_size / g  # (N, bins, samples)
+    valid = (i < grid[:, None, None]) & (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0)
+    low = pos.floor()
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    pos = torch.where(at_edge, low, pos)
+    frac = pos - low
+    high = torch.where(at_edge, low, low + 1)
+    w = torch.zeros(start.shape[0], size, dtype=start.dtype, device=start.device)
+    scale = valid.to(start.dtype) / (g * output_size)
+    w.scatter_add_(1, low.long().flatten(1), ((1 - frac) * scale).flatten(1))
+    w.scatter_add_(1, high.long().flatten(1), (frac * scale).flatten(1))
+    return w
+
+
+def region_align_pooled(features: Tensor, rois: Tensor, output_size: int, stride: int) -> Tensor:
+    """``region_align(...).mean((2, 3))`` -> (N, C), computed exactly without the RoI maps.
+
+    Averaging RoIAlign's bins is a separable weighted sum of the feature map, so one small
+    matrix product per image replaces the per-bin sampling: the O-KNN features of many boxes
+    cost little more than the forward pass (benchmarks/bench_models.py).
+    """
+    n, c = rois.shape[0], features.shape[1]
+    out = features.new_zeros(n, c, dtype=torch.float32)
+    if n == 0:
+        return out.to(features.dtype)
+    rois = rois.float()
+    h, w = features.shape[-2:]
+    scale = 1.0 / stride
+    x1, y1 = rois[:, 1] * scale - 0.5, rois[:, 2] * scale - 0.5  # aligned=True: half-pixel offset
+    wy = _bin_weights(y1, rois[:, 4] * scale - 0.5 - y1, output_size, h)
+    wx = _bin_weights(x1, rois[:, 3] * scale - 0.5 - x1, output_size, w)
+    batch = rois[:, 0].long()
+    for b in batch.unique().tolist():
+        sel = (batch == b).nonzero().squeeze(1)
+        weights = (wy[sel, :, None] * wx[sel, None, :]).flatten(1)  # (n_b, h * w)
+        out[sel] = weights @ features[b].float().flatten(1).t()
     return out.to(features.dtype)
 
 

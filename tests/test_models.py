@@ -238,3 +238,21 @@ def test_region_align_keeps_box_precision_in_bf16():
     assert torch.allclose(half.float(), full, rtol=1e-2)
     shifted = d3ssl_zoo.region_align(feats, rois.bfloat16().float(), 2, 16)  # what bf16 coordinates would give
     assert (shifted - full).abs().max() > 1.0  # bf16 moves x1 = 1000.5 px to 1000 px
+
+
+@pytest.mark.parametrize("output_size,stride", [(7, 32), (14, 16), (1, 8)])
+def test_region_align_pooled_equals_roi_align_then_mean(output_size, stride):
+    g = torch.Generator().manual_seed(output_size)
+    feats = torch.randn(3, 5, 9, 13, generator=g, requires_grad=True)
+    n = 150
+    xy = torch.rand(n, 2, generator=g) * 300 - 60  # partly outside the map, as boxes near borders
+    wh = torch.rand(n, 2, generator=g) ** 3 * 300  # from tiny to larger than the map
+    rois = torch.cat([torch.randint(0, 3, (n, 1), generator=g).float(), xy, xy + wh], 1)
+    rois[:4, 3:] = rois[:4, 1:3]  # zero-size boxes
+    want = roi_align(feats, rois, output_size, 1 / stride, sampling_ratio=0, aligned=True).mean((2, 3))
+    got = d3ssl_zoo.boxes.region_align_pooled(feats, rois, output_size, stride)
+    assert torch.allclose(got, want, atol=1e-5)
+    grad_want, = torch.autograd.grad(want.square().sum(), feats)
+    grad_got, = torch.autograd.grad(got.square().sum(), feats)
+    assert torch.allclose(grad_got, grad_want, atol=1e-4)
+    assert d3ssl_zoo.boxes.region_align_pooled(feats, rois[:0], output_size, stride).shape == (0, 5)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from d3ssl_zoo.boxes import region_align
+from d3ssl_zoo.boxes import region_align_pooled
 from d3ssl_zoo.factory import load_backbone
 from d3ssl_zoo.evaluation.coco import IMAGENET_MEAN, IMAGENET_STD
 
@@ -74,7 +74,7 @@ def stage_strides(input_hw: Sequence[int], maps: Dict[str, Tensor]) -> Dict[str,
 def region_features(fmap: Tensor, rois: Tensor, stride: int, output_size: int = 7) -> Tensor:
     """RoIAlign ``output_size`` x ``output_size`` of pixel ``(N, 5)`` RoIs, then average pooling
     -> ``(N, C)`` (the region feature of Sec. 5.3, used for every stage)."""
-    return region_align(fmap, rois, output_size, stride).mean(dim=(-2, -1))
+    return region_align_pooled(fmap, rois, output_size, stride)
 
 
 def c5_region_features(model: nn.Module, x: Tensor, rois: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg as _timm_get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..boxes import BoxesLike, boxes_to_rois, region_align
+from ..boxes import BoxesLike, boxes_to_rois, region_align, region_align_pooled
 from ..hub import pretrained_state_dict
 from ..tags import LICENSE, PAPER_ARXIV, PAPER_TITLE, TAGS, recipe_path
 
@@ -85,7 +85,7 @@ class D3SSLResNet(ResNet):
         if rois.shape[0] == 0:
             return x.new_zeros(0, self.num_features)
         c5 = self.forward_features(x)
-        return region_align(c5, rois, C5_ROI_SIZE, self.c5_stride).mean(dim=(2, 3))
+        return region_align_pooled(c5, rois, C5_ROI_SIZE, self.c5_stride)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -14,6 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "D3SSLResNet", "PretrainedWeightsError", "TAGS", "boxes_to_rois", "create_model", "get_pretrained_cfg",
     "list_models", "list_pretrained", "load_backbone", "push_to_hub", "region_align", "region_align_pooled",
-    "save_pretrained",
-    "validate_boxes",
+    "save_pretrained", "validate_boxes",
 ]

@@ -9,8 +9,8 @@ from PIL import Image
 
 from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, build_pretrain_dataset, load_rgb
 from d3ssl_zoo.data.datasets import coco_records, folder_records
-from d3ssl_zoo.data.proposals import ProposalEntry, write_proposal_file
-from d3ssl_zoo.data.sample import get_sample_dataset
+from d3ssl_zoo.data.proposals import ProposalEntry, ProposalStore, write_proposal_file
+from d3ssl_zoo.data.sample import SAMPLE_VERSION, default_cache_dir, get_sample_dataset
 
 CFG = PretrainDataConfig(image_size=64, small_size=32)
 
@@ -124,7 +124,14 @@ def test_sample_dataset_is_built_once_and_usable(tmp_path):
     ds = get_sample_dataset()  # the session's cache (tests/conftest.py sets D3SSL_ZOO_CACHE)
     assert get_sample_dataset() == ds  # idempotent
     pre = json.loads(ds.pretrain_ann.read_text())
-    assert len(pre["images"]) == 16 and not pre["annotations"]
+    names = [im["file_name"] for im in pre["images"]]
+    train_names = {im["file_name"] for im in json.loads(ds.train_ann.read_text())["images"]}
+    val_names = {im["file_name"] for im in json.loads(ds.val_ann.read_text())["images"]}
+    # pre-training: the 16 photos and the labelled train images, unlabelled; never a val image
+    assert len(names) == 16 + len(train_names) and train_names <= set(names) and not val_names & set(names)
+    assert not pre["annotations"] and not pre["categories"]
+    assert all((ds.images_dir / n).is_file() for n in names)
+    assert sorted(ProposalStore(ds.proposals).image_ids.tolist()) == [im["id"] for im in pre["images"]]
     for ann_path, img_dir in ((ds.train_ann, ds.train_images), (ds.val_ann, ds.val_images)):
         ann = json.loads(ann_path.read_text())
         assert len(ann["categories"]) == 10
@@ -138,8 +145,18 @@ def test_sample_dataset_is_built_once_and_usable(tmp_path):
         per_image = np.bincount([a["image_id"] for a in ann["annotations"]])[1:]
         assert per_image.min() >= 2
     data = build_pretrain_dataset(CFG, "sample", None, seed=0)
-    assert len(data) == 16 and data[15]["x1"].shape == (64, 64, 3)  # includes the RGBA and grayscale photos
+    assert len(data) == len(names) and data[15]["x1"].shape == (64, 64, 3)  # includes the RGBA and grayscale photos
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "junk").write_text("x")
     with pytest.raises(RuntimeError, match="delete it"):
         get_sample_dataset(tmp_path / "half")
+
+
+def test_sample_cache_is_versioned(tmp_path, monkeypatch):
+    monkeypatch.setenv("D3SSL_ZOO_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / f"sample-v{SAMPLE_VERSION}"  # an older layout is never picked up
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "complete.json").write_text(json.dumps({"version": SAMPLE_VERSION - 1, "seed": 0}))
+    with pytest.raises(RuntimeError, match=f"no complete sample dataset of version {SAMPLE_VERSION}"):
+        get_sample_dataset(old)

@@ -35,5 +35,5 @@ def register(subparsers) -> None:
     oimini_arguments(p)
     p.set_defaults(func=_oimini)
     p = subparsers.add_parser("sample", help="build (first use) and locate the embedded sample dataset")
-    p.add_argument("--cache-dir", help="folder to build it in (default $D3SSL_ZOO_CACHE/sample)")
+    p.add_argument("--cache-dir", help="folder to build it in (default $D3SSL_ZOO_CACHE/sample-v<version>)")
     p.set_defaults(func=_sample)

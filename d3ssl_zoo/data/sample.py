@@ -1,15 +1,19 @@
 """The embedded sample dataset: real photos bundled with scikit-image, made on first use.
 
-* pre-training part: 16 photos (colour, grayscale and one RGBA, long side 256 px) as a COCO json
-  with images only, plus their selective-search proposal file;
 * labelled multi-object split (for O-KNN, CR, MCS and detection demos): 128x128 crops of the
   photos with 2-4 handwritten digits of scikit-learn's bundled 8x8 set pasted at recorded
   places (24-48 px, not overlapping); COCO json with boxes and 10 classes ``digit 0..9``.
   Train and val use disjoint halves of the digit set.
+* pre-training part (unlabelled): the 16 photos (colour, grayscale and one RGBA, long side
+  256 px) and the images of the labelled *train* split, copied into ``images/``, as a COCO json
+  with images only, plus their selective-search proposal file. Self-supervised pre-training on
+  the target domain's unlabelled images, as the paper pre-trains on COCO and evaluates O-KNN on
+  COCO; no label, no box of the split and no val image is used.
 
-Built into ``$D3SSL_ZOO_CACHE/sample`` (default ``~/.cache/d3ssl_zoo/sample``) in a temp folder
-renamed into place when complete, so a crash or a concurrent build never leaves a half-made
-dataset; later calls return at once.
+Built into ``$D3SSL_ZOO_CACHE/sample-v<SAMPLE_VERSION>`` (default ``~/.cache/d3ssl_zoo``) in a
+temp folder renamed into place when complete, so a crash or a concurrent build never leaves a
+half-made dataset; later calls return at once. The version in the folder name keeps a cache of
+an older layout from being used.
 """
 from __future__ import annotations
 
@@ -25,12 +29,12 @@ from PIL import Image
 
 __all__ = ["SampleDataset", "get_sample_dataset", "default_cache_dir", "SAMPLE_VERSION"]
 
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "stereo_motorcycle", "colorwheel", "brick", "grass", "gravel", "camera", "coins", "clock", "logo")
 LONG_SIDE = 256
 LABELLED_SIZE = 128
-NUM_TRAIN, NUM_VAL = 40, 20
+NUM_TRAIN, NUM_VAL = 120, 40  # train images are also (unlabelled) pre-training images
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class SampleDataset:
 
 def default_cache_dir() -> Path:
     base = os.environ.get("D3SSL_ZOO_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "d3ssl_zoo") / "sample"
+    return (Path(base) if base else Path.home() / ".cache" / "d3ssl_zoo") / f"sample-v{SAMPLE_VERSION}"
 
 
 def _layout(root: Path) -> SampleDataset:
@@ -71,19 +75,24 @@ def _shrink(a: np.ndarray, long_side: int) -> np.ndarray:
 
 
 def _write_pretrain(ds: SampleDataset, photos: dict[str, np.ndarray]) -> None:
+    """The unlabelled pre-training set: the photos and the labelled train split's images (no boxes)."""
     from .datasets import coco_records
     from .proposal_tool import make_proposals
 
-    ds.images_dir.mkdir(parents=True)
     images = []
-    for i, (name, a) in enumerate(photos.items(), start=1):
+    for name, a in photos.items():
         file_name = f"{name}.png" if a.ndim == 3 and a.shape[2] == 4 else f"{name}.jpg"  # keep the RGBA one
         Image.fromarray(a).save(ds.images_dir / file_name, quality=92)
-        images.append({"id": i, "file_name": file_name, "width": a.shape[1], "height": a.shape[0]})
-    ds.pretrain_ann.write_text(json.dumps({"info": {"description": "d3ssl_zoo sample: scikit-image photos",
+        images.append({"id": len(images) + 1, "file_name": file_name, "width": a.shape[1], "height": a.shape[0]})
+    for im in json.loads(ds.train_ann.read_text())["images"]:
+        shutil.copyfile(ds.train_images / im["file_name"], ds.images_dir / im["file_name"])
+        images.append({"id": len(images) + 1, "file_name": im["file_name"], "width": im["width"],
+                       "height": im["height"]})
+    ds.pretrain_ann.write_text(json.dumps({"info": {"description": "d3ssl_zoo sample: scikit-image photos and "
+                                                                   "the labelled train images, unlabelled",
                                                     "version": SAMPLE_VERSION},
                                            "images": images, "annotations": [], "categories": []}))
-    # The photos are small: search at native size (the tool's default resizes to 500 px).
+    # The images are small: search at native size (the tool's default resizes to 500 px).
     make_proposals(coco_records(ds.pretrain_ann, ds.images_dir), ds.proposals, mode="fast", resize_long=None,
                    workers=1, progress=False)
 
@@ -151,11 +160,12 @@ def _write_labelled(ds: SampleDataset, photos: dict[str, np.ndarray], split: str
 def _build(root: Path, seed: int) -> None:
     ds = _layout(root)
     photos = {name: _shrink(_photo(name), LONG_SIDE) for name in PHOTOS}
-    _write_pretrain(ds, photos)
     rng = np.random.default_rng(seed)
     order = rng.permutation(1797)  # sklearn's digit set; halves keep train and val glyphs apart
     _write_labelled(ds, photos, "train", NUM_TRAIN, order[: len(order) // 2], rng)
     _write_labelled(ds, photos, "val", NUM_VAL, order[len(order) // 2:], rng)
+    ds.images_dir.mkdir(parents=True)
+    _write_pretrain(ds, photos)
     (root / "complete.json").write_text(json.dumps({"version": SAMPLE_VERSION, "seed": seed}))
 
 

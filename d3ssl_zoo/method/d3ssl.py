@@ -12,12 +12,12 @@ from torch import Tensor, nn
 from .heads import RegionEncoder
 from .losses import nce
 from .queue import RegionQueue
-from .teacher import make_teacher, momentum_update
+from .teacher import StudentTeacher
 
 __all__ = ["D3SSL"]
 
 
-class D3SSL(nn.Module):
+class D3SSL(StudentTeacher):
     """Student f_q, momentum teacher f_k, memory bank {z-}, and the loss of Eq. 10.
 
     Args:
@@ -33,23 +33,12 @@ class D3SSL(nn.Module):
     def __init__(self, backbone: nn.Module, *, proj_hidden_dim: int, proj_dim: int, tau: float,
                  queue_size: int, depositioning: bool, roi_size: int = 14, roi_size_small: int = 7,
                  queue_seed: int = 0) -> None:
-        super().__init__()
-        self.student = RegionEncoder(backbone, proj_hidden_dim, proj_dim)  # f_q
-        self.teacher = make_teacher(self.student)  # f_k
+        super().__init__(RegionEncoder(backbone, proj_hidden_dim, proj_dim))  # f_q and its EMA f_k
         self.queue = RegionQueue(queue_size, proj_dim, seed=queue_seed)  # {z-}
         self.tau = tau
         self.depositioning = depositioning
         self.roi_size = roi_size
         self.roi_size_small = roi_size_small
-
-    @property
-    def backbone(self) -> nn.Module:
-        """The student's backbone: the network that is exported."""
-        return self.student.backbone
-
-    def momentum_update(self, momentum: float) -> None:
-        """theta_k <- m theta_k + (1 - m) theta_q, called after each optimiser step."""
-        momentum_update(self.teacher, self.student, momentum)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Return ``loss`` (Eq. 10) and its parts ``l_dc`` (Eq. 4) and, if on, ``l_dp`` (Eq. 9)."""

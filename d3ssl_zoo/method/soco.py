@@ -11,28 +11,19 @@ from torch import Tensor, nn
 
 from .heads import MLPHead, RegionEncoder
 from .losses import byol_loss
-from .teacher import make_teacher, momentum_update
+from .teacher import StudentTeacher
 
 __all__ = ["SoCo"]
 
 
-class SoCo(nn.Module):
+class SoCo(StudentTeacher):
     """Student (encoder + projector + predictor), momentum teacher (encoder + projector), BYOL loss."""
 
     def __init__(self, backbone: nn.Module, *, proj_hidden_dim: int, proj_dim: int,
                  pred_hidden_dim: int, roi_size: int = 14) -> None:
-        super().__init__()
-        self.student = RegionEncoder(backbone, proj_hidden_dim, proj_dim)
+        super().__init__(RegionEncoder(backbone, proj_hidden_dim, proj_dim))
         self.predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
-        self.teacher = make_teacher(self.student)
         self.roi_size = roi_size
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.student.backbone
-
-    def momentum_update(self, momentum: float) -> None:
-        momentum_update(self.teacher, self.student, momentum)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Return ``loss``: the symmetric BYOL loss averaged over boxes."""

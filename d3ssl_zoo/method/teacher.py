@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["make_teacher", "momentum_update"]
+__all__ = ["make_teacher", "momentum_update", "StudentTeacher"]
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -25,3 +25,21 @@ def momentum_update(teacher: nn.Module, student: nn.Module, momentum: float) -> 
     if len(t) != len(s):
         raise ValueError(f"teacher has {len(t)} parameters but student has {len(s)}; build it with make_teacher")
     torch._foreach_lerp_(t, s, 1.0 - momentum)
+
+
+class StudentTeacher(nn.Module):
+    """Base of the pre-training methods: a region encoder ``student`` (f_q) and its EMA ``teacher`` (f_k)."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = make_teacher(student)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The student's backbone: the network that is exported."""
+        return self.student.backbone
+
+    def momentum_update(self, momentum: float) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q, called after each optimiser step."""
+        momentum_update(self.teacher, self.student, momentum)

@@ -18,8 +18,7 @@ from torch import Tensor
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint_seq
-from timm.models._pretrained import PretrainedCfg
-from timm.models._registry import get_pretrained_cfg as _timm_get_pretrained_cfg
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..boxes import BoxesLike, boxes_to_rois, region_align, region_align_pooled
@@ -110,18 +109,8 @@ def _create(variant: str, pretrained: bool, **kwargs) -> D3SSLResNet:
     # torchvision, MoCo and SoCo start from ordinary BN init, not timm's zero-init of each
     # block's last BN (which would also leave those blocks' convs without gradient at step 0).
     kwargs.setdefault("zero_init_last", False)
-    cfg_overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    cfg = kwargs.pop("pretrained_cfg", None)
-    if isinstance(cfg, str):
-        cfg = _timm_get_pretrained_cfg(f"{variant}.{cfg}")
-    elif isinstance(cfg, dict):
-        cfg = PretrainedCfg(**cfg)
-    if cfg is None:
-        cfg = _timm_get_pretrained_cfg(variant)
-    if cfg_overlay:
-        cfg = PretrainedCfg(**{**cfg.to_dict(), **cfg_overlay})
-    cfg_dict = cfg.to_dict()
-    cfg_dict.setdefault("architecture", variant)
+    cfg_dict = resolve_pretrained_cfg(variant, kwargs.pop("pretrained_cfg", None),
+                                      kwargs.pop("pretrained_cfg_overlay", None)).to_dict()
     resolved = None
     if pretrained:
         # We fetch and check the weights ourselves (offline-aware, sha256, one clear error) and

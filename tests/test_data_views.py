@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig
-from d3ssl_zoo.data.views import (boxes_to_view, make_views, random_resized_crop_params, select_proposals)
+from d3ssl_zoo.data.views import (boxes_to_view, draw_crop, make_views, random_resized_crop_params,
+                                  select_proposals)
 
 IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
 PROPS = np.array([[4, 4, 60, 50], [50, 30, 120, 90], [10, 40, 70, 95], [0, 0, 128, 96], [70, 5, 100, 35]], np.float32)
@@ -33,16 +34,59 @@ def test_boxes_to_view_maps_and_flips():
 
 def test_select_proposals_overlap_pad_and_fallback():
     crop = (0, 0, 64, 48)
-    out = select_proposals(PROPS, crop, 4, 0.5, np.random.default_rng(0))
-    assert out.shape == (4, 4)
+    whole, out = select_proposals(PROPS, crop, 4, 0.5, np.random.default_rng(0))
+    assert out.shape == (4, 4) and whole.shape == (4, 4)
     assert (out[:, 2] <= 64).all() and (out[:, 3] <= 48).all()
+    # the clipped boxes are the whole ones cut to the crop
+    assert np.allclose(out, np.concatenate([np.maximum(whole[:, :2], 0), np.minimum(whole[:, 2:], [64, 48])], 1))
     # only the first proposal overlaps enough -> it is repeated
-    few = select_proposals(PROPS[:2], crop, 4, 0.5, np.random.default_rng(0))
+    few_whole, few = select_proposals(PROPS[:2], crop, 4, 0.5, np.random.default_rng(0))
     assert np.allclose(few, np.tile([[4, 4, 60, 48]], (4, 1)))
-    none = select_proposals(np.array([[100, 60, 128, 96]], np.float32), crop, 3, 0.5, np.random.default_rng(0))
+    assert np.allclose(few_whole, np.tile([[4, 4, 60, 50]], (4, 1)))
+    _, none = select_proposals(np.array([[100, 60, 128, 96]], np.float32), crop, 3, 0.5, np.random.default_rng(0))
     assert np.allclose(none, np.tile([[0, 0, 64, 48]], (3, 1)))
-    empty = select_proposals(np.zeros((0, 4), np.float32), crop, 2, 0.5, np.random.default_rng(0))
+    _, empty = select_proposals(np.zeros((0, 4), np.float32), crop, 2, 0.5, np.random.default_rng(0))
     assert np.allclose(empty, np.tile([[0, 0, 64, 48]], (2, 1)))
+
+
+def test_select_proposals_any_overlap_qualifies_with_zero_threshold():
+    crop = (0, 0, 64, 48)
+    p = np.array([[60, 40, 120, 90]], np.float32)  # 4x8 of its 60x50 pixels inside the crop
+    _, strict = select_proposals(p, crop, 1, 0.5, np.random.default_rng(0))
+    assert np.allclose(strict, [[0, 0, 64, 48]])  # fallback: the crop box
+    whole, clipped = select_proposals(p, crop, 1, 0.0, np.random.default_rng(0))
+    assert np.allclose(clipped, [[60, 40, 64, 48]]) and np.allclose(whole, p)
+
+
+def test_crop_redrawn_until_enough_proposals_qualify():
+    # one small proposal in a corner: most RRC draws miss it; 5 attempts find it far more often than 1
+    p = np.array([[0, 0, 20, 20]], np.float32)
+    hits = {}
+    for attempts in (1, 5):
+        c = cfg(crop_attempts=attempts, num_proposals=1, crop_scale=(0.1, 0.15))
+        n = 0
+        for seed in range(200):
+            x0, y0, w, h = draw_crop(p, 96, 128, c, np.random.default_rng(seed))
+            n += x0 < 20 and y0 < 20
+        hits[attempts] = n
+    assert hits[5] > 2 * hits[1] > 0
+
+
+def test_view1_keeps_the_whole_proposal_view2_is_clipped():
+    p = np.array([[0, 0, 128, 96]], np.float32)  # the whole image: x2's crop always clips it
+    for whole in (True, False):
+        s = make_views(IMG, p, cfg(num_proposals=1, whole_box_view1=whole, flip_p=0.0, rbj=False), np.random.default_rng(3))
+        assert np.allclose(s["boxes2"], [[0, 0, 64, 64]])
+        if whole:
+            assert np.allclose(s["boxes1"], [[0, 0, 64, 64]])  # the whole image in the whole-image view
+        else:
+            assert (s["boxes1"][0, 2] - s["boxes1"][0, 0]) < 64 or (s["boxes1"][0, 3] - s["boxes1"][0, 1]) < 64
+
+
+def test_dp_proposals_limits_the_composite_to_the_first_boxes():
+    s = make_views(IMG, PROPS, cfg(dp_proposals=1), np.random.default_rng(0))
+    assert s["boxes3"].shape == (1, 4)
+    assert np.allclose(s["boxes3"], s["boxes2"][:1] + np.tile(s["t"], 2))
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -187,6 +187,28 @@ def test_d3ssl_forward_equations():
     assert torch.allclose(m.queue.keys[:2 * B * K], F.normalize(torch.cat([z_t1, z_t2]), dim=1), atol=1e-5)
 
 
+def test_d3ssl_dp_on_the_first_proposals_only():
+    # data.dp_proposals = 1: x3 holds the first of the K proposals; L_dp pairs it with that box's teacher views
+    m = tiny_d3ssl()
+    batch = synthetic_batch()
+    batch["boxes3"] = batch["boxes3"][:, :1]
+    negatives = m.queue.keys.clone()
+    with torch.no_grad():
+        z_s1, z_s2 = m.student(batch["x1"], batch["boxes1"], 14), m.student(batch["x2s"], batch["boxes2s"], 7)
+        z_t1, z_t2 = m.teacher(batch["x1"], batch["boxes1"], 14), m.teacher(batch["x2"], batch["boxes2"], 14)
+        z_s3 = m.student(batch["x3"], batch["boxes3"], 14)
+    first = torch.arange(B) * K  # row of each image's first box
+    l_dc = (nce(z_s1, z_t2, negatives, 0.2) + nce(z_s2, z_t1, negatives, 0.2)).view(B, K)
+    l_dp = nce(z_s3, z_t2[first], negatives, 0.2) + nce(z_s3, z_t1[first], negatives, 0.2)
+    out = m(batch)
+    assert out["l_dp"].item() == pytest.approx(l_dp.mean().item(), rel=1e-4)
+    per_region = l_dc.clone()
+    per_region[:, 0] += l_dp
+    assert out["loss"].item() == pytest.approx(per_region.mean().item(), rel=1e-4)  # Eq. 10, mean over K
+    out["loss"].backward()
+    assert m.student.backbone.conv1.weight.grad.abs().sum() > 0
+
+
 def test_d3ssl_gradients_reach_student_only_and_dp_switch():
     m = tiny_d3ssl(depositioning=False)
     batch = synthetic_batch(depositioning=False)  # no x3 / boxes3 needed without L_dp

@@ -67,24 +67,32 @@ def check_output_dir(recipe: Recipe, output_dir: Path, resume: str | None) -> No
                          + "\n  ".join(diff) + "\nresume with the same recipe, or use another --output-dir")
 
 
-def report_oknn(recipe: Recipe, export_dir: Path) -> None:
-    """O-KNN of the trained backbone vs. its random initialisation on the sample's labelled split."""
-    from d3ssl_zoo.data.sample import get_sample_dataset
+def report_oknn(recipe: Recipe, export_dir: Path, short_side: int) -> None:
+    """O-KNN of the trained backbone vs. its random initialisation on the built-in set's labelled split."""
     from d3ssl_zoo.evaluation.oknn import run_oknn
 
-    sample = get_sample_dataset()
+    source = recipe.dataset.source
+    if source == "sample":
+        from d3ssl_zoo.data.sample import get_sample_dataset
+
+        data = get_sample_dataset()
+    else:
+        from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset
+
+        data = get_scene_dataset(SceneConfig.from_source(source))
     set_seed(recipe.train.seed)  # the same draw as the start of training: the exact initial weights
-    initial = d3ssl_zoo.create_model(recipe.model.name, pretrained=False)
+    initial = d3ssl_zoo.create_model(recipe.model.name, pretrained=False, zero_init_last=recipe.model.zero_init_last)
     trained = d3ssl_zoo.create_model(recipe.model.name, pretrained=True,
                                      pretrained_cfg_overlay=dict(file=str(export_dir / "model.safetensors")))
-    splits = (sample.train_ann, getattr(sample, "train_images", sample.images_dir),
-              sample.val_ann, getattr(sample, "val_images", sample.images_dir))
-    rows = []
+    splits = (data.train_ann, data.train_images, data.val_ann, data.val_images)
+    rows, top1 = [], {}
     for name, model in (("random init", initial), ("trained", trained)):
-        r = run_oknn(model, *splits, seed=recipe.train.seed, progress=False)
+        r = run_oknn(model, *splits, seed=recipe.train.seed, short_side=short_side, progress=False)
+        top1[name] = r["top1"]
         rows.append(f"  {name:<12} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  "
-                    f"({r['num_bank']} bank objects, {r['num_queries']} queries)")
-    print("O-KNN (Sec. 5.3) on the sample's labelled split:\n" + "\n".join(rows))
+                    f"({r['num_bank']} bank objects, {r['num_queries']} queries, {r['num_classes']} classes)")
+    print(f"O-KNN (Sec. 5.3) on the labelled split of '{source}' ({short_side} px short side):\n" + "\n".join(rows)
+          + f"\n  trained - random init: {top1['trained'] - top1['random init']:+.1f} points top-1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", help="run folder (default: runs/<model.tag>)")
     p.add_argument("--resume", default="auto",
                    help="'auto' (default: newest checkpoint of --output-dir, if any), 'none', or a checkpoint folder")
-    p.add_argument("--no-eval", action="store_true", help="skip the O-KNN report of the demo")
+    p.add_argument("--no-eval", action="store_true", help="skip the O-KNN report (built-in datasets only)")
+    p.add_argument("--eval-short-side", type=int, default=256,
+                   help="image scale of that O-KNN report (the built-in sets are 128-160 px images)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=10")
     args = p.parse_args(argv)
 
@@ -126,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  import timm, d3ssl_zoo\n"
           f"  model = timm.create_model('{recipe.model.name}', pretrained=True, "
           f"pretrained_cfg_overlay=dict(file='{weights}'))\n")
-    if recipe.dataset.source == "sample" and not args.no_eval:
-        report_oknn(recipe, result.export_dir)
+    if (recipe.dataset.source == "sample" or recipe.dataset.source.partition(":")[0] == "scenes") and not args.no_eval:
+        report_oknn(recipe, result.export_dir, args.eval_short_side)
     return 0
 
 

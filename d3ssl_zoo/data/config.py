@@ -43,7 +43,9 @@ class PretrainDataConfig:
     std: tuple[float, float, float] = IMAGENET_STD  # SoCo
     # --- proposals (selective search, SoCo filters) ---
     num_proposals: int = 4  # SoCo: K proposals per image per step
-    min_crop_overlap: float = 0.5  # ours: a proposal is usable in x2 if this fraction of it lies in the crop
+    min_crop_overlap: float = 0.0  # SoCo: a proposal qualifies for x2 if it overlaps the crop at all (> 0: this share)
+    crop_attempts: int = 5  # SoCo: RRC draws of x2 while fewer than K proposals qualify
+    whole_box_view1: bool = True  # SoCo: view 1 uses the whole proposal, only view 2's box is clipped to the crop
     # --- region augmentation set (Sec. 4.1; Tab. 5 / Tab. 6 switches) ---
     prc: bool = True  # paper: proposal-based random cutout
     prm: bool = True  # paper: proposal-based random mask
@@ -51,6 +53,7 @@ class PretrainDataConfig:
     soco_cutout: bool = False  # SoCo: random square cutout (ablation baseline, Tab. 5 row 2)
     box_jitter: bool = False  # SoCo: unrestricted box jitter (ablation baseline, Tab. 5 row 3)
     depositioning: bool = True  # paper: build x3 of Eq. 8 for L_dp (Sec. 4.2)
+    dp_proposals: int = 0  # ours: how many of the K proposals enter x3 and L_dp; 0 = all K (literal reading)
     # --- augmentation parameters ---
     prc_side: tuple[float, float] = (0.2, 0.5)  # paper: cutout size range (read as side ratio, SPEC Sec. 3)
     prc_area_reading: bool = False  # ours: True reads prc_side as an area fraction instead
@@ -73,6 +76,10 @@ class PretrainDataConfig:
                 setattr(self, f.name, tuple(v))
         if self.views not in VIEW_SETS:
             raise ValueError(f"PretrainDataConfig.views must be one of {VIEW_SETS}, got {self.views!r}")
+        if self.crop_attempts < 1 or self.dp_proposals < 0 or not 0 <= self.min_crop_overlap <= 1:
+            raise ValueError(f"PretrainDataConfig: need crop_attempts >= 1, dp_proposals >= 0 and "
+                             f"0 <= min_crop_overlap <= 1; got {self.crop_attempts}, {self.dp_proposals}, "
+                             f"{self.min_crop_overlap}")
         if self.num_proposals < 1:
             raise ValueError(f"PretrainDataConfig.num_proposals must be >= 1, got {self.num_proposals}")
         if self.prc and self.soco_cutout:

@@ -192,17 +192,23 @@ class PretrainCollator:
 
 def build_pretrain_dataset(cfg: PretrainDataConfig, source: str | os.PathLike, proposals: str | os.PathLike | None,
                            seed: int = 0) -> PretrainDataset:
-    """Dataset of the contract: ``source`` is a COCO annotation json, an image folder, or ``"sample"``.
+    """Dataset of the contract: ``source`` is a COCO annotation json, an image folder, ``"sample"``
+    (the embedded sample) or ``"scenes"`` / ``"scenes:key=value,..."`` (the generated scene set, :mod:`d3ssl_zoo.data.scenes`).
 
-    ``proposals`` is the file written by ``train/make_proposals.py`` (for ``"sample"`` it may be
-    ``None``: the embedded sample brings its own).
+    ``proposals`` is the file written by ``train/make_proposals.py`` (for ``"sample"`` and
+    ``"scenes"`` it may be ``None``: they bring their own).
     """
-    if str(source) == "sample":
-        from .sample import get_sample_dataset
+    if str(source) == "sample" or str(source).partition(":")[0] == "scenes":
+        if str(source) == "sample":
+            from .sample import get_sample_dataset
 
-        sample = get_sample_dataset()
-        records = coco_records(sample.pretrain_ann, sample.images_dir)
-        proposals = proposals or sample.proposals
+            builtin = get_sample_dataset()
+        else:
+            from .scenes import SceneConfig, get_scene_dataset
+
+            builtin = get_scene_dataset(SceneConfig.from_source(str(source)))
+        records = coco_records(builtin.pretrain_ann, builtin.images_dir)
+        proposals = proposals or builtin.proposals
     else:
         src = Path(source)
         if src.is_dir():
@@ -211,7 +217,7 @@ def build_pretrain_dataset(cfg: PretrainDataConfig, source: str | os.PathLike, p
             records = coco_records(src, cfg.images_dir)
         else:
             raise ValueError(f"pre-training source {source!r} is neither a COCO annotation .json, an "
-                             f"image folder, nor 'sample'")
+                             f"image folder, 'sample' nor 'scenes'")
     if proposals is None:
         raise ValueError(f"no proposal file given for {source}; make one with `python train/make_proposals.py "
                          f"{'--coco' if str(source).endswith('.json') else '--images'} {source} --out FILE` "

@@ -119,8 +119,8 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     jobs = ((r, mode, resize_long, min_side) for r in todo)
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="proposals", unit="img",
                disable=not progress)
-    pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers, _worker_init) \
-        if workers > 1 and todo else None
+    # spawn, not fork: a parent that already ran OpenCV (or torch) threads can deadlock a forked child
+    pool = mp.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and todo else None
     if pool is None:
         _worker_init()
     try:

@@ -3,8 +3,10 @@
 D3SSL: x1 = whole image resized to 224; x2 = RandomResizedCrop [0.4, 1] to 224; x2-s = x2
 resized to 112. Each view gets an independent horizontal flip and SoCo's colour augmentation
 (view 1 settings on x1, view 2 settings on x2; x2-s is x2 downsampled, so it shares x2's).
-K proposals are chosen among those overlapping the x2 crop and clipped to it, so each box
-covers the same image region in every view. All work is on uint8 ``(H, W, 3)`` RGB arrays with
+K proposals are chosen among those overlapping the x2 crop (the crop is re-drawn while too
+few overlap); view 2's boxes are clipped to the crop, view 1 keeps the whole proposal (SoCo),
+or, with ``whole_box_view1: false``, the clipped one, so each box covers the same region in
+every view. All work is on uint8 ``(H, W, 3)`` RGB arrays with
 OpenCV, cheap enough for data workers; normalisation happens in the collator.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .composite import depositioning_masks
 from .config import PretrainDataConfig
 from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
 
-__all__ = ["random_resized_crop_params", "select_proposals", "resize_view", "boxes_to_view",
+__all__ = ["random_resized_crop_params", "select_proposals", "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view",
            "color_augment", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views", "soco_views",
            "make_views"]
 
@@ -45,27 +47,49 @@ def random_resized_crop_params(height: int, width: int, scale, ratio, rng: np.ra
 
 
 def select_proposals(proposals: np.ndarray, crop, k: int, min_overlap: float,
-                     rng: np.random.Generator) -> np.ndarray:
-    """K proposals that overlap the crop by at least ``min_overlap`` of their area, clipped to it.
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """K proposals that overlap the crop, as ``(whole, clipped)`` boxes ``(K, 4)`` float32 in original pixels.
 
-    Fewer than K: the chosen ones are repeated at random (SoCo pads the same way); none: the
-    whole crop box. Returns ``(K, 4)`` float32 boxes in original image pixels.
+    A proposal qualifies if it overlaps the crop at all and (``min_overlap > 0``) by at least
+    that share of its area; ``clipped`` is it clipped to the crop. Fewer than K: the chosen ones
+    are repeated at random (SoCo pads the same way); none: the whole crop box, for both.
     """
     x0, y0, w, h = crop
     cx1, cy1 = x0 + w, y0 + h
     p = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     clipped = np.stack([np.maximum(p[:, 0], x0), np.maximum(p[:, 1], y0),
                         np.minimum(p[:, 2], cx1), np.minimum(p[:, 3], cy1)], axis=1)
-    inter = (clipped[:, 2] - clipped[:, 0]).clip(0) * (clipped[:, 3] - clipped[:, 1]).clip(0)
-    area = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
-    ok = np.flatnonzero((inter > 0) & (inter >= min_overlap * area))
+    ok = qualifying_proposals(p, clipped, min_overlap)
     if ok.size == 0:
-        return np.tile(np.array([[x0, y0, cx1, cy1]], dtype=np.float32), (k, 1))
+        box = np.tile(np.array([[x0, y0, cx1, cy1]], dtype=np.float32), (k, 1))
+        return box, box.copy()
     if ok.size >= k:
         idx = rng.choice(ok, size=k, replace=False)
     else:
         idx = np.concatenate([rng.permutation(ok), rng.choice(ok, size=k - ok.size, replace=True)])
-    return clipped[idx]
+    return p[idx], clipped[idx]
+
+
+def qualifying_proposals(proposals: np.ndarray, clipped: np.ndarray, min_overlap: float) -> np.ndarray:
+    """Indices of the proposals whose part inside the crop (``clipped``) is non-empty and at least
+    ``min_overlap`` of their area."""
+    inter = (clipped[:, 2] - clipped[:, 0]).clip(0) * (clipped[:, 3] - clipped[:, 1]).clip(0)
+    area = (proposals[:, 2] - proposals[:, 0]) * (proposals[:, 3] - proposals[:, 1])
+    return np.flatnonzero((inter > 0) & (inter >= min_overlap * area))
+
+
+def draw_crop(proposals: np.ndarray, height: int, width: int, cfg: PretrainDataConfig, rng: np.random.Generator):
+    """The x2 crop ``(x0, y0, w, h)``: RandomResizedCrop, re-drawn up to ``cfg.crop_attempts`` times
+    in all while fewer than K proposals qualify (SoCo); the last draw is kept."""
+    p = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    for _ in range(cfg.crop_attempts):
+        crop = random_resized_crop_params(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
+        x0, y0, w, h = crop
+        clipped = np.stack([np.maximum(p[:, 0], x0), np.maximum(p[:, 1], y0),
+                            np.minimum(p[:, 2], x0 + w), np.minimum(p[:, 3], y0 + h)], axis=1)
+        if qualifying_proposals(p, clipped, cfg.min_crop_overlap).size >= cfg.num_proposals:
+            break
+    return crop
 
 
 def resize_view(image: np.ndarray, crop, size: int, flip: bool) -> np.ndarray:
@@ -170,15 +194,16 @@ def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, cfg: PretrainDataC
 
 def _common(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator):
     height, width = image.shape[:2]
-    crop = random_resized_crop_params(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
-    chosen = select_proposals(proposals, crop, cfg.num_proposals, cfg.min_crop_overlap, rng)
+    crop = draw_crop(proposals, height, width, cfg, rng)
+    whole_boxes, clipped = select_proposals(proposals, crop, cfg.num_proposals, cfg.min_crop_overlap, rng)
     flip1, flip2 = rng.random(2) < cfg.flip_p
     size = cfg.image_size
     whole = (0, 0, width, height)
     x1 = color_augment(resize_view(image, whole, size, flip1), rng, cfg, 0)
     x2 = color_augment(resize_view(image, crop, size, flip2), rng, cfg, 1)
-    b1 = boxes_to_view(chosen, whole, size, flip1)
-    b2 = boxes_to_view(chosen, crop, size, flip2)
+    # SoCo: view 1 (the whole image) sees the whole proposal; only view 2's box is clipped to its crop
+    b1 = boxes_to_view(whole_boxes if cfg.whole_box_view1 else clipped, whole, size, flip1)
+    b2 = boxes_to_view(clipped, crop, size, flip2)
     return x1, x2, b1, b2
 
 
@@ -199,10 +224,13 @@ def d3ssl_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfi
     j2 = jitter_boxes(b2, rng, cfg, size)  # one draw for view 2: x2 and x2-s are the same crop
     out.update(boxes1=j1, boxes2=j2, boxes2s=(j2 * (small / size)).astype(np.float32))
     if cfg.depositioning:
-        # The whole proposals of x2 are pasted; the (jittered) RoIs inside them move with t.
-        m, m_hat, t = depositioning_masks(b2, size, size, rng, side_range=cfg.prc_side,
+        # The whole proposals of x2 are pasted; the (jittered) RoIs inside them move with t. With
+        # dp_proposals = n (0 < n < K), only the first n of the K (randomly ordered) proposals enter
+        # the composite and L_dp; 0 pastes all K (the literal reading of Sec. 4.2).
+        n = cfg.dp_proposals if 0 < cfg.dp_proposals < len(b2) else len(b2)
+        m, m_hat, t = depositioning_masks(b2[:n], size, size, rng, side_range=cfg.prc_side,
                                           max_cover=cfg.prc_max_cover, area_reading=cfg.prc_area_reading)
-        boxes3 = (j2 + np.tile(t, 2)).clip(0, size)  # clip: unrestricted box_jitter may leave the proposal
+        boxes3 = (j2[:n] + np.tile(t, 2)).clip(0, size)  # clip: unrestricted box_jitter may leave the proposal
         out.update(m=m, m_hat=m_hat, t=t, boxes3=boxes3.astype(np.float32))
     return out
 

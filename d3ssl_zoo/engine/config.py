@@ -31,6 +31,7 @@ TRACKERS = ("tensorboard", "wandb", "none")
 @dataclass
 class ModelConfig:
     name: str = "d3ssl_r50c4"  # zoo architecture of the student backbone
+    zero_init_last: bool = True  # SoCo: each residual block's last BN weight starts at 0 (SoCo's ResNet)
 
 
 @dataclass

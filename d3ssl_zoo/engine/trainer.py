@@ -151,7 +151,8 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
                         collate_fn=PretrainCollator(recipe.data), num_workers=recipe.train.num_workers,
                         drop_last=True, pin_memory=accelerator.device.type == "cuda")
 
-    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False))
+    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
+                                                         zero_init_last=recipe.model.zero_init_last))
     if accelerator.num_processes > 1 and recipe.method.sync_bn:
         if accelerator.device.type == "cpu":
             logger.warning("method.sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own "

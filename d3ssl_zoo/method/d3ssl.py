@@ -54,10 +54,16 @@ class D3SSL(StudentTeacher):
         out = {"l_dc": l_dc.mean()}
         per_region = l_dc
         if self.depositioning:
-            z_s3 = self.student(batch["x3"], batch["boxes3"], self.roi_size)  # Eq. 8
-            l_dp = nce(z_s3, z_t2, negatives, self.tau) + nce(z_s3, z_t1, negatives, self.tau)  # Eq. 9
+            b3 = batch["boxes3"]  # the first n <= K proposals of each image (data.dp_proposals)
+            z_s3 = self.student(batch["x3"], b3, self.roi_size)  # Eq. 8
+            n, k = b3.shape[1], b1.shape[1]
+            z_t1_dp, z_t2_dp = (z.view(-1, k, z.shape[1])[:, :n].reshape(-1, z.shape[1]) for z in (z_t1, z_t2))
+            l_dp = nce(z_s3, z_t2_dp, negatives, self.tau) + nce(z_s3, z_t1_dp, negatives, self.tau)  # Eq. 9
             out["l_dp"] = l_dp.mean()
-            per_region = per_region + l_dp
+            # Eq. 10 per region: a region outside the composite has no L_dp term
+            per_region = per_region.view(-1, k).clone()
+            per_region[:, :n] += l_dp.view(-1, n)
+            per_region = per_region.reshape(-1)
         out["loss"] = per_region.mean()  # Eq. 10: 1/K sum_i, averaged over the images too
         # negatives for the next batches: the teacher embeddings of both views (SPEC Sec. 3)
         self.queue.enqueue(torch.cat([z_t1, z_t2]))

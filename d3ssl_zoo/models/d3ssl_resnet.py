@@ -106,8 +106,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> D3SSLResNet:
-    # torchvision, MoCo and SoCo start from ordinary BN init, not timm's zero-init of each
-    # block's last BN (which would also leave those blocks' convs without gradient at step 0).
+    # A plain model starts from torchvision's BN init; pre-training recipes ask for SoCo's
+    # zero-init of each block's last BN weight (model.zero_init_last in the recipe).
     kwargs.setdefault("zero_init_last", False)
     cfg_dict = resolve_pretrained_cfg(variant, kwargs.pop("pretrained_cfg", None),
                                       kwargs.pop("pretrained_cfg_overlay", None)).to_dict()

@@ -1,0 +1,416 @@
+"""The mini ladder: a small-scale reproduction of the paper's directions that runs on 2 CPU cores.
+
+    python train/reproduce_mini.py                       # every rung, 2 seeds, all evaluations (~2 h on 2 cores)
+    python train/reproduce_mini.py --rungs d3ssl soco --seeds 0
+
+Rungs (one recipe each in ``train/recipes/mini/``, same data, model, resolution, batch and steps):
+``d3ssl`` (full method), ``d3ssl_dconly`` (w/o L_dp, Tab. 7), ``d3ssl_dp1`` (L_dp on one of the K
+proposals, the de-positioning reading of issue 9), ``soco`` and ``soco_d3aug`` (Tab. 6).
+
+Each run is ``accelerate launch train/pretrain.py --recipe <rung> ...`` in a subprocess (the path
+a user takes), into ``<runs-dir>/<rung>_s<seed>``; it resumes from its newest checkpoint when the
+ladder is relaunched. Every checkpoint of every run is evaluated on the scene set's labelled split
+(O-KNN at every checkpoint; disturbed O-KNN, coupling rate and positional MCS per stage at the end),
+and so are the random initialisation of each seed and a supervised ceiling (the same backbone
+trained with the labels). Evaluations are stored in ``<out>/results.json`` as they finish and are
+never recomputed, so a killed ladder continues where it stopped. ``results.md`` and the figures
+are rewritten after every evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import d3ssl_zoo
+from d3ssl_zoo.data.composite import depositioning_shift
+from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset
+from d3ssl_zoo.engine import list_checkpoints
+from d3ssl_zoo.evaluation.coupling import run_coupling
+from d3ssl_zoo.evaluation.features import STAGES
+from d3ssl_zoo.evaluation.mcs import run_mcs
+from d3ssl_zoo.evaluation.oknn import run_oknn
+from d3ssl_zoo.evaluation.supervised import train_roi_classifier
+
+ROOT = Path(__file__).resolve().parent
+RECIPES = ROOT / "recipes" / "mini"
+RUNGS = {  # name: what the rung is in the paper
+    "d3ssl": "D3SSL (L_dc + L_dp)",
+    "d3ssl_dconly": "D3SSL w/o L_dp (Tab. 7)",
+    "d3ssl_dp1": "D3SSL, L_dp on 1 of K proposals",
+    "soco": "SoCo",
+    "soco_d3aug": "SoCo + Aug_D3SSL (Tab. 6)",
+}
+# The paper's numbers for the directions (R50-C4, 200-800 epochs on COCO / OpenImage-MINI).
+PAPER = {
+    "oknn": {"soco": (70.2, 88.3), "d3ssl": (73.1, 90.1)},  # Tab. 4 top-1, top-5
+    "disturbed_oknn": {"soco": (47.0, 66.1), "d3ssl": (55.8, 73.4)},  # Tab. 4
+    "cr": {"d3ssl_dconly": 1.33, "d3ssl": 1.17, "soco": 1.31, "soco_d3aug": 1.20},  # Tab. 7, Tab. 6 (stage not given)
+    "mcs": {"d3ssl_dconly": 0.68, "d3ssl": 0.82},  # Tab. 7
+}
+
+
+# ---------------------------------------------------------------- evaluation settings
+def eval_settings(args) -> dict:
+    return dict(short_side=args.short_side, num_pairs=args.num_pairs, num_crops=args.num_crops,
+                object_size=args.object_size, min_object_size=args.min_object_size)
+
+
+def evaluate(model: torch.nn.Module, scenes, settings: dict, seed: int, full: bool) -> dict:
+    """O-KNN (and, if ``full``, disturbed O-KNN, CR and MCS per stage) of one backbone."""
+    splits = (scenes.train_ann, scenes.train_images, scenes.val_ann, scenes.val_images)
+    model.eval()
+    out = {}
+    r = run_oknn(model, *splits, short_side=settings["short_side"], seed=seed, progress=False)
+    out["oknn"] = {"top1": r["top1"], "top5": r["top5"], "num_bank": r["num_bank"], "num_queries": r["num_queries"]}
+    if full:
+        r = run_oknn(model, *splits, short_side=settings["short_side"], seed=seed, disturbed=True, progress=False)
+        out["disturbed_oknn"] = {"top1": r["top1"], "top5": r["top5"], "num_queries": r["num_queries"]}
+        size, min_size = settings["object_size"], settings["min_object_size"]
+        cr = run_coupling(model, scenes.val_ann, scenes.val_images, num_pairs=settings["num_pairs"],
+                          object_size=size, min_object_size=min_size, seed=seed, progress=False)
+        mcs = run_mcs(model, scenes.val_ann, scenes.val_images, num_crops=settings["num_crops"], tile_size=size,
+                      min_object_size=min_size, seed=seed, progress=False)
+        out["cr"] = cr["per_stage"]
+        out["mcs"] = mcs["per_stage"]
+    return out
+
+
+def backbone_from_checkpoint(ckpt: Path, model_name: str) -> torch.nn.Module:
+    """The student backbone of a training checkpoint (Accelerate's ``model.safetensors``)."""
+    state = load_file(str(ckpt / "model.safetensors"))
+    prefix = "student.backbone."
+    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not backbone:
+        raise ValueError(f"{ckpt / 'model.safetensors'} holds no '{prefix}*' weights; is it a pretrain.py checkpoint?")
+    model = d3ssl_zoo.create_model(model_name, pretrained=False)
+    model.load_state_dict(backbone, strict=True)
+    return model.eval()
+
+
+def initial_backbone(recipe: dict, seed: int) -> torch.nn.Module:
+    """The exact weights a run of ``recipe`` with ``seed`` starts from (the engine seeds, then builds)."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    return d3ssl_zoo.create_model(recipe["model"]["name"], pretrained=False,
+                                  zero_init_last=recipe["model"].get("zero_init_last", False)).eval()
+
+
+# ---------------------------------------------------------------- results store
+class Results:
+    """``results.json``: every finished evaluation under a key, written atomically after each."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        old = self.data.get("meta", {}).get("settings")
+        if old is not None and old != meta["settings"]:
+            raise ValueError(f"{path} was written with other settings {old}; use another --out or the same settings")
+        self.data.setdefault("evals", {})
+        self.data["meta"] = meta
+
+    def has(self, key: str) -> bool:
+        return key in self.data["evals"]
+
+    def put(self, key: str, value: dict) -> None:
+        self.data["evals"][key] = value
+        self.save()
+
+    def put_extra(self, name: str, value) -> None:
+        self.data[name] = value
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------- the de-positioning shift (issue 9, item 5)
+def shift_statistics(recipe: dict, scenes, num_images: int = 400, seed: int = 0) -> dict:
+    """How far Eq. 6-8 moves the pasted proposals, for the literal reading (all K) and for 1 of K.
+
+    Draws the views of ``num_images`` pre-training images as the data pipeline does and reports
+    the share of zero shifts, the median |t| in pixels of the view, and the median share of the
+    view that the union of the pasted proposals covers.
+    """
+    from d3ssl_zoo.data.config import PretrainDataConfig
+    from d3ssl_zoo.data.datasets import build_pretrain_dataset
+
+    cfg = PretrainDataConfig.from_dict({**recipe["data"], "depositioning": False, "views": "d3ssl"})
+    ds = build_pretrain_dataset(cfg, recipe["dataset"]["source"], recipe["dataset"]["proposals"], seed=seed)
+    out = {}
+    for name, n in (("all K (literal)", cfg.num_proposals), ("1 of K", 1)):
+        rng = np.random.default_rng(seed)
+        zero, mags, cover = 0, [], []
+        for i in range(min(num_images, len(ds))):
+            b2 = ds[i]["boxes2"][:n]
+            t = depositioning_shift(b2, cfg.image_size, cfg.image_size, rng)
+            zero += int((t == 0).all())
+            mags.append(float(np.hypot(*t)))
+            m = np.zeros((cfg.image_size, cfg.image_size), bool)
+            for x0, y0, x1, y1 in b2.astype(int):
+                m[y0:y1, x0:x1] = True
+            cover.append(float(m.mean()))
+        out[name] = {"zero_shift_share": zero / len(mags), "median_shift_px": float(np.median(mags)),
+                     "mean_shift_px": float(np.mean(mags)), "median_union_cover": float(np.median(cover)),
+                     "view_px": cfg.image_size, "images": len(mags)}
+    return out
+
+
+# ---------------------------------------------------------------- the ladder
+def run_rung(rung: str, seed: int, runs_dir: Path, overrides: list[str], log_dir: Path) -> Path:
+    """Train (or resume) one run through the user's entry point; returns its output folder."""
+    out = runs_dir / f"{rung}_s{seed}"
+    if (out / "export" / "model.safetensors").is_file():
+        return out
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(ROOT / "pretrain.py"), "--recipe", str(RECIPES / f"{rung}.yaml"),
+           "--output-dir", str(out), "--no-eval", f"train.seed={seed}", *overrides]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{rung}_s{seed}.log"
+    print(f"[ladder] training {rung} seed {seed}: {' '.join(cmd)} (log {log})", flush=True)
+    tic = time.time()
+    with open(log, "a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"{rung} seed {seed} failed (exit {rc}); see {log}")
+    print(f"[ladder] {rung} seed {seed} trained in {time.time() - tic:.0f} s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--out", default=str(ROOT / "results" / "mini"), help="results.json, results.md, figures")
+    p.add_argument("--runs-dir", default="runs/mini", help="training runs (checkpoints, exports)")
+    p.add_argument("--override", nargs="*", default=[], metavar="key=value",
+                   help="recipe overrides for every rung (e.g. a smaller dataset.source for a quick check)")
+    p.add_argument("--short-side", type=int, default=256, help="O-KNN image scale (scenes are 160 px: objects 77-141 px)")
+    p.add_argument("--num-pairs", type=int, default=100, help="coupling-rate pairs")
+    p.add_argument("--num-crops", type=int, default=100, help="positional-MCS crops")
+    p.add_argument("--object-size", type=int, default=128, help="CR / MCS object crop side (multiple of 32)")
+    p.add_argument("--min-object-size", type=float, default=32)
+    p.add_argument("--ceiling-steps", type=int, default=150, help="supervised ceiling: SGD steps of 16 images")
+    p.add_argument("--intermediate", action=argparse.BooleanOptionalAction, default=True,
+                   help="O-KNN of every intermediate checkpoint (the learning curves)")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out = Path(args.out)
+    runs_dir = Path(args.runs_dir)
+    settings = eval_settings(args)
+    base = yaml.safe_load((RECIPES / "d3ssl.yaml").read_text())
+    for o in args.override:
+        if o.startswith("dataset.source="):
+            base["dataset"]["source"] = o.split("=", 1)[1]
+    scenes = get_scene_dataset(SceneConfig.from_source(base["dataset"]["source"]))
+    results = Results(out / "results.json", {"settings": {**settings, "overrides": args.override,
+                                                          "scenes": scenes.config.key()},
+                                             "rungs": RUNGS, "paper": PAPER})
+
+    if "shift_statistics" not in results.data:
+        results.put_extra("shift_statistics", shift_statistics(base, scenes))
+    for seed in args.seeds:  # the floor: each seed's random initialisation
+        key = f"random_init/s{seed}"
+        if not results.has(key):
+            results.put(key, {"step": 0, **evaluate(initial_backbone(base, seed), scenes, settings, seed, True)})
+            write_report(results, out)
+    if not results.has("supervised/s0"):  # the ceiling: the same backbone trained with the labels
+        model = d3ssl_zoo.create_model(base["model"]["name"], pretrained=False)
+        torch.manual_seed(0)
+        info = train_roi_classifier(model, scenes.train_ann, scenes.train_images, steps=args.ceiling_steps,
+                                    short_side=args.short_side, progress=False)
+        results.put("supervised/s0", {"training": info, **evaluate(model, scenes, settings, 0, True)})
+        write_report(results, out)
+
+    for seed in args.seeds:
+        for rung in args.rungs:
+            run = run_rung(rung, seed, runs_dir, args.override, out / "logs")
+            ckpts = list_checkpoints(run)
+            final = max(ckpts, key=lambda c: json.loads((c / "trainer_state.json").read_text())["step"])
+            for ckpt in ckpts:
+                state = json.loads((ckpt / "trainer_state.json").read_text())
+                is_final = ckpt == final
+                if not (is_final or args.intermediate):
+                    continue
+                key = f"{rung}/s{seed}/step{state['step']}"
+                if results.has(key):
+                    continue
+                model = backbone_from_checkpoint(ckpt, base["model"]["name"])
+                tic = time.time()
+                results.put(key, {"step": state["step"], "total_steps": state["total_steps"], "final": is_final,
+                                  **evaluate(model, scenes, settings, seed, is_final)})
+                print(f"[ladder] evaluated {key} in {time.time() - tic:.0f} s", flush=True)
+                write_report(results, out)
+    write_report(results, out)
+    print(f"[ladder] done: {out / 'results.md'}")
+    return 0
+
+
+# ---------------------------------------------------------------- report
+def _final_evals(results: Results, prefix: str) -> list[dict]:
+    return [v for k, v in results.data["evals"].items() if k.startswith(prefix + "/") and
+            (v.get("final") or prefix in ("random_init", "supervised"))]
+
+
+def _stat(values: list[float]) -> tuple[float, float, int]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.max() - a.min()) if len(a) > 1 else float("nan"), len(a)
+
+
+def _fmt(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "–"
+    mean, spread, n = _stat(values)
+    return f"{mean:.{digits}f}" + (f" ±{spread / 2:.{digits}f}" if n > 1 else "")
+
+
+def summary(results: Results) -> dict:
+    """Per row (floor, ceiling, rungs): the values of every seed, for the table and the directions."""
+    rows = {}
+    for name in ["random_init", "supervised", *RUNGS]:
+        evals = _final_evals(results, name)
+        if not evals:
+            continue
+        row = {"seeds": len(evals)}
+        for metric in ("oknn", "disturbed_oknn"):
+            for k in ("top1", "top5"):
+                row[f"{metric}_{k}"] = [e[metric][k] for e in evals if metric in e]
+        for metric in ("cr", "mcs"):
+            for s in STAGES:
+                row[f"{metric}_{s}"] = [e[metric][s] for e in evals if metric in e]
+        rows[name] = row
+    return rows
+
+
+def directions(rows: dict) -> list[str]:
+    """Each paper direction: reproduced or not, with the numbers (mean over seeds, half-range)."""
+    def m(row, key):
+        return _stat(rows[row][key])[0] if row in rows and rows[row].get(key) else None
+
+    lines = []
+
+    def check(text, a, b, higher_is_better, key, fmt="{:.1f}"):
+        va, vb = m(a, key), m(b, key)
+        if va is None or vb is None:
+            lines.append(f"- {text}: not measured yet")
+            return
+        ok = va > vb if higher_is_better else va < vb
+        lines.append(f"- {text}: {'**yes**' if ok else '**no**'} ({a} {_fmt(rows[a][key], 3 if 'cr' in key or 'mcs' in key else 1)}"
+                     f" vs {b} {_fmt(rows[b][key], 3 if 'cr' in key or 'mcs' in key else 1)})")
+
+    if m("d3ssl", "oknn_top1") is not None and m("random_init", "oknn_top1") is not None:
+        gain = m("d3ssl", "oknn_top1") - m("random_init", "oknn_top1")
+        lines.append(f"- D3SSL trained >= random init + 10 points O-KNN top-1: {'**yes**' if gain >= 10 else '**no**'}"
+                     f" ({gain:+.1f} points)")
+    check("D3SSL above SoCo on O-KNN top-1 (Tab. 4)", "d3ssl", "soco", True, "oknn_top1")
+    check("D3SSL above SoCo on disturbed O-KNN top-1 (Tab. 4)", "d3ssl", "soco", True, "disturbed_oknn_top1")
+    if all(m(r, k) is not None for r in ("d3ssl", "soco") for k in ("oknn_top1", "disturbed_oknn_top1")):
+        g1 = m("d3ssl", "oknn_top1") - m("soco", "oknn_top1")
+        g2 = m("d3ssl", "disturbed_oknn_top1") - m("soco", "disturbed_oknn_top1")
+        lines.append(f"- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): {'**yes**' if g2 > g1 else '**no**'}"
+                     f" ({g1:+.1f} vs {g2:+.1f})")
+    check("SoCo + Aug_D3SSL above SoCo on O-KNN top-1 (Tab. 6 direction)", "soco_d3aug", "soco", True, "oknn_top1")
+    check("SoCo + Aug_D3SSL lower CR (layer4) than SoCo (Tab. 6)", "soco_d3aug", "soco", False, "cr_layer4")
+    check("L_dp lowers CR (layer4) (Tab. 7)", "d3ssl", "d3ssl_dconly", False, "cr_layer4")
+    check("L_dp raises MCS (layer4) (Tab. 7)", "d3ssl", "d3ssl_dconly", True, "mcs_layer4")
+    check("L_dp on 1 of K raises MCS (layer4) over w/o L_dp", "d3ssl_dp1", "d3ssl_dconly", True, "mcs_layer4")
+    return lines
+
+
+def write_report(results: Results, out: Path) -> None:
+    """``results.md`` (tables, directions) and the figures from ``results.json``."""
+    rows = summary(results)
+    names = {"random_init": "random init (floor)", "supervised": "supervised RoI classifier (ceiling)", **RUNGS}
+    lines = ["# Mini ladder: results", "",
+             "Generated by `python train/reproduce_mini.py` (do not edit by hand). Mean over seeds "
+             "± half the seed-to-seed range. O-KNN on the scene set's held-out val split "
+             f"({results.data['meta']['settings']['short_side']} px short side); CR and MCS at layer4 "
+             "(the paper's stage is not given; per-stage values in results.json and the figure).", "",
+             "| row | seeds | O-KNN top-1 | top-5 | disturbed top-1 | top-5 | CR layer4 ↓ | MCS layer4 ↑ |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {names[name]} | {row['seeds']} | {_fmt(row['oknn_top1'])} | {_fmt(row['oknn_top5'])} | "
+                     f"{_fmt(row['disturbed_oknn_top1'])} | {_fmt(row['disturbed_oknn_top5'])} | "
+                     f"{_fmt(row['cr_layer4'], 3)} | {_fmt(row['mcs_layer4'], 3)} |")
+    lines += ["", "Paper (R50-C4, 800 epochs, Tab. 4): O-KNN SoCo 70.2/88.3, D3SSL 73.1/90.1; disturbed SoCo "
+              "47.0/66.1, D3SSL 55.8/73.4. Tab. 7: CR 1.33 → 1.17, MCS 0.68 → 0.82 with L_dp. Tab. 6: CR "
+              "1.31 (SoCo) → 1.20 (SoCo + Aug_D3SSL).", "", "## The paper's directions", "", *directions(rows)]
+    shift = results.data.get("shift_statistics")
+    if shift:
+        lines += ["", "## The de-positioning shift t (Eq. 6-8) on the pre-training views", "",
+                  "| proposals in the composite | zero shift | median \\|t\\| (px) | mean \\|t\\| (px) | "
+                  "median union cover | view |", "|---|---|---|---|---|---|"]
+        for name, s in shift.items():
+            lines.append(f"| {name} | {100 * s['zero_shift_share']:.0f}% | {s['median_shift_px']:.1f} | "
+                         f"{s['mean_shift_px']:.1f} | {100 * s['median_union_cover']:.0f}% | {s['view_px']} px |")
+    lines += ["", "![O-KNN vs steps](oknn_vs_steps.png)", "", "![CR and MCS per stage](cr_mcs_per_stage.png)", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("\n".join(lines))
+    _figures(results, rows, out)
+
+
+def _figures(results: Results, rows: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, rung in enumerate(RUNGS):
+        by_seed: dict = {}
+        for k, v in results.data["evals"].items():
+            parts = k.split("/")
+            if parts[0] == rung and len(parts) == 3:
+                by_seed.setdefault(parts[1], []).append((v["step"], v["oknn"]["top1"]))
+        for j, (seed, pts) in enumerate(sorted(by_seed.items())):
+            init = results.data["evals"].get(f"random_init/{seed}")
+            pts = sorted(pts + ([(0, init["oknn"]["top1"])] if init else []))
+            ax.plot(*zip(*pts), marker="o", color=f"C{i}", linestyle="-" if j == 0 else "--",
+                    label=f"{rung}" if j == 0 else None)
+    if "supervised" in rows:
+        ax.axhline(_stat(rows["supervised"]["oknn_top1"])[0], color="k", linestyle=":", label="supervised ceiling")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("O-KNN top-1 (%)")
+    ax.set_title("O-KNN top-1 vs training (solid seed 0, dashed seed 1)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "oknn_vs_steps.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for metric, ax, ideal in (("cr", axes[0], 1.0), ("mcs", axes[1], 1.0)):
+        for i, name in enumerate(["random_init", *RUNGS]):
+            if name not in rows or not rows[name][f"{metric}_layer4"]:
+                continue
+            ys = [_stat(rows[name][f"{metric}_{s}"])[0] for s in STAGES]
+            ax.plot(range(1, 5), ys, marker="o", color="gray" if name == "random_init" else f"C{i - 1}", label=name)
+            if name in PAPER[metric]:
+                ax.scatter([4.15], [PAPER[metric][name]], marker="*", s=120, color=f"C{i - 1}", edgecolor="k",
+                           zorder=3)
+        ax.axhline(ideal, color="k", linewidth=0.5)
+        ax.set_xticks(range(1, 5), [f"layer{s}" for s in range(1, 5)])
+        ax.set_title({"cr": "coupling rate (ideal 1, lower better)",
+                      "mcs": "positional MCS (ideal 1, higher better)"}[metric])
+    axes[0].legend(fontsize=8)
+    fig.suptitle("per stage, mean over seeds; stars: the paper's values (R50, stage assumed layer4)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "cr_mcs_per_stage.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

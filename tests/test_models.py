@@ -96,9 +96,63 @@ def test_features_only_and_intermediates(r18):
     outs = f(x)
     assert [o.shape for o in outs] == [(1, 256, 4, 4), (1, 512, 2, 2)]
     assert f.feature_info.channels() == [256, 512]
+    full = timm.create_model("d3ssl_r18c4", features_only=True)  # timm's default: every stage
+    assert full.feature_info.channels() == [64, 64, 128, 256, 512]
+    assert full.feature_info.reduction() == [2, 4, 8, 16, 32]
     final, inter = r18.forward_intermediates(x)
     assert [t.shape[1] for t in inter] == [64, 64, 128, 256, 512]
     assert torch.allclose(r18.forward_c4(x), inter[3], atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [64, 160])
+def test_forward_backward_at_two_input_sizes(size):
+    torch.manual_seed(0)
+    m = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=5)
+    x = _image(2, size)
+    assert m.forward_features(x).shape == (2, 512, size // 32, size // 32)
+    out = m(x)
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    out.mean().backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []
+
+
+def test_pretrained_cfg_sizes_match_the_network(r18):
+    for name in ("d3ssl_r50c4", "soco_r50c4", "d3ssl_r18c4"):
+        cfg = timm.get_pretrained_cfg(name)
+        assert cfg.input_size == (3, 224, 224) and cfg.pool_size == (7, 7), name
+    cfg = r18.pretrained_cfg
+    with torch.no_grad():
+        feats = r18.forward_features(torch.zeros(1, *cfg["input_size"]))
+    assert feats.shape[-2:] == cfg["pool_size"]
+    assert r18.get_submodule(cfg["first_conv"]).in_channels == 3
+    assert r18.get_classifier() is r18.get_submodule(cfg["classifier"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # deprecated upstream, still what timm tests
+@pytest.mark.parametrize("name,c4_channels", [("d3ssl_r18c4", 256), ("d3ssl_r50c4", 1024), ("soco_r50c4", 1024)])
+def test_torchscript_and_trace_match_eager(name, c4_channels):
+    torch.manual_seed(0)
+    m = timm.create_model(name).eval()
+    scripted = torch.jit.script(m)
+    example = _image(1, 64)
+    traced = torch.jit.trace_module(m, {"forward": example, "forward_features": example})
+    assert (m.c4_channels, m.c4_stride, m.c5_stride) == (c4_channels, 16, 32)
+    assert (scripted.c4_channels, scripted.c4_stride, scripted.c5_stride) == (c4_channels, 16, 32)
+    x = _image(2, 96, seed=1)
+    with torch.no_grad():
+        want, want_features = m(x), m.forward_features(x)
+        for compiled in (scripted, traced):
+            assert torch.allclose(compiled(x), want, atol=1e-5)
+            assert torch.allclose(compiled.forward_features(x), want_features, atol=1e-5)
+
+
+def test_fx_feature_extraction(r18):
+    fx = timm.models.create_feature_extractor(r18, return_nodes={"layer3": "c4", "layer4": "c5"})
+    x = _image(1, 64)
+    with torch.no_grad():
+        out = fx(x)
+        assert torch.allclose(out["c4"], r18.forward_c4(x), atol=1e-6)
+        assert torch.allclose(out["c5"], r18.forward_features(x), atol=1e-6)
 
 
 # --- region API --------------------------------------------------------------------------------

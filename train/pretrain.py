@@ -14,9 +14,11 @@ trained backbone and of its random initialisation is printed at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
@@ -107,9 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the O-KNN report (built-in datasets only)")
     p.add_argument("--eval-short-side", type=int, default=256,
                    help="image scale of that O-KNN report (the built-in sets are 128-160 px images)")
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads of a single-process CPU run (default: every core this process may use; "
+                        "`accelerate launch` alone would leave it at OMP_NUM_THREADS=1)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=10")
     args = p.parse_args(argv)
 
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.set_num_threads(args.cpu_threads or len(os.sched_getaffinity(0)))
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"dataset.source={args.data}")

@@ -175,8 +175,10 @@ def run_rung(rung: str, seed: int, runs_dir: Path, overrides: list[str], log_dir
     out = runs_dir / f"{rung}_s{seed}"
     if (out / "export" / "model.safetensors").is_file():
         return out
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(ROOT / "pretrain.py"), "--recipe", str(RECIPES / f"{rung}.yaml"),
+    # one process with every core: accelerate launch would otherwise set OMP_NUM_THREADS=1
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+           "--num_cpu_threads_per_process", str(os.cpu_count() or 1), "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "pretrain.py"), "--recipe", str(RECIPES / f"{rung}.yaml"),
            "--output-dir", str(out), "--no-eval", f"train.seed={seed}", *overrides]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{rung}_s{seed}.log"

@@ -36,17 +36,13 @@ C5_ROI_SIZE = 7
 class D3SSLResNet(ResNet):
     """A timm ``ResNet`` with the region API of dense SSL (paper Eq. 1)."""
 
-    @property
-    def c4_channels(self) -> int:
-        return self.feature_info[3]["num_chs"]
-
-    @property
-    def c4_stride(self) -> int:
-        return self.feature_info[3]["reduction"]
-
-    @property
-    def c5_stride(self) -> int:
-        return self.feature_info[4]["reduction"]
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Plain ints rather than properties over the untyped ``feature_info`` list: TorchScript
+        # compiles properties, and cannot type that list.
+        self.c4_channels: int = self.feature_info[3]["num_chs"]
+        self.c4_stride: int = self.feature_info[3]["reduction"]
+        self.c5_stride: int = self.feature_info[4]["reduction"]
 
     def forward_c4(self, x: Tensor) -> Tensor:
         """Encoder f^E: stem + layer1..layer3 -> (B, C4, H/16, W/16)."""

@@ -214,3 +214,18 @@ def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
     result = train(recipe, tmp_path / "soco")
     assert result.step == 4 and hasattr(result.method, "predictor") and not hasattr(result.method, "queue")
     assert (result.export_dir / "model.safetensors").is_file()
+
+
+def test_demo_on_scenes_reports_oknn_against_random_init(tmp_path, capsys):
+    # the README's first command on a tiny scene set: trains, exports, then O-KNN random init vs trained
+    source = "scenes:num_pretrain=8,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=2"
+    args = ["--output-dir", str(tmp_path / "demo"), "--eval-short-side", "96", f"dataset.source={source}",
+            "data.image_size=64", "data.small_size=32", "method.roi_size=4", "method.roi_size_small=2",
+            "method.proj_hidden_dim=32", "method.proj_dim=16", "method.queue_size=64", "train.batch_size=4",
+            "train.epochs=1", "train.tracker=none"]
+    assert pretrain.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"O-KNN (Sec. 5.3) on the labelled split of '{source}' (96 px short side):" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("random init", "trained  "))]
+    assert len(rows) == 2 and all("24 bank objects" in r and "10 classes" in r for r in rows)
+    assert "trained - random init:" in out

@@ -305,14 +305,23 @@ def directions(rows: dict) -> list[str]:
 
     lines = []
 
-    def check(text, a, b, higher_is_better, key, fmt="{:.1f}"):
+    def check(text, a, b, higher_is_better, key):
         va, vb = m(a, key), m(b, key)
         if va is None or vb is None:
             lines.append(f"- {text}: not measured yet")
             return
         ok = va > vb if higher_is_better else va < vb
-        lines.append(f"- {text}: {'**yes**' if ok else '**no**'} ({a} {_fmt(rows[a][key], 3 if 'cr' in key or 'mcs' in key else 1)}"
-                     f" vs {b} {_fmt(rows[b][key], 3 if 'cr' in key or 'mcs' in key else 1)})")
+        xa, xb = rows[a][key], rows[b][key]
+        if len(xa) < 2 or len(xb) < 2:
+            verdict = f"{'yes' if ok else 'no'} (1 seed: no spread to compare with)"
+        elif ok and (min(xa) > max(xb) if higher_is_better else max(xa) < min(xb)):
+            verdict = "yes (every seed)"
+        elif ok:
+            verdict = "yes on the mean, within the seed-to-seed spread"
+        else:
+            verdict = "no"
+        digits = 3 if key.startswith(("cr", "mcs")) else 1
+        lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)})")
 
     if m("d3ssl", "oknn_top1") is not None and m("random_init", "oknn_top1") is not None:
         gain = m("d3ssl", "oknn_top1") - m("random_init", "oknn_top1")

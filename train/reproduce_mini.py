@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in args.seeds:
         for rung in args.rungs:
+            if any(k.startswith(f"{rung}/s{seed}/") and v.get("final") for k, v in results.data["evals"].items()):
+                continue  # evaluated to the end already (checkpoints are evaluated in step order)
             run = run_rung(rung, seed, runs_dir, args.override, out / "logs")
             ckpts = list_checkpoints(run)
             final = max(ckpts, key=lambda c: json.loads((c / "trainer_state.json").read_text())["step"])

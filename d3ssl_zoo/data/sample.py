@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .cache import build_atomically
+
 __all__ = ["SampleDataset", "get_sample_dataset", "default_cache_dir", "SAMPLE_VERSION"]
 
 SAMPLE_VERSION = 2
@@ -178,17 +180,5 @@ def get_sample_dataset(cache_dir: str | os.PathLike | None = None) -> SampleData
     if root.exists() and any(root.iterdir()):
         raise RuntimeError(f"{root} exists but holds no complete sample dataset of version {SAMPLE_VERSION}; "
                            f"delete it and call get_sample_dataset() again")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _build(tmp, seed=0)
-        if root.exists():
-            root.rmdir()  # empty folder left by the user
-        os.rename(tmp, root)
-    except OSError:
-        if not (marker.is_file()):  # not another process finishing first: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_atomically(root, lambda t: _build(t, seed=0))
     return _layout(root)

@@ -27,13 +27,14 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from .cache import build_atomically
 
 __all__ = ["SHAPES", "SceneConfig", "SceneDataset", "render_scene", "shape_mask", "get_scene_dataset"]
 
@@ -312,17 +313,5 @@ def get_scene_dataset(cfg: SceneConfig | None = None, cache_dir: str | os.PathLi
     if root.exists() and any(root.iterdir()):
         raise RuntimeError(f"{root} exists but holds no complete scene dataset of version {SCENES_VERSION} "
                            f"for this config; delete it or choose another cache_dir")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _build(tmp, cfg, workers or os.cpu_count() or 1, progress)
-        if root.exists():
-            root.rmdir()  # an empty folder left by the user
-        os.rename(tmp, root)
-    except OSError:
-        if not marker.is_file():  # not another process finishing first: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_atomically(root, lambda t: _build(t, cfg, workers or os.cpu_count() or 1, progress))
     return _layout(root, cfg)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import d3ssl_zoo
 from d3ssl_zoo.method import (D3SSL, LARS, RegionQueue, SoCo, byol_loss, lars_param_groups, lr_at, make_teacher,
-                              momentum_at, momentum_update, nce, scaled_lr)
+                              momentum_at, momentum_update, nce, nce_logits, scaled_lr)
 
 B, K, S = 2, 3, 64
 
@@ -63,6 +63,38 @@ def test_byol_loss_range():
     p = torch.randn(4, 8)
     assert torch.allclose(byol_loss(p, 3 * p), torch.zeros(4), atol=1e-6)
     assert torch.allclose(byol_loss(p, -p), torch.full((4,), 4.0), atol=1e-6)
+
+
+def _bf16_embeddings(seed=3, n=64, m=512, d=128):
+    # student / teacher pairs with cosine ~0.9 and a float32 queue of unit keys, as in training
+    g = torch.Generator().manual_seed(seed)
+    z_pos = torch.randn(n, d, generator=g)
+    z = (z_pos + 0.5 * torch.randn(n, d, generator=g)).bfloat16()
+    return z, z_pos.bfloat16(), F.normalize(torch.randn(m, d, generator=g), dim=1)
+
+
+def test_nce_logits_and_loss_are_float32_under_bf16_autocast():
+    z, z_pos, neg = _bf16_embeddings()
+    ref_logits = nce_logits(z.float(), z_pos.float(), neg, 0.2)  # fp32 reference from the same bf16 values
+    ref = nce(z.float(), z_pos.float(), neg, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = nce_logits(z, z_pos, neg, 0.2)
+        loss = nce(z, z_pos, neg, 0.2)
+        bf16_sims = F.normalize(z.float(), dim=1) @ neg.t()  # what autocast does to a bare matmul
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32
+    assert torch.allclose(logits, ref_logits, rtol=0, atol=1e-6)
+    assert torch.allclose(loss, ref, rtol=0, atol=1e-6)
+    # the defect the float32 block avoids: a bf16 matmul errs by far more than the tolerance above
+    assert bf16_sims.dtype == torch.bfloat16
+    assert (bf16_sims.float() / 0.2 - ref_logits[:, 1:]).abs().max() > 1e-3
+
+
+def test_byol_loss_float32_under_bf16_autocast():
+    z, z_pos, _ = _bf16_embeddings()
+    ref = byol_loss(z.float(), z_pos.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = byol_loss(z, z_pos)
+    assert loss.dtype == torch.float32 and torch.allclose(loss, ref, rtol=0, atol=1e-6)
 
 
 # --- memory bank ---------------------------------------------------------------------------------------------
@@ -220,6 +252,25 @@ def test_d3ssl_gradients_reach_student_only_and_dp_switch():
     assert m.student.backbone.conv1.weight.grad.abs().sum() > 0
 
 
+def test_d3ssl_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings():
+    m = tiny_d3ssl()
+    batch = synthetic_batch()
+    negatives = m.queue.keys.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z_s1, z_s2 = m.student(batch["x1"], batch["boxes1"], 14), m.student(batch["x2s"], batch["boxes2s"], 7)
+        z_t1, z_t2 = m.teacher(batch["x1"], batch["boxes1"], 14), m.teacher(batch["x2"], batch["boxes2"], 14)
+        z_s3 = m.student(batch["x3"], batch["boxes3"], 14)
+    assert z_s1.dtype == torch.bfloat16  # the network itself runs in bf16
+    z = [t.float() for t in (z_s1, z_s2, z_t1, z_t2, z_s3)]
+    l_dc = nce(z[0], z[3], negatives, 0.2) + nce(z[1], z[2], negatives, 0.2)
+    l_dp = nce(z[4], z[3], negatives, 0.2) + nce(z[4], z[2], negatives, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(batch)
+    assert all(v.dtype == torch.float32 for v in out.values())
+    assert out["l_dc"].item() == pytest.approx(l_dc.mean().item(), abs=1e-5)
+    assert out["loss"].item() == pytest.approx((l_dc + l_dp).mean().item(), abs=1e-5)
+
+
 def test_soco_symmetric_byol_loss():
     torch.manual_seed(0)
     m = SoCo(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)
@@ -234,3 +285,19 @@ def test_soco_symmetric_byol_loss():
     assert 0.0 <= out["loss"].item() <= 8.0
     out["loss"].backward()
     assert m.predictor[0].weight.grad is not None and all(p.grad is None for p in m.teacher.parameters())
+
+
+def test_soco_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings():
+    torch.manual_seed(0)
+    m = SoCo(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)
+    batch = synthetic_batch(depositioning=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        p1 = m.predictor(m.student(batch["x1"], batch["boxes1"], 14))
+        p2 = m.predictor(m.student(batch["x2"], batch["boxes2"], 14))
+        z1, z2 = m.teacher(batch["x1"], batch["boxes1"], 14), m.teacher(batch["x2"], batch["boxes2"], 14)
+    assert p1.dtype == torch.bfloat16
+    expected = (byol_loss(p1.float(), z2.float()) + byol_loss(p2.float(), z1.float())).mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(batch)
+    assert out["loss"].dtype == torch.float32
+    assert out["loss"].item() == pytest.approx(expected.item(), abs=1e-6)

@@ -6,7 +6,7 @@ this package holds the networks, the memory bank, the losses and the optimiser o
 from .d3ssl import D3SSL
 from .heads import MLPHead, RegionEncoder
 from .lars import LARS, lars_param_groups
-from .losses import byol_loss, nce
+from .losses import byol_loss, nce, nce_logits
 from .queue import RegionQueue, gather_from_all_processes
 from .schedule import lr_at, momentum_at, scaled_lr
 from .soco import SoCo
@@ -14,6 +14,6 @@ from .teacher import make_teacher, momentum_update
 
 __all__ = [
     "D3SSL", "SoCo", "RegionEncoder", "MLPHead", "RegionQueue", "gather_from_all_processes",
-    "nce", "byol_loss", "LARS", "lars_param_groups", "lr_at", "momentum_at", "scaled_lr",
+    "nce", "nce_logits", "byol_loss", "LARS", "lars_param_groups", "lr_at", "momentum_at", "scaled_lr",
     "make_teacher", "momentum_update",
 ]

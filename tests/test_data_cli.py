@@ -24,3 +24,19 @@ def test_sample_subcommand_prints_paths(capsys):
     assert main(["sample"]) == 0
     paths = json.loads(capsys.readouterr().out)
     assert set(paths) >= {"root", "images_dir", "pretrain_ann", "proposals", "train_ann", "val_ann"}
+
+
+def test_proposals_subcommand_rejects_bad_coco_json(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "imgs" / "x.png")
+    out = tmp_path / "p.safetensors"
+    no_images = tmp_path / "no_images.json"
+    no_images.write_text(json.dumps({"annotations": [], "categories": []}))
+    args = ["--images", str(tmp_path / "imgs"), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert main(["proposals", "--coco", str(no_images), *args]) == 2
+    assert "no_images.json has no 'images' list" in capsys.readouterr().err
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps({"images": [{"id": 3, "file_name": "x.png"}, {"id": 3, "file_name": "x.png"}]}))
+    assert main(["proposals", "--coco", str(dup), *args]) == 2
+    assert "dup.json lists image id(s) 3 more than once" in capsys.readouterr().err
+    assert not out.exists()

@@ -160,3 +160,43 @@ def test_sample_cache_is_versioned(tmp_path, monkeypatch):
     (old / "complete.json").write_text(json.dumps({"version": SAMPLE_VERSION - 1, "seed": 0}))
     with pytest.raises(RuntimeError, match=f"no complete sample dataset of version {SAMPLE_VERSION}"):
         get_sample_dataset(old)
+
+
+def _write_json(path, payload):
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return path
+
+
+def test_coco_json_errors_name_the_file_and_the_fix(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    dup = _write_json(tmp_path / "dup.json", {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"},
+                                                         {"id": 1, "file_name": "c.png"}], "annotations": []})
+    with pytest.raises(ValueError, match=r"dup\.json lists image id\(s\) 1 more than once.*must be unique"):
+        coco_records(dup, imgs)
+    bad = _write_json(tmp_path / "bad.json", '{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON \(line 2"):
+        coco_records(bad, imgs)
+    # without "images" the json is the problem, not the images folder that is searched for next
+    noimg = _write_json(tmp_path / "instances_train2017.json", {"annotations": [], "categories": []})
+    with pytest.raises(ValueError, match=r"instances_train2017\.json has no 'images' list"):
+        coco_records(noimg)
+    empty = _write_json(tmp_path / "empty.json", {"images": []})
+    with pytest.raises(ValueError, match=r"empty\.json lists no images"):
+        coco_records(empty, imgs)
+    noid = _write_json(tmp_path / "noid.json", {"images": [{"file_name": "a.png"}]})
+    with pytest.raises(ValueError, match=r"images\[0\] has no 'id'"):
+        coco_records(noid, imgs)
+
+
+def test_load_coco_drops_and_counts_invalid_annotations(tmp_path):
+    from d3ssl_zoo.data.coco_json import load_coco
+
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": "1,2,3,4"},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, float("nan"), 3, 4]},
+            {"id": 4, "image_id": 1, "bbox": [1, 2, 3, 4]}]
+    path = _write_json(tmp_path / "a.json", json.dumps({"images": [{"id": 1, "file_name": "a.png"}],
+                                                        "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    coco, dropped = load_coco(path)
+    assert dropped == 3 and [a["id"] for a in coco.imgToAnns[1]] == [1]

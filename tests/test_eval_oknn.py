@@ -158,6 +158,35 @@ def test_coco_reader_bad_inputs(tmp_path):
         load_coco_objects(ann, tmp_path)
 
 
+def test_coco_reader_skips_and_counts_nan_and_string_boxes(tmp_path):
+    ann, img_dir = write_coco(tmp_path, "s", 3)
+    d = json.load(open(ann))
+    kept = len(d["annotations"])
+    d["annotations"] += [
+        {"id": 100, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [1.0, float("nan"), 10.0, 10.0]},
+        {"id": 101, "image_id": 2, "category_id": 1, "iscrowd": 0, "bbox": "10,10,20,20"},
+    ]
+    json.dump(d, open(ann, "w"))  # NaN is written as the token NaN, which json readers accept
+    objs = load_coco_objects(ann, img_dir)
+    assert objs.skips["invalid_annotations"] == 2 and objs.num_objects == kept
+
+
+def test_coco_reader_rejects_duplicate_image_ids_and_blames_the_json(tmp_path):
+    ann, img_dir = write_coco(tmp_path, "s", 3)
+    d = json.load(open(ann))
+    d["images"][2]["id"] = d["images"][0]["id"]
+    json.dump(d, open(ann, "w"))
+    with pytest.raises(ValueError, match=r"s\.json lists image id\(s\) 1 more than once"):
+        load_coco_objects(ann, img_dir)
+    json.dump({"annotations": d["annotations"], "categories": d["categories"]}, open(ann, "w"))
+    with pytest.raises(ValueError, match=r"s\.json has no 'images' list"):
+        load_coco_objects(ann, tmp_path / "no_such_folder")
+    with open(ann, "w") as f:
+        f.write('{"images": [}')
+    with pytest.raises(ValueError, match=r"s\.json is not valid JSON \(line 1"):
+        load_coco_objects(ann, img_dir)
+
+
 def test_resize_short_side_and_box_scaling():
     assert resized_size(480, 640, 512) == (512, 683)
     assert resized_size(640, 480, 512) == (683, 512)

@@ -154,6 +154,30 @@ def test_coco_reader_and_perfect_detections_score_100(tmp_path, capsys):
     assert capsys.readouterr().out == ""      # pycocotools' table is returned, not printed
 
 
+def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_nan(tmp_path):
+    make_coco(tmp_path / "ann.json")
+    d = json.loads((tmp_path / "ann.json").read_text())
+    d["annotations"] += [
+        {"id": 10, "image_id": 1, "category_id": 999, "bbox": [1, 1, 8, 8], "area": 64, "iscrowd": 0},
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [1, float("nan"), 8, 8], "area": 64, "iscrowd": 0},
+        {"id": 12, "image_id": 1, "category_id": 3, "bbox": "1,1,8,8", "area": 64, "iscrowd": 0},
+    ]
+    (tmp_path / "ann.json").write_text(json.dumps(d))
+    from d3ssl_zoo.transfer.detection.data import ReadStats
+    for train in (True, False):
+        stats = ReadStats()
+        records, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=train, stats=stats)
+        assert stats.skipped["annotations of a category id not in 'categories'"] == 1
+        assert stats.skipped["invalid annotations (bbox not 4 finite numbers, or no image/category id)"] == 2
+        assert all(np.isfinite(r.boxes).all() for r in records)
+        np.testing.assert_array_equal(records[0].boxes, [[10, 8, 30, 24]])
+        assert sorted(gt.anns) == [1, 2, 3, 10]  # the unreadable boxes are not ground truth either
+    d["images"].append(dict(d["images"][0]))
+    (tmp_path / "ann.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"ann\.json lists image id\(s\) 1 more than once"):
+        read_coco(tmp_path / "ann.json", tmp_path, train=True)
+
+
 # --- detector -----------------------------------------------------------------------------------------------------
 
 TINY = dict(min_size_train=(64,), min_size_test=64, max_size=96, anchor_sizes=(16, 32, 64),

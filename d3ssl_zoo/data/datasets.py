@@ -7,8 +7,6 @@ iterator is created (workers copy the dataset then; do not use ``persistent_work
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .coco_json import load_coco
 from .composite import composite_depositioned
 from .config import PretrainDataConfig
 from .proposals import ProposalStore
@@ -66,11 +65,10 @@ def coco_records(ann_file: str | os.PathLike, images_dir: str | os.PathLike | No
     ``images_dir`` defaults to the first existing of ``<ann dir>/images``,
     ``<ann dir>/<split>`` and ``<ann dir>/../<split>`` (``instances_train2017.json`` -> ``train2017``).
     """
-    from pycocotools.coco import COCO
-
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {ann_file} does not exist")
+    coco, _ = load_coco(ann_file)  # checked first: a bad json is not blamed on the images folder
+    if not coco.imgs:
+        raise ValueError(f"{ann_file} lists no images; pre-training needs at least one")
     if images_dir is None:
         split = ann_file.stem.split("_")[-1]
         tried = [ann_file.parent / "images", ann_file.parent / split, ann_file.parent.parent / split]
@@ -80,8 +78,6 @@ def coco_records(ann_file: str | os.PathLike, images_dir: str | os.PathLike | No
                 f"no images folder found for {ann_file} (tried {[str(p) for p in tried]}); "
                 f"set PretrainDataConfig.images_dir or pass --images")
         images_dir = found[0]
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco = COCO(str(ann_file))
     images_dir = Path(images_dir)
     return [ImageRecord(int(i), str(images_dir / coco.imgs[i]["file_name"]), coco.imgs[i]["file_name"])
             for i in sorted(coco.imgs)]

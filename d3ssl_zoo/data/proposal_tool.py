@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -71,9 +72,12 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     """
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
+    if not records:
+        raise ValueError(f"no images to make proposals for (output {out}); check --images / --coco")
     by_id = {r.image_id: r for r in records}
     if len(by_id) != len(records):
-        raise ValueError("dataset lists an image id twice; image ids must be unique")
+        dups = sorted(i for i, n in Counter(r.image_id for r in records).items() if n > 1)
+        raise ValueError(f"the dataset lists image id(s) {dups[:10]} more than once; image ids must be unique")
     sources = ([out] if out.is_file() else []) + (sorted(parts_dir.glob("part-*.safetensors"))
                                                    if parts_dir.is_dir() else [])
     stored: list[ProposalEntry] = []
@@ -194,9 +198,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if not args.images and not args.coco:
         raise SystemExit("give --images DIR, or --coco ANN.json (with --images DIR if the images are not next to it)")
-    records = coco_records(args.coco, args.images) if args.coco else folder_records(args.images)
-    summary = make_proposals(records, args.out, mode=args.mode, resize_long=args.resize_long or None,
-                             workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
-                             progress=not args.no_progress)
+    try:
+        records = coco_records(args.coco, args.images) if args.coco else folder_records(args.images)
+        summary = make_proposals(records, args.out, mode=args.mode, resize_long=args.resize_long or None,
+                                 workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
+                                 progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"make_proposals: {e}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     return 0

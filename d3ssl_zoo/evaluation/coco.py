@@ -6,8 +6,6 @@ the original image; ``scale_boxes`` maps them to the resized image. Bad input is
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
@@ -15,10 +13,10 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from pycocotools.coco import COCO
 from torch import Tensor
 
 from d3ssl_zoo.boxes import xywh_to_xyxy
+from d3ssl_zoo.data.coco_json import load_coco
 
 __all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
            "read_image", "to_tensor", "crop_object", "objects_of_min_size", "load_objects_of_min_size"]
@@ -57,17 +55,16 @@ def load_coco_objects(ann_file: str | os.PathLike, images_dir: str | os.PathLike
     """Read a COCO detection json and keep, per image on disk, its valid non-crowd boxes.
 
     Skips (counted): images missing on disk, images without kept objects, crowd boxes, boxes
-    entirely outside their image or smaller than ``min_box_size`` pixels after clipping.
+    entirely outside their image or smaller than ``min_box_size`` pixels after clipping,
+    invalid annotations (a bbox that is not 4 finite numbers, no image or category id).
     Boxes partly outside are clipped to the image (counted in ``clipped_boxes``).
     """
     ann_file, images_dir = os.fspath(ann_file), os.fspath(images_dir)
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file {ann_file} does not exist; pass a COCO-format json")
+    # the json is checked first: a bad file is not blamed on the images directory
+    coco, invalid = load_coco(ann_file, image_keys=("id", "file_name", "width", "height"))
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"images directory {images_dir} does not exist; pass the folder of "
                                 f"the images named in {ann_file}")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco = COCO(ann_file)
     anns = coco.dataset.get("annotations") or []
     cats = coco.dataset.get("categories") or []
     if not cats:
@@ -82,7 +79,7 @@ def load_coco_objects(ann_file: str | os.PathLike, images_dir: str | os.PathLike
 
     skips = {"missing_image_files": 0, "images_without_objects": 0, "crowd_boxes": 0,
              "boxes_outside_image": 0, "boxes_too_small": 0, "boxes_unknown_category": 0,
-             "annotations_without_bbox": 0}
+             "annotations_without_bbox": 0, "invalid_annotations": invalid}
     clipped = 0
     records: List[ImageRecord] = []
     for img_id in sorted(coco.imgs):

@@ -7,8 +7,6 @@ back at its edge. Labels are 0-based class indices here; the torchvision detecto
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,22 +115,30 @@ def read_coco(ann_file: Path, image_root: Path, *, train: bool,
     Returns records, the sorted category ids (label i <-> ``category_ids[i]``) and the COCO api
     object (the ground truth for COCO AP). For training, crowd regions and boxes under one pixel
     wide are left out and images left with no object are skipped (detectron2 does the same);
-    each is counted in ``stats``.
+    each is counted in ``stats``, as are (always) annotations with a bbox that is not 4 finite
+    numbers (dropped from the ground truth too), without a bbox, or of an unknown category id.
     """
-    from pycocotools.coco import COCO
+    from d3ssl_zoo.data.coco_json import load_coco
 
-    if not Path(ann_file).is_file():
-        raise FileNotFoundError(f"COCO annotation file {ann_file} not found")
     stats = stats if stats is not None else ReadStats()
-    with contextlib.redirect_stdout(io.StringIO()):   # pycocotools' progress lines; we report stats instead
-        coco = COCO(str(ann_file))
+    coco, invalid = load_coco(ann_file, image_keys=("id", "file_name", "width", "height"))
+    if invalid:
+        stats.skip("invalid annotations (bbox not 4 finite numbers, or no image/category id)", invalid)
     cat_ids = sorted(coco.getCatIds())
+    if not cat_ids:
+        raise ValueError(f"{ann_file} has no 'categories'; detection needs a COCO instances json")
     index = {c: i for i, c in enumerate(cat_ids)}
     records = []
     for img_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(img_id)[0]
         boxes, labels, segs = [], [], []
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            if "bbox" not in ann:
+                stats.skip("annotations without bbox")
+                continue
+            if ann["category_id"] not in index:
+                stats.skip("annotations of a category id not in 'categories'")
+                continue
             if train and ann.get("iscrowd", 0):
                 stats.skip("crowd annotations (training)")
                 continue

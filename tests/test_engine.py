@@ -112,6 +112,31 @@ def test_unknown_override_key_lists_valid_keys(capsys):
     assert "unknown recipe key 'train.epochz'" in capsys.readouterr().err
 
 
+def test_overrides_are_accepted_after_options(capsys):
+    assert pretrain.main(["train.epochs=1", "--no-eval", "train.epochz=3"]) == 2
+    assert "unknown recipe key 'train.epochz'" in capsys.readouterr().err  # parsed, not "unrecognized arguments"
+
+
+@pytest.mark.parametrize("tau", ["0", "-1"])
+def test_temperature_must_be_positive(tau, capsys):
+    with pytest.raises(ValueError, match=rf"method.tau must be > 0 .*got {float(tau)}"):
+        load_recipe(RECIPES / "demo.yaml", [f"method.tau={tau}"])
+    assert pretrain.main([f"method.tau={tau}"]) == 2
+    assert "method.tau must be > 0" in capsys.readouterr().err
+
+
+def test_malformed_recipe_yaml_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method:\n  tau: 0.2\ntrain: [epochs: 1\n")
+    with pytest.raises(ValueError, match=r"recipe file .*bad\.yaml is not valid YAML at line 4"):
+        load_recipe(bad)
+    assert pretrain.main(["--recipe", str(bad)]) == 2
+    assert "bad.yaml is not valid YAML at line" in capsys.readouterr().err
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="not a mapping of sections"):
+        load_recipe(bad)
+
+
 def test_override_values_are_typed():
     r = load_recipe(RECIPES / "demo.yaml", ["method.tau=0.1", "data.crop_scale=[0.5, 1.0]", "train.epochs=3"])
     assert r.method.tau == 0.1 and r.data.crop_scale == (0.5, 1.0) and r.train.epochs == 3

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads of a single-process CPU run (default: every core this process may use; "
                         "`accelerate launch` alone would leave it at OMP_NUM_THREADS=1)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=10")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may come before, between or after options
 
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.set_num_threads(args.cpu_threads or len(os.sched_getaffinity(0)))

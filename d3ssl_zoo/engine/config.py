@@ -101,6 +101,9 @@ class Recipe:
                              "(SoCo has two views and no L_dp)")
         if self.method.name == "d3ssl" and self.data.views != "d3ssl":
             raise ValueError("method.name=d3ssl needs data.views=d3ssl (x1, x2, x2-s of Sec. 4)")
+        if not self.method.tau > 0:  # Eq. 5 divides by tau: 0 gives inf/NaN, < 0 inverts the contrast
+            raise ValueError(f"method.tau must be > 0 (the temperature of Eq. 5; the recipes use 0.2), "
+                             f"got {self.method.tau}")
         for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "keep_last"):
             if getattr(self.train, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
@@ -248,5 +251,14 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe file {path} does not exist")
-    d = yaml.safe_load(path.read_text()) or {}
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"recipe file {path} is not valid YAML{where}: {problem}; fix that line") from None
+    if not isinstance(d, Mapping):
+        raise ValueError(f"recipe file {path} holds a YAML {type(d).__name__}, not a mapping of sections "
+                         f"(model:, method:, data:, dataset:, optim:, train:)")
     return recipe_from_dict(apply_overrides(d, overrides))

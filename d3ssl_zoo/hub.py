@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,9 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+# Seconds the Hub probe waits to connect or read; the probe is not retried.
+_PROBE_TIMEOUT = 3.0
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -121,18 +123,37 @@ def _short(keys: Iterable[str], n: int = 6) -> str:
     return "[]" if not keys else "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the Hub endpoint, so an unreachable network fails in seconds,
-    not after huggingface_hub's retry loop."""
-    from huggingface_hub import constants
+def _hub_unreachable(repo_id: str, filename: str, revision: Optional[str] = None) -> Optional[str]:
+    """Why the Hub gives no usable answer for this file, or ``None`` when it answers.
 
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
+    One HEAD through huggingface_hub's own session, so ``HTTPS_PROXY``/``NO_PROXY``, ``HF_ENDPOINT``
+    and the token apply, with a short timeout and no retry: a dead network or proxy then fails in
+    seconds instead of after huggingface_hub's ~23 s backoff loop. An HTTP error of the Hub itself
+    (missing or gated repo) is an answer: ``hf_hub_download`` reports it.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
     try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=_PROBE_TIMEOUT)
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status is None or status >= 500 or status in (408, 429):
+            return f"HTTP {status}: {_first_sentence(e)}"
+        return None
+    except Exception as e:  # connection, proxy, TLS, timeout, a mirror that is not a Hub: no usable answer
+        return f"{type(e).__name__}: {_first_sentence(e)}"
+    return None
+
+
+def _via_proxy(url: str) -> str:
+    """`` through proxy <url>`` when the environment routes ``url`` through one (for error messages)."""
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlparse(url)
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    return f" through proxy {proxy}" if proxy and not proxy_bypass(parts.hostname or "") else ""
 
 
 def _unavailable(cfg: Mapping[str, Any], reason: str) -> PretrainedWeightsError:
@@ -164,9 +185,10 @@ def _download(cfg: Mapping[str, Any], cache_dir: Optional[str]) -> str:
     repo, _, revision = cfg["hf_hub_id"].partition("@")
     filename = cfg.get("hf_hub_filename") or WEIGHTS_NAME
     offline = constants.HF_HUB_OFFLINE
-    if not offline and not _hub_reachable():
-        offline = True
-        where = f"the Hub ({constants.ENDPOINT}) is unreachable and"
+    why = None if offline else _hub_unreachable(repo, filename, revision or None)
+    if why is not None:
+        offline = True  # the local cache only: a cached snapshot loads with no network at all
+        where = f"the Hub ({constants.ENDPOINT}{_via_proxy(constants.ENDPOINT)}) is unreachable ({why}) and"
     else:
         where = "HF_HUB_OFFLINE is set and" if offline else "the Hub answered, but"
     try:
@@ -300,8 +322,10 @@ def push_to_hub(folder: os.PathLike | str, repo_id: str, *, token: Optional[str]
         raise FileNotFoundError(f"{folder} is not a save_pretrained folder: missing {missing}")
     if constants.HF_HUB_OFFLINE:
         raise ConnectionError("cannot push to the Hub: HF_HUB_OFFLINE is set; unset it or use --dry-run")
-    if not _hub_reachable():
-        raise ConnectionError(f"cannot push to the Hub: {constants.ENDPOINT} is unreachable from this machine")
+    why = _hub_unreachable(repo_id, CONFIG_NAME, revision)
+    if why is not None:
+        raise ConnectionError(f"cannot push to the Hub: {constants.ENDPOINT}{_via_proxy(constants.ENDPOINT)} "
+                              f"is unreachable from this machine ({why})")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,

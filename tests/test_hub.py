@@ -1,8 +1,12 @@
 """Weights in and out, against a Hugging Face cache built by the test (HF_HUB_OFFLINE=1)."""
+import hashlib
 import json
 import os
 import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -147,11 +151,138 @@ def test_unreachable_hub_fails_fast_from_cache_only(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda *a, **k: "ConnectError: no route to host")
     monkeypatch.setattr("huggingface_hub.hf_hub_download", spy)
     with pytest.raises(PretrainedWeightsError, match="unreachable"):
         d3ssl_zoo.create_model("d3ssl_r50c4.oimini_800ep", pretrained=True)
     assert calls == [True]
+
+
+# --- the Hub through huggingface_hub's own HTTP session: proxies, HF_ENDPOINT mirrors -----------------------------
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+               "no_proxy")
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """huggingface_hub as on a connected machine: HF_HUB_OFFLINE unset and no proxy unless the test sets one.
+
+    huggingface_hub reads HF_HUB_OFFLINE/HF_ENDPOINT at import and its shared HTTP session reads the proxy
+    variables when it is built, so the constants are patched and the session is rebuilt around the test.
+    """
+    from huggingface_hub import close_session, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in _PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    close_session()
+    yield monkeypatch
+    close_session()
+
+
+def use_endpoint(monkeypatch, endpoint: str) -> None:
+    """HF_ENDPOINT as set before huggingface_hub is imported."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@contextmanager
+def serve(handler):
+    """A threaded HTTP server on 127.0.0.1 (a free port) for the duration of the block."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _DeadProxy(BaseHTTPRequestHandler):
+    """Records each request line and forwards nothing (502), as a proxy without a route out."""
+
+    seen: list
+
+    def _refuse(self):
+        self.seen.append(self.requestline)
+        self.send_response(502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_CONNECT = do_HEAD = do_GET = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_hub_probe_goes_through_the_proxy_and_falls_back_to_the_cache(online, r18, tmp_path):
+    use_endpoint(online, "https://hub.example.invalid")  # never resolved here: only the proxy sees the name
+    handler = type("Proxy", (_DeadProxy,), {"seen": []})
+    overlay = dict(hf_hub_id="proxied-org/tiny-r18")
+    with serve(handler) as proxy:
+        online.setenv("HTTPS_PROXY", proxy)
+        with pytest.raises(PretrainedWeightsError) as e:
+            d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True, pretrained_cfg_overlay=overlay)
+        assert handler.seen and set(handler.seen) == {"CONNECT hub.example.invalid:443 HTTP/1.1"}
+        msg = str(e.value)
+        assert f"the Hub (https://hub.example.invalid through proxy {proxy}) is unreachable (ProxyError" in msg
+        assert "proxied-org/tiny-r18" in msg and "pretrained_cfg_overlay=dict(file=" in msg
+
+        folder = d3ssl_zoo.save_pretrained(r18, tmp_path / "export")
+        with pytest.raises(ConnectionError, match=f"hub.example.invalid through proxy {proxy} is unreachable"):
+            d3ssl_zoo.push_to_hub(folder, "proxied-org/tiny-r18")
+
+        put_in_hf_cache(folder, "proxied-org/tiny-r18")
+        handler.seen.clear()
+        loaded = d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True, pretrained_cfg_overlay=overlay)
+        assert set(handler.seen) == {"CONNECT hub.example.invalid:443 HTTP/1.1"}
+    assert _same(loaded, r18) and COMMIT in loaded.pretrained_cfg["file"]
+
+
+def test_pretrained_downloads_from_an_hf_endpoint_mirror(online, r18, tmp_path):
+    folder = d3ssl_zoo.save_pretrained(r18, tmp_path / "export")
+    data = (folder / "model.safetensors").read_bytes()
+    path = "/mirror-org/tiny-r18/resolve/main/model.safetensors"
+    seen = []
+
+    class Mirror(BaseHTTPRequestHandler):
+        """The two answers hf_hub_download needs: file metadata (HEAD) and the bytes (GET)."""
+
+        def do_HEAD(self, body=False):
+            seen.append((self.command, self.path))
+            if self.path != path:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_GET(self):
+            self.do_HEAD(body=True)
+
+        def log_message(self, *args):
+            pass
+
+    with serve(Mirror) as mirror:
+        use_endpoint(online, mirror)
+        loaded = d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
+                                        pretrained_cfg_overlay=dict(hf_hub_id="mirror-org/tiny-r18"))
+    assert _same(loaded, r18)
+    assert loaded.pretrained_cfg["source"] == "hf-hub"
+    assert f"models--mirror-org--tiny-r18/snapshots/{COMMIT}/model.safetensors" in loaded.pretrained_cfg["file"]
+    assert {p for _, p in seen} == {path} and ("GET", path) in seen and ("HEAD", path) in seen
 
 
 def test_no_weights_for_demo_architecture():

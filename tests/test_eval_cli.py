@@ -57,6 +57,23 @@ def test_eval_bad_arguments(data, tmp_path, capsys):
     assert rc == 2 and "--sample replaces --ann" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, option, value, expected", [
+    ("oknn", "--short-side", "-1", "-1 is too small: give an integer >= 1"),
+    ("oknn", "--short-side", "0", "0 is too small: give an integer >= 1"),
+    ("oknn", "--batch-size", "0", "0 is too small: give an integer >= 1"),
+    ("oknn", "--temperature", "0", "0 is not a finite number > 0"),
+    ("mcs", "--num-crops", "-3", "-3 is too small: give an integer >= 1"),
+    ("mcs", "--tile-size", "0", "0 is too small: give an integer >= 32"),
+    ("coupling", "--num-pairs", "x", "'x' is not an integer"),
+])
+def test_eval_rejects_bad_numbers_before_any_work(command, option, value, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", command, "--model", "resnet18", "--sample", "--out", str(tmp_path / "out"), option, value])
+    assert e.value.code == 2
+    assert f"argument {option}: {expected}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_with_checkpoint_file(data, tmp_path):
     import timm
     import torch

@@ -33,28 +33,53 @@ def register(subparsers) -> None:
     p.add_argument("--val-images", help="image folder of the query split")
     p.add_argument("--disturbed", action="store_true",
                    help="also run disturbed O-KNN (backgrounds replaced by another random image)")
-    p.add_argument("--objects-per-image", type=int, default=1,
+    p.add_argument("--objects-per-image", type=_at_least(0), default=1,
                    help="bank objects per training image, balanced over classes; 0 = all (default 1)")
-    p.add_argument("--short-side", type=int, default=512, help="resize images to this shorter side (default 512)")
-    p.add_argument("--k", type=int, default=20, help="neighbours of the weighted vote (default 20)")
-    p.add_argument("--temperature", type=float, default=0.07, help="temperature of the vote (default 0.07)")
-    p.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes (default 0)")
+    p.add_argument("--short-side", type=_at_least(1), default=512, help="resize images to this shorter side (default 512)")
+    p.add_argument("--k", type=_at_least(1), default=20, help="neighbours of the weighted vote (default 20)")
+    p.add_argument("--temperature", type=_positive_float, default=0.07, help="temperature of the vote (default 0.07)")
+    p.add_argument("--num-workers", type=_at_least(0), default=0, help="image-loading worker processes (default 0)")
     p.set_defaults(func=_cmd_oknn)
 
     p = sub.add_parser("coupling", help="coupling rate per stage (paper Sec. 3.1, Fig. 3b)")
     _common(p)
     _objects_source(p)
-    p.add_argument("--num-pairs", type=int, default=100, help="object pairs A, B (default 100)")
-    p.add_argument("--object-size", type=int, default=224, help="side of each object crop, multiple of 32 (default 224)")
-    p.add_argument("--gap", type=int, default=0, help="black pixels between A and B, multiple of 32 (default 0)")
+    p.add_argument("--num-pairs", type=_at_least(1), default=100, help="object pairs A, B (default 100)")
+    p.add_argument("--object-size", type=_at_least(32), default=224, help="side of each object crop, multiple of 32 (default 224)")
+    p.add_argument("--gap", type=_at_least(0), default=0, help="black pixels between A and B, multiple of 32 (default 0)")
     p.set_defaults(func=_cmd_coupling)
 
     p = sub.add_parser("mcs", help="positional mean cosine similarity per stage (paper Sec. 3.2, Fig. 4b)")
     _common(p)
     _objects_source(p)
-    p.add_argument("--num-crops", type=int, default=100, help="object crops tiled 3x3 (default 100)")
-    p.add_argument("--tile-size", type=int, default=224, help="side of each tile, multiple of 32 (default 224)")
+    p.add_argument("--num-crops", type=_at_least(1), default=100, help="object crops tiled 3x3 (default 100)")
+    p.add_argument("--tile-size", type=_at_least(32), default=224, help="side of each tile, multiple of 32 (default 224)")
     p.set_defaults(func=_cmd_mcs)
+
+
+def _at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``; anything else is a usage error naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give an integer >= {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -67,14 +92,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", action="store_true", help="use the embedded sample dataset's labelled split")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice, random weights included (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=_at_least(1), default=8, help="images per forward pass (default 8)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _objects_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ann", help="COCO json whose ground-truth boxes give the objects")
     p.add_argument("--images", help="image folder of --ann")
-    p.add_argument("--min-object-size", type=float, default=32,
+    p.add_argument("--min-object-size", type=_positive_float, default=32,
                    help="use objects whose shorter box side is at least this many pixels (default 32)")
 
 

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
 
 import d3ssl_zoo
 from d3ssl_zoo.transfer.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
@@ -220,6 +223,60 @@ def test_c4_detector_has_the_res5_head_layout():
         out = det([torch.rand(3, 48, 64)])
     assert set(out[0]) == {"boxes", "labels", "scores", "masks"}
     assert out[0]["masks"].shape[1:] == (1, 48, 64)
+
+
+def _boxes_at_coco_test_scale(n=300, seed=0):
+    # reference boxes (anchors / proposals) anywhere in an 800 x 1333 image, and small deltas
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([1200.0, 700.0]) + torch.tensor([100.0, 50.0])
+    wh = torch.rand(n, 2, generator=g) * 120 + 16
+    return torch.cat([xy - wh, xy], dim=1), torch.randn(n, 4, generator=g) * 0.2
+
+
+@pytest.mark.parametrize("part", ["rpn", "roi_heads"])
+def test_box_decoding_is_float32_under_bf16_autocast(part):
+    det = build_c4_detector(d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0), C4DetectorConfig(num_classes=2))
+    coder = getattr(det, part).box_coder
+    boxes, codes = _boxes_at_coco_test_scale()
+    codes = codes.bfloat16()  # what the regression head emits under bf16 autocast
+    exact = BoxCoder(coder.weights).decode(codes.float(), [boxes])  # float32, no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = coder.decode(codes, [boxes])
+        stock = BoxCoder(coder.weights).decode(codes, [boxes])
+    assert ours.dtype == torch.float32
+    assert (ours - exact).abs().max() < 0.01
+    assert stock.dtype == torch.bfloat16 and (stock.float() - exact).abs().max() > 1.0  # torchvision's rounding
+
+
+def test_anchors_are_float32_under_bf16_autocast():
+    det = build_c4_detector(d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0), C4DetectorConfig(num_classes=2))
+    images = ImageList(torch.zeros(1, 3, 800, 1216), [(800, 1216)])
+    c4 = torch.zeros(1, 256, 50, 76)
+    exact = AnchorGenerator(det.rpn.anchor_generator.sizes, det.rpn.anchor_generator.aspect_ratios)(images, [c4])[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = det.rpn.anchor_generator(images, [c4.bfloat16()])[0]
+        stock = AnchorGenerator(det.rpn.anchor_generator.sizes,
+                                det.rpn.anchor_generator.aspect_ratios)(images, [c4.bfloat16()])[0]
+    assert ours.dtype == torch.float32 and torch.equal(ours, exact)
+    assert (stock.float() - exact).abs().max() > 2.0  # bf16 puts 1024-2048 px on an 8 px grid
+
+
+def test_detector_under_bf16_autocast_keeps_boxes_and_scores_float32():
+    torch.manual_seed(0)
+    det = build_c4_detector(d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0),
+                            C4DetectorConfig(num_classes=2, mask_on=True, **TINY))
+    images, targets = _tiny_batch()
+    proposals = []
+    det.rpn.register_forward_hook(lambda module, args, out: proposals.extend(out[0]))
+    det.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = det(images, targets)
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    assert proposals and all(p.dtype == torch.float32 for p in proposals)
+    det.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = det(images)
+    assert out[0]["boxes"].dtype == torch.float32 and out[0]["scores"].dtype == torch.float32
 
 
 def test_hflip_moves_boxes_and_masks():

@@ -6,7 +6,7 @@
 
 Both run in float32 with autocast off, whatever the precision of the embeddings: under bf16
 autocast ``z @ negatives.t()`` would otherwise be a bf16 matmul whose similarities are rounded to
-an 8-bit mantissa (errors up to ~0.004, ~0.02 in the logits at tau 0.2).
+8 significant bits (errors up to ~0.002, ~0.01 in the logits at tau 0.2).
 """
 from __future__ import annotations
 

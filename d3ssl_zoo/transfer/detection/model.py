@@ -6,6 +6,11 @@ the stem and res2..res4 (C4, stride 16); the RPN runs on C4; each RoI is RoIAlig
 stride 2 -> 7x7) plus the extra BatchNorm of MoCo's protocol; the box predictor reads the
 average-pooled res5 features and the mask head (2x2 deconv + 1x1 conv) reads the res5 maps, as
 detectron2's Res5ROIHeads does. Hyper-parameters are detectron2's defaults for R50-C4.
+
+Box geometry stays float32 under mixed precision: torchvision makes anchors in the dtype of the
+feature map and decodes boxes in the dtype of the regression output, so under bf16 autocast anchors,
+proposals, detections and (cast to the proposals' dtype) the ground-truth boxes would all be bf16,
+whose 8 significant bits put coordinates between 512 and 1024 px on a 4 px grid and beyond on an 8 px one.
 """
 from __future__ import annotations
 
@@ -16,16 +21,18 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ...boxes import boxes_to_rois, region_align
 
-__all__ = ["C4DetectorConfig", "C4Backbone", "Res5Head", "C4RoIPool", "Res5ROIHeads", "build_c4_detector",
-           "box_head_losses", "detector_backbone_state_dict"]
+__all__ = ["C4DetectorConfig", "C4Backbone", "Res5Head", "C4RoIPool", "Res5ROIHeads", "Float32BoxCoder",
+           "Float32AnchorGenerator", "build_c4_detector", "box_head_losses", "detector_backbone_state_dict"]
 
 # ImageNet statistics for [0, 1] RGB input (= MoCo's 0-255 PIXEL_MEAN / PIXEL_STD divided by 255).
 _MEAN = (0.485, 0.456, 0.406)
@@ -106,6 +113,28 @@ class C4RoIPool(nn.Module):
         c4 = features["0"].float()
         rois = boxes_to_rois(list(boxes), len(boxes), device=c4.device)
         return region_align(c4, rois, self.output_size, self.stride)
+
+
+class Float32BoxCoder(BoxCoder):
+    """torchvision's ``BoxCoder`` whose ``decode`` runs in float32 with autocast off.
+
+    The stock decode casts the reference boxes (anchors, proposals) to the dtype of ``rel_codes``;
+    under bf16 autocast that rounds a box at 1333 px by up to 4 px before any delta is applied.
+    """
+
+    def decode(self, rel_codes: Tensor, boxes: List[Tensor]) -> Tensor:
+        with torch.autocast(rel_codes.device.type, enabled=False):
+            return super().decode(rel_codes.float(), [b.float() for b in boxes])
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` with float32 anchors whatever the dtype of the feature maps."""
+
+    def forward(self, image_list: ImageList, feature_maps: List[Tensor]) -> List[Tensor]:
+        # the stock generator reads only shape, dtype and device of the maps: a broadcast float32
+        # scalar carries them without copying the map
+        like = [torch.zeros((), dtype=torch.float32, device=f.device).expand(f.shape) for f in feature_maps]
+        return super().forward(image_list, like)
 
 
 class _BoxPredictor(nn.Module):
@@ -192,7 +221,9 @@ class Res5ROIHeads(RoIHeads):
                     mask_logits, [p[f] for p, f in zip(proposals, fg)], [t["masks"] for t in targets],
                     [t["labels"] for t in targets], [m[f] for m, f in zip(matched_idxs, fg)])
             return [], losses
-        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        # float32 scores: bf16 ones near 1 are 0.004 apart and tie, which reorders detections for AP
+        boxes, scores, labels = self.postprocess_detections(class_logits.float(), box_regression.float(), proposals,
+                                                            image_shapes)
         result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
         if self.has_mask():
             res5 = self.box_head(self.box_roi_pool(features, boxes, image_shapes))
@@ -210,7 +241,7 @@ def build_c4_detector(trunk: nn.Module, cfg: C4DetectorConfig) -> GeneralizedRCN
     """
     backbone = C4Backbone(trunk)
     stride = 16
-    anchors = AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
+    anchors = Float32AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
     rpn = _RPN(
         anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=cfg.rpn_batch_per_image,
@@ -218,6 +249,7 @@ def build_c4_detector(trunk: nn.Module, cfg: C4DetectorConfig) -> GeneralizedRCN
         pre_nms_top_n=dict(training=cfg.rpn_pre_nms_train, testing=cfg.rpn_pre_nms_test),
         post_nms_top_n=dict(training=cfg.rpn_post_nms_train, testing=cfg.rpn_post_nms_test),
         nms_thresh=0.7)
+    rpn.box_coder = Float32BoxCoder(rpn.box_coder.weights, rpn.box_coder.bbox_xform_clip)
     pool = C4RoIPool(cfg.roi_size, stride)
     head = Res5Head(trunk.layer4, cfg.extra_norm)
     mask_kw = {}
@@ -230,6 +262,7 @@ def build_c4_detector(trunk: nn.Module, cfg: C4DetectorConfig) -> GeneralizedRCN
         positive_fraction=cfg.roi_positive_fraction, bbox_reg_weights=None,
         score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
         detections_per_img=cfg.detections_per_image, **mask_kw)
+    roi_heads.box_coder = Float32BoxCoder(roi_heads.box_coder.weights, roi_heads.box_coder.bbox_xform_clip)
     transform = _ScaleTransform(cfg.min_size_train, cfg.min_size_test, cfg.max_size)
     return GeneralizedRCNN(backbone, rpn, roi_heads, transform)
 

@@ -15,7 +15,7 @@ from torchvision.ops import roi_align
 
 BoxesLike = Union[Tensor, Sequence[Tensor]]
 
-__all__ = ["BoxesLike", "validate_boxes", "boxes_to_rois", "region_align", "region_align_pooled", "xywh_to_xyxy",
+__all__ = ["BoxesLike", "validate_boxes", "check_rois_in_image", "boxes_to_rois", "region_align", "region_align_pooled", "xywh_to_xyxy",
            "xyxy_to_xywh"]
 
 
@@ -56,6 +56,21 @@ def validate_boxes(boxes: BoxesLike, batch_size: int) -> None:
         raise ValueError(f"got {len(boxes)} box lists for a batch of {batch_size} images; give one per image")
     for i, b in enumerate(boxes):
         _check_box_tensor(b, f"boxes[{i}]", 4)
+
+
+def check_rois_in_image(rois: Tensor, height: int, width: int) -> None:
+    """Raise ``ValueError`` for a RoI of zero size or entirely outside the ``width`` x ``height``
+    input: RoIAlign would return all zeros for it, an embedding that means nothing."""
+    xy = rois[:, 1:]
+    empty = (xy[:, 2] <= xy[:, 0]) | (xy[:, 3] <= xy[:, 1])
+    outside = (xy[:, 2] <= 0) | (xy[:, 3] <= 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
+    bad = empty | outside
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        what = "has zero size" if empty[i] else "lies entirely outside"
+        raise ValueError(
+            f"box {i} (image {int(rois[i, 0])} of the batch) {xy[i].tolist()} {what} the {width}x{height} "
+            f"(width x height) input; boxes are xyxy pixels of the input: drop or fix that box")
 
 
 def boxes_to_rois(boxes: BoxesLike, batch_size: int, device=None, dtype=torch.float32) -> Tensor:

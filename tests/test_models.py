@@ -216,12 +216,27 @@ def test_empty_boxes(r18):
     (torch.tensor([[2.0, 0.0, 0.0, 4.0, 4.0]]), r"batch indices in \[0, 1\]"),
     (torch.zeros(3, 4), r"shape \(N, 5\)"),
     ("not boxes", "list of"),
+    ([torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 8.0, 8.0], [40.0, 5.0, 50.0, 9.0]])],
+     r"box 1 \(image 1 of the batch\) \[40.0, 5.0, 50.0, 9.0\] lies entirely outside the 32x32"),
+    ([torch.tensor([[4.0, 4.0, 4.0, 9.0]]), torch.zeros(0, 4)], r"box 0 .* has zero size .*32x32"),
 ])
 def test_bad_boxes_raise_clear_errors(r18, boxes, match):
     with pytest.raises(ValueError, match=match):
         r18.forward_regions(_image(2, 32), boxes)
     with pytest.raises(ValueError, match=match):
         r18.forward_regions_c5(_image(2, 32), boxes)
+
+
+@pytest.mark.parametrize("images,match", [
+    (torch.randn(3, 32, 32), r"\(B, C, H, W\) tensor, got \(3, 32, 32\).*x\[None\]"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), r"float tensor, got dtype torch.uint8.*x.float\(\) / 255"),
+])
+def test_bad_images_raise_clear_errors(r18, images, match):
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 16.0]])]
+    with pytest.raises(ValueError, match=match):
+        r18.forward_regions(images, boxes)
+    with pytest.raises(ValueError, match=match):
+        r18.forward_regions_c5(images, boxes)
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -247,7 +262,7 @@ def test_pretrained_cfg_carries_metadata():
     assert cfg["hf_hub_id"] == "d3ssl-zoo/d3ssl_r50c4.oimini_800ep"
     assert cfg["num_classes"] == 0 and cfg["license"] == "apache-2.0"
     assert cfg["paper_ids"] == "arXiv:2303.16947"
-    assert cfg["recipe"] == "train/recipes/d3ssl_r50c4.oimini_800ep.yaml"
+    assert cfg["recipe"] == "d3ssl_zoo/recipes/d3ssl_r50c4.oimini_800ep.yaml"
     assert cfg["reported"]["oknn_top1_top5"] == [73.1, 90.1]
     assert cfg["reported"]["disturbed_oknn_top1_top5"] == [55.8, 73.4]
     assert cfg["sha256"] == "" and cfg["published"] is False

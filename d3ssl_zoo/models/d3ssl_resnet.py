@@ -21,7 +21,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..boxes import BoxesLike, boxes_to_rois, region_align, region_align_pooled
+from ..boxes import BoxesLike, boxes_to_rois, check_rois_in_image, region_align, region_align_pooled
 from ..hub import pretrained_state_dict
 from ..tags import LICENSE, PAPER_ARXIV, PAPER_TITLE, TAGS, recipe_path
 
@@ -62,13 +62,26 @@ class D3SSLResNet(ResNet):
             x = self.layer4(roi_features)
         return x.mean(dim=(2, 3))
 
+    def _region_inputs(self, x: Tensor, boxes: BoxesLike) -> Tensor:
+        """Check the inputs of the region API and return the (N, 5) RoIs; errors say what to fix."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}; for one image add the "
+                             f"batch dimension: x[None]")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"images must be a normalised float tensor, got dtype {x.dtype}; convert with "
+                             f"x.float() / 255, then normalise with the model's pretrained_cfg mean and std")
+        rois = boxes_to_rois(boxes, x.shape[0], device=x.device)
+        check_rois_in_image(rois, x.shape[-2], x.shape[-1])
+        return rois
+
     def forward_regions(self, x: Tensor, boxes: BoxesLike) -> Tensor:
         """One embedding per box: RoIAlign 14x14 on C4 -> res5 -> average pool (Eq. 1).
 
         ``boxes``: a list of (Ni, 4) xyxy pixel tensors, one per image, or one (N, 5) tensor
         with the batch index first. Returns (N, num_features), boxes in input order.
         """
-        rois = boxes_to_rois(boxes, x.shape[0], device=x.device)
+        rois = self._region_inputs(x, boxes)
         if rois.shape[0] == 0:
             return x.new_zeros(0, self.num_features)
         c4 = self.forward_c4(x)
@@ -76,7 +89,7 @@ class D3SSLResNet(ResNet):
 
     def forward_regions_c5(self, x: Tensor, boxes: BoxesLike) -> Tensor:
         """Full trunk, RoIAlign 7x7 on C5, average pool: the O-KNN features (paper §5.3)."""
-        rois = boxes_to_rois(boxes, x.shape[0], device=x.device)
+        rois = self._region_inputs(x, boxes)
         if rois.shape[0] == 0:
             return x.new_zeros(0, self.num_features)
         c5 = self.forward_features(x)
@@ -96,7 +109,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 default_cfgs = generate_default_cfgs({
     **{t.name: _cfg(hf_hub_id=t.hf_hub_id, notes=(f"{t.source}; reproduce with {t.recipe}",))
        for t in TAGS},
-    # Demo/test backbone: no published weights, train it with train/recipes/demo.yaml.
+    # Demo/test backbone: no published weights, train it with d3ssl_zoo/recipes/demo.yaml.
     "d3ssl_r18c4": _cfg(notes=(f"no published weights; train with {recipe_path('demo')}",)),
 })
 

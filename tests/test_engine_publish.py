@@ -68,3 +68,16 @@ def test_wrong_architecture_and_missing_checkpoint(r50_run, tmp_path, capsys):
     assert "is for architecture soco_r50c4" in capsys.readouterr().err
     assert publish.main(["--checkpoint", str(tmp_path), "--tag", TAG, "--dry-run", "--out", str(tmp_path / "y")]) == 2
     assert "neither a checkpoint folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metric", ["ap=abc", "ap=", "ap=nan", "ap=[1, x]", "ap=true", "=57.6"])
+def test_metric_that_is_not_a_number_is_refused(metric, tmp_path, capsys):
+    assert publish.main(["--checkpoint", str(tmp_path), "--tag", TAG, "--dry-run", "--out", str(tmp_path / "card"),
+                         "--metric", metric]) == 2
+    assert f"--metric {metric!r}" in capsys.readouterr().err
+    assert not (tmp_path / "card").exists()
+
+
+def test_metrics_are_numbers_or_lists_of_numbers():
+    assert publish.parse_metrics(["ap=57.6", "ap_ap50_ap75=[57.6, 82.1, 64]", "n=3"]) == {
+        "ap": 57.6, "ap_ap50_ap75": [57.6, 82.1, 64], "n": 3}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -55,13 +56,25 @@ def git_commit() -> str:
     return sha + (" (with uncommitted changes)" if dirty else "")
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def parse_metrics(items: list[str]) -> dict[str, object]:
+    """``name=value`` strings -> {name: number or list of numbers} for the model card."""
     metrics = {}
     for item in items:
-        if "=" not in item:
+        name, _, raw = item.partition("=")
+        if not name.strip() or not raw.strip():
             raise ValueError(f"--metric {item!r} is not name=value (e.g. --metric voc07+12_ap=57.6)")
-        name, value = item.split("=", 1)
-        metrics[name.strip()] = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if not (_is_number(value) or (isinstance(value, list) and value and all(map(_is_number, value)))):
+            raise ValueError(f"--metric {item!r}: {raw!r} is not a number; give the measured value, e.g. "
+                             f"--metric {name.strip()}=57.6 (or several: {name.strip()}=[57.6,82.1,64.0])")
+        metrics[name.strip()] = value
     return metrics
 
 

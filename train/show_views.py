@@ -10,6 +10,7 @@ Without --proposals, selective search runs on the image (mode fast).
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -37,6 +38,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.proposals and args.image_id is None:
         p.error("--proposals needs --image-id")
+    folder = Path(args.out).parent
+    try:  # up front: a bad --out must not fail only after the views are drawn
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {args.out}: cannot create its folder {folder} ({e.strerror}); choose another --out")
     return args
 
 

@@ -40,3 +40,10 @@ def test_proposals_subcommand_rejects_bad_coco_json(tmp_path, capsys):
     assert main(["proposals", "--coco", str(dup), *args]) == 2
     assert "dup.json lists image id(s) 3 more than once" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_sample_subcommand_reports_a_cache_that_is_a_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("D3SSL_ZOO_CACHE", str(tmp_path / "f"))
+    assert main(["sample"]) == 2
+    assert f"d3ssl-zoo sample: D3SSL_ZOO_CACHE={tmp_path / 'f'} cannot be a cache folder" in capsys.readouterr().err

@@ -72,6 +72,8 @@ def test_folder_dataset_samples_and_seeds(tmp_path):
     ds2.set_epoch(0)
     ds.set_epoch(0)
     assert np.array_equal(ds2[2]["x1"], ds[2]["x1"])
+    # the engine's (epoch, index) keys carry the epoch: no set_epoch state needed (persistent workers)
+    assert all(np.array_equal(ds[(1, 1)][k], c[k]) for k in c) and np.array_equal(ds[(0, 1)]["x2"], a["x2"])
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=PretrainCollator(CFG))
     batch = next(iter(loader))
     assert batch["x3"].shape == (2, 3, 64, 64) and batch["image_id"].tolist() == [0, 1]
@@ -160,6 +162,21 @@ def test_sample_cache_is_versioned(tmp_path, monkeypatch):
     (old / "complete.json").write_text(json.dumps({"version": SAMPLE_VERSION - 1, "seed": 0}))
     with pytest.raises(RuntimeError, match=f"no complete sample dataset of version {SAMPLE_VERSION}"):
         get_sample_dataset(old)
+
+
+def test_cache_env_pointing_at_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    from d3ssl_zoo.data.scenes import SceneConfig
+    from d3ssl_zoo.data.scenes import default_cache_dir as scenes_cache_dir
+
+    (tmp_path / "f").write_text("")
+    for env in (tmp_path / "f", tmp_path / "f" / "below"):
+        monkeypatch.setenv("D3SSL_ZOO_CACHE", str(env))
+        with pytest.raises(ValueError, match=rf"D3SSL_ZOO_CACHE={env} cannot be a cache folder: .*f is a file"):
+            get_sample_dataset()
+        with pytest.raises(ValueError, match="point D3SSL_ZOO_CACHE at a folder"):
+            scenes_cache_dir(SceneConfig())
+    monkeypatch.setenv("D3SSL_ZOO_CACHE", str(tmp_path / "new"))  # a missing folder is fine: created on use
+    assert default_cache_dir() == tmp_path / "new" / f"sample-v{SAMPLE_VERSION}"
 
 
 def _write_json(path, payload):

@@ -5,9 +5,15 @@ import json
 
 
 def _sample(args) -> int:
+    import sys
+
     from .sample import get_sample_dataset
 
-    ds = get_sample_dataset(args.cache_dir)
+    try:
+        ds = get_sample_dataset(args.cache_dir)
+    except (ValueError, RuntimeError) as e:
+        print(f"d3ssl-zoo sample: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: str(v) for k, v in ds.__dict__.items()}, indent=2))
     return 0
 

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .cache import build_atomically
+from .cache import build_atomically, cache_base
 
 __all__ = ["SampleDataset", "get_sample_dataset", "default_cache_dir", "SAMPLE_VERSION"]
 
@@ -52,8 +52,7 @@ class SampleDataset:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("D3SSL_ZOO_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "d3ssl_zoo") / f"sample-v{SAMPLE_VERSION}"
+    return cache_base() / f"sample-v{SAMPLE_VERSION}"
 
 
 def _layout(root: Path) -> SampleDataset:

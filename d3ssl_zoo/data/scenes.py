@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .cache import build_atomically
+from .cache import build_atomically, cache_base
 
 __all__ = ["SHAPES", "SceneConfig", "SceneDataset", "render_scene", "shape_mask", "get_scene_dataset"]
 
@@ -233,8 +233,7 @@ def render_scene(photos: list[np.ndarray], cfg: SceneConfig, rng: np.random.Gene
 
 
 def default_cache_dir(cfg: SceneConfig) -> Path:
-    base = os.environ.get("D3SSL_ZOO_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "d3ssl_zoo") / f"scenes-v{SCENES_VERSION}-{cfg.key()}"
+    return cache_base() / f"scenes-v{SCENES_VERSION}-{cfg.key()}"
 
 
 def _layout(root: Path, cfg: SceneConfig) -> SceneDataset:

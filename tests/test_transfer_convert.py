@@ -191,3 +191,20 @@ def test_cli_convert(tmp_path, trunk, capsys):
     args = parser.parse_args(["convert", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "x")])
     assert args.func(args) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_cli_convert_of_a_truncated_file_names_it(tmp_path, trunk, capsys, suffix):
+    src = tmp_path / f"cut{suffix}"
+    if suffix == ".pth":
+        torch.save(moco_ckpt(trunk), src)
+    else:
+        save_file({k: v.contiguous() for k, v in trunk.items()}, str(src))
+    src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["convert", str(src), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {src}" in err and "truncated or corrupted" in err and "download or copy it again" in err
+    assert not (tmp_path / "out").exists()

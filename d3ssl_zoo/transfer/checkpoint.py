@@ -33,7 +33,11 @@ def read_checkpoint(path: PathLike) -> Dict[str, object]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:  # safetensors has its own error types for every kind of damage
+            raise ValueError(f"cannot read {path}: not a complete safetensors file (truncated or corrupted: "
+                             f"{_first_line(e)}); download or copy it again") from e
     if path.suffix == ".pkl":
         raise ValueError(
             f"{path} is a pickle (.pkl, e.g. a detectron2 file); d3ssl_zoo never unpickles such "
@@ -47,9 +51,17 @@ def read_checkpoint(path: PathLike) -> Dict[str, object]:
             f"with torch.load(weights_only=True). If you trust it, re-save only its weights "
             f"elsewhere: torch.save(ckpt['state_dict'], 'weights.pth'). Loader said: "
             f"{str(e).splitlines()[-1] if str(e) else e!r}") from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:  # torch's errors for a cut or damaged file
+        raise ValueError(f"cannot read {path} with torch.load: the file is truncated or corrupted "
+                         f"({_first_line(e)}); download or copy it again") from e
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
     return dict(obj)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def is_state_dict(obj: object) -> bool:

@@ -112,6 +112,14 @@ class ResolvedWeights:
                 f"{self.path} does not match the model: missing keys {_short(missing)}, unexpected keys "
                 f"{_short(unexpected)}. For checkpoints in SoCo/MoCo/DenseCL/PixPro layouts convert first: "
                 f"d3ssl-zoo convert {self.path} --out DIR")
+        own = model.state_dict()
+        wrong = [f"{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in state_dict.items()
+                 if k in own and not k.startswith("fc.") and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise PretrainedWeightsError(
+                f"{self.path} does not fit this architecture: {len(wrong)} tensors have other shapes "
+                f"({_short(wrong, 3)}). It was saved from another model; load it with the architecture it "
+                f"was trained as (`d3ssl-zoo convert {self.path} --out DIR` reports it)")
         dropped = sorted(k for k in state_dict if k.startswith("fc.") and k not in expected)
         if dropped:
             _logger.info("Not loading classifier %s from %s: the model is headless", dropped, self.path)

@@ -327,6 +327,18 @@ def test_mismatched_checkpoint_lists_keys(tmp_path):
                                pretrained_cfg_overlay=dict(file=str(tmp_path / "soco_like.safetensors")))
 
 
+def test_wrong_shapes_name_the_file_and_the_tensors(tmp_path):
+    sd = d3ssl_zoo.create_model("d3ssl_r18c4").state_dict()
+    sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    from safetensors.torch import save_file
+    save_file(sd, str(tmp_path / "other.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match=r"other\.safetensors does not fit this architecture: 1 tensors "
+                                                     r"have other shapes \(\[conv1\.weight: file \(64, 3, 3, 3\), "
+                                                     r"model \(64, 3, 7, 7\)\]\)"):
+        d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / "other.safetensors")))
+
+
 def test_push_to_hub_refuses_offline_and_incomplete(r18, tmp_path):
     out = d3ssl_zoo.save_pretrained(r18, tmp_path / "m")
     with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE"):

@@ -29,6 +29,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from d3ssl_zoo.disk import DiskFullError, is_disk_full
+
 __all__ = ["FORMAT", "FALLBACK_LEVELS", "ProposalEntry", "name_hash", "selective_search",
            "filter_proposals", "image_proposals", "write_proposal_file", "ProposalStore"]
 
@@ -107,7 +109,10 @@ class ProposalEntry:
 
 def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry], *, mode: str,
                         resize_long: int | None, skipped: Sequence[dict] = ()) -> None:
-    """Write entries (any order, unique ids) as one proposal file, atomically (temp + rename)."""
+    """Write entries (any order, unique ids) as one proposal file, atomically (temp + rename).
+
+    A full disk raises :class:`~d3ssl_zoo.disk.DiskFullError`; files written before stay intact.
+    """
     path = Path(path)
     entries = sorted(entries, key=lambda e: e.image_id)
     ids = np.array([e.image_id for e in entries], dtype=np.int64)
@@ -131,7 +136,14 @@ def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry
             "skipped": json.dumps(list(skipped))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        if not is_disk_full(e, path.parent):
+            raise
+        raise DiskFullError(path, "the proposal files written before are intact, and a rerun of the same command "
+                                  "keeps the images they hold") from e
     os.chmod(tmp, 0o644)  # a shared dataset file, not a secret
     os.replace(tmp, path)
 

@@ -1,30 +1,68 @@
-"""Atomic, resumable checkpoints of everything the run needs.
+"""Atomic, verified, resumable checkpoints of everything a run needs (pre-training and detection).
 
 A checkpoint is ``<output_dir>/checkpoints/step_XXXXXXXX/`` holding Accelerate's ``save_state``
-(the method module -- student, teacher, queue keys and pointer --, optimiser, AMP scaler and the
-RNG states of every process), ``trainer_state.json`` (step, epoch, position in the epoch) and the
-``recipe.yaml`` of the run. The learning-rate and momentum schedules are pure functions of the
-step, so restoring the step restores them. A checkpoint is written into a hidden temporary folder
-and renamed once complete: a run killed while saving leaves the previous checkpoints intact, and
-only complete checkpoints (with ``trainer_state.json``) are ever resumed from.
+(model weights as safetensors, optimiser, AMP scaler and the RNG states of every process),
+``trainer_state.json`` (step and position in the data, given by the engine), the run's
+``recipe.yaml`` and ``files.json`` (name and size of every file Accelerate wrote). Schedules are
+pure functions of the step, so restoring the step restores them.
+
+Atomic: a checkpoint is written into a hidden temporary folder and renamed once complete; a run
+killed (or out of disk) while saving leaves the previous checkpoints intact, and only folders with
+``trainer_state.json`` count as checkpoints.
+
+Safe to load: Accelerate unpickles ``custom_checkpoint_*.pkl`` (objects given to
+``register_for_checkpointing``) with ``weights_only=False``, so a crafted one runs code: we never
+write such files and refuse a folder holding one. Every other pickle (optimiser, scaler, RNG
+states) is first opened here with ``weights_only=True`` and Accelerate's own allow-list, and one
+that needs anything more is refused by name before Accelerate reads the folder.
+
+Verified before resuming: the files of ``files.json`` present with their sizes, safetensors
+headers and pickles readable. ``resolve_resume('auto')`` skips a damaged checkpoint with a
+warning naming it and resumes from the newest intact one.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError, safe_open
 
-__all__ = ["STATE_FILE", "RECIPE_FILE", "checkpoint_dir", "list_checkpoints", "resolve_resume",
-           "save_checkpoint", "load_checkpoint"]
+from d3ssl_zoo.disk import DiskFullError, is_disk_full
+
+__all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "CheckpointError", "DamagedCheckpointError",
+           "UnsafeCheckpointError", "checkpoint_dir", "list_checkpoints", "verify_checkpoint", "resolve_resume",
+           "check_output_dir", "save_checkpoint", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 RECIPE_FILE = "recipe.yaml"
+FILES_FILE = "files.json"
 _PREFIX = "step_"
+_PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")   # what Accelerate reads with torch.load
+_CUSTOM_STATE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
+_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (bad input: the command-line tools report it as such)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A file of the checkpoint is missing, truncated or unreadable."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file of the checkpoint holds objects whose loading could run code."""
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -40,20 +78,138 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedCheckpointError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedCheckpointError(f"{path} is unreadable ({e})") from None
+
+
+def _check_safetensors(path: Path) -> None:
+    try:
+        with safe_open(str(path), framework="pt"):  # the header must parse and cover the whole file
+            pass
+    except (SafetensorError, OSError) as e:
+        raise DamagedCheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def _check_pickle(path: Path) -> None:
+    """Open a ``torch.save`` file as Accelerate will, but memory-mapped: the pickle runs, the tensors are not read."""
+    try:
+        accelerate_load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
+        raise UnsafeCheckpointError(
+            f"{path} holds more than tensors and plain containers ({reason}); loading it could run code, so the "
+            f"checkpoint {path.parent} is refused. Resume from a checkpoint this package wrote") from None
+    except Exception as e:  # any other failure to read it (truncated zip, not a torch file, I/O error)
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DamagedCheckpointError(f"{path} cannot be read ({first_line})") from None
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check that ``path`` is an intact checkpoint that loads without running code; return its trainer state.
+
+    Raises :class:`UnsafeCheckpointError` or :class:`DamagedCheckpointError` naming the file.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    for f in files:
+        if _CUSTOM_STATE.match(f.name):
+            raise UnsafeCheckpointError(
+                f"{f}: Accelerate unpickles custom_checkpoint files with weights_only=False, so loading it could "
+                f"run code; checkpoints of this package never hold one (their state is in {STATE_FILE}). "
+                f"Refusing {path}: resume from a checkpoint this package wrote")
+    state = _read_json(path / STATE_FILE)
+    try:
+        yaml.safe_load((path / RECIPE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DamagedCheckpointError(f"{path / RECIPE_FILE} is missing or unreadable ({e})") from None
+    for f in files:  # contents first: a crafted file is refused as such, whatever its size
+        if f.suffix == ".safetensors":
+            _check_safetensors(f)
+        elif f.suffix in _PICKLE_SUFFIXES:
+            _check_pickle(f)
+    if (path / FILES_FILE).is_file():
+        for name, size in _read_json(path / FILES_FILE).items():
+            f = path / name
+            if not f.is_file():
+                raise DamagedCheckpointError(f"{f} is missing (the checkpoint was written with it)")
+            if f.stat().st_size != size:
+                raise DamagedCheckpointError(f"{f} has {f.stat().st_size} bytes, {size} were written (truncated)")
+    else:  # written before files.json existed: at least weights and optimiser
+        if not any((path / name).is_file() for name in _MODEL_FILES):
+            raise DamagedCheckpointError(f"{path} holds no model weights ({' or '.join(_MODEL_FILES)})")
+        if not (path / "optimizer.bin").is_file():
+            raise DamagedCheckpointError(f"{path / 'optimizer.bin'} is missing")
+    return state
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """``None`` -> start fresh; ``'auto'`` -> the newest complete checkpoint of ``output_dir`` or fresh;
-    a path -> that checkpoint (an error if it is not a complete checkpoint folder)."""
+    """``None`` -> start fresh; ``'auto'`` -> the newest intact checkpoint of ``output_dir`` or fresh if it has
+    none; a path -> that checkpoint. Checkpoints are verified (:func:`verify_checkpoint`): with ``'auto'`` a
+    damaged one is skipped with a warning naming it; a given path that is damaged, a file that could run code,
+    or only damaged checkpoints in ``output_dir`` raise a :class:`CheckpointError`."""
     if resume is None:
         return None
     if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        damaged = []
+        for ckpt in reversed(list_checkpoints(output_dir)):
+            try:
+                verify_checkpoint(ckpt)
+            except DamagedCheckpointError as e:
+                logger.warning("checkpoint %s is damaged and skipped: %s", ckpt, e)
+                damaged.append(str(e))
+                continue
+            if damaged:
+                logger.warning("resuming from %s, the newest intact checkpoint", ckpt)
+            return ckpt
+        if damaged:
+            raise DamagedCheckpointError(
+                f"every checkpoint under {Path(output_dir) / 'checkpoints'} is damaged:\n  " + "\n  ".join(damaged)
+                + "\nmove them away to start over, or choose another --output-dir")
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(
             f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE}); give a "
             f"<output_dir>/checkpoints/step_* folder or --resume auto")
+    try:
+        verify_checkpoint(path)
+    except DamagedCheckpointError as e:
+        raise DamagedCheckpointError(f"{e}; --resume auto takes the newest intact checkpoint") from None
     return path
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [(prefix.rstrip("."), a, b)]
+    return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+
+
+def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint: str | Path | None,
+                     may_change: Iterable[str] = ()) -> None:
+    """Refuse to mix runs in one output folder.
+
+    A fresh run (``checkpoint`` is ``None``) needs a folder without ``checkpoints/step_*``; a resumed
+    one the recipe of its checkpoint, except the keys of ``may_change`` (settings that do not change
+    the steps already taken, e.g. the logging period).
+    """
+    if checkpoint is None:
+        root = Path(output_dir) / "checkpoints"
+        found = sorted(p.name for p in root.glob(f"{_PREFIX}*")) if root.is_dir() else []
+        if found:
+            raise FileExistsError(f"{output_dir} already holds checkpoints of a run ({found[-1]}); resume it "
+                                  f"with --resume auto or choose another --output-dir")
+        return
+    saved = yaml.safe_load((Path(checkpoint) / RECIPE_FILE).read_text())
+    skip = set(may_change)
+    diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _differences(saved, recipe) if k not in skip]
+    if diff:
+        raise ValueError(f"the recipe differs from the one of the checkpoint {checkpoint}:\n  " + "\n  ".join(diff)
+                         + "\nresume with the same recipe, or use another --output-dir")
 
 
 def _write_file(path: Path, text: str) -> None:
@@ -63,25 +219,49 @@ def _write_file(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dict[str, Any],
                     recipe: dict[str, Any], keep_last: int) -> Path:
-    """Save the full training state at ``state['step']`` atomically; keep the newest ``keep_last``.
+    """Save the full training state at ``state['step']`` atomically; keep the newest ``keep_last`` (0: all).
 
-    Every process must call it (each writes its own RNG state).
+    Every process must call it (each writes its own RNG state). A full disk raises
+    :class:`~d3ssl_zoo.disk.DiskFullError`; the checkpoints written before stay intact.
     """
     final = checkpoint_dir(output_dir, state["step"])
     tmp = final.with_name(".tmp-" + final.name)
+    previous = list_checkpoints(output_dir)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_file(tmp / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
-        _write_file(tmp / STATE_FILE, json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            written = sorted(p for p in tmp.iterdir() if p.is_file())
+            for p in written:  # on disk before the rename makes the checkpoint visible
+                _fsync(p)
+            _write_file(tmp / FILES_FILE, json.dumps({p.name: p.stat().st_size for p in written}, indent=1))
+            _write_file(tmp / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+            _write_file(tmp / STATE_FILE, json.dumps(state, indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync(final.parent)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if not is_disk_full(e, tmp.parent):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = (f"the checkpoints written before are intact (newest: {previous[-1]})" if previous
+                else "no earlier checkpoint of this run exists")
+        raise DiskFullError(final, f"this checkpoint was not written and {kept}") from e
+    if accelerator.is_main_process and keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -89,7 +269,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
 
 
 def load_checkpoint(accelerator: Accelerator, path: str | Path) -> dict[str, Any]:
-    """Restore the objects prepared by ``accelerator`` (and the RNG states) from ``path``; return its trainer state."""
-    path = Path(path)
-    accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    """Verify ``path`` (:func:`verify_checkpoint`), restore the objects prepared by ``accelerator`` and the RNG
+    states from it, and return its trainer state."""
+    state = verify_checkpoint(path)
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    return state

@@ -122,3 +122,61 @@ def test_two_workers_give_the_same_file(tmp_path):
     assert one["with_proposals"] == two["with_proposals"] == 4
     for i in a.image_ids:
         assert np.array_equal(a[int(i)], b[int(i)])
+
+
+def _spawned_children(parent: int) -> list[int]:
+    """Pids of the multiprocessing spawn workers whose parent is ``parent`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline:
+            out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited and only waits to be reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = make_folder(tmp_path / "imgs", n=64, size=(160, 120))
+    script = Path(__file__).resolve().parents[1] / "train" / "make_proposals.py"
+    parent = subprocess.Popen([sys.executable, str(script), "--images", str(root), "--out", str(tmp_path / "p.safetensors"),
+                               "--workers", "2", "--resize-long", "0", "--flush-every", "1",
+                               "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "p.safetensors.parts"
+    try:  # kill it mid-run: once the workers have written their first results
+        deadline = time.monotonic() + 120
+        workers = []
+        while time.monotonic() < deadline and parent.poll() is None and not (
+                len(workers) == 2 and parts.is_dir() and any(parts.glob("part-*"))):
+            time.sleep(0.05)
+            workers = _spawned_children(parent.pid)
+        assert len(workers) == 2 and parent.poll() is None, "the tool did not start its two workers"
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 5  # generous: the workers exit with the parent
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # do not leave them running if the assertion fails
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"

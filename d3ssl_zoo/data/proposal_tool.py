@@ -9,13 +9,17 @@ skips every image already in them (done or recorded as skipped), and at the end 
 everything into ``out`` (atomically) and removes the parts folder. No stored image is computed
 again, and no image can appear twice: the todo list excludes every id already stored, and the
 writer rejects duplicates.
+
+Workers end with the tool: killed, even by SIGKILL, it leaves no worker computing on.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,7 +50,35 @@ def process_image(record: ImageRecord, mode: str, resize_long: int | None, min_s
     return "ok", ProposalEntry(record.image_id, record.file_name, w, h, level, boxes)
 
 
-def _worker_init() -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker process when ``parent_pid`` dies, even by SIGKILL (no orphans computing on).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere, a
+    daemon thread polls the parent pid (OpenCV releases the GIL, so it runs during a search).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # parallelism is across images; threads inside OpenCV would oversubscribe
 
 
@@ -124,7 +156,7 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="proposals", unit="img",
                disable=not progress)
     # spawn, not fork: a parent that already ran OpenCV (or torch) threads can deadlock a forked child
-    pool = mp.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and todo else None
+    pool = mp.get_context("spawn").Pool(workers, _worker_init, (os.getpid(),)) if workers > 1 and todo else None
     if pool is None:
         _worker_init()
     try:

@@ -17,17 +17,16 @@ import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from pathlib import Path
-
 import torch
 
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
 from d3ssl_zoo.engine import EpochShuffleSampler, build_method, load_recipe
 from d3ssl_zoo.method import LARS, lars_param_groups, nce
+from d3ssl_zoo.tags import recipes_dir
 
 import d3ssl_zoo
 
-RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
+RECIPES = recipes_dir()
 
 
 def main() -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from importlib.resources import files
+from pathlib import Path
 from typing import Dict, List, Optional
 
 __all__ = [
     "HUB_ORG", "PAPER_ARXIV", "PAPER_TITLE", "LICENSE", "Tag", "TAGS", "hub_org", "get_tag",
-    "tag_for_hub_id", "recipe_path",
+    "tag_for_hub_id", "recipe_path", "recipes_dir", "recipe_file",
 ]
 
 #: Hugging Face organisation the weights are published under; override with ``D3SSL_ZOO_HUB_ORG``
@@ -50,6 +52,10 @@ class Tag:
         return recipe_path(self.name)
 
     @property
+    def recipe_file(self) -> Path:
+        return recipe_file(self.name)
+
+    @property
     def hf_hub_id(self) -> str:
         return f"{hub_org()}/{self.name}"
 
@@ -59,13 +65,34 @@ class Tag:
 
     def to_dict(self) -> Dict[str, object]:
         d = asdict(self)
-        d.update(name=self.name, recipe=self.recipe, hf_hub_id=self.hf_hub_id, published=self.published,
-                 license=LICENSE, paper_ids=PAPER_ARXIV)
+        d.update(name=self.name, recipe=self.recipe, recipe_file=str(self.recipe_file), hf_hub_id=self.hf_hub_id,
+                 published=self.published, license=LICENSE, paper_ids=PAPER_ARXIV)
         return d
 
 
 def recipe_path(name: str) -> str:
-    return f"train/recipes/{name}.yaml"
+    """The recipe of ``name`` as docs, errors and model cards name it (inside the package)."""
+    return f"d3ssl_zoo/recipes/{name}.yaml"
+
+
+def recipes_dir() -> Path:
+    """The recipes shipped as package data: a real folder in every install pip makes (site-packages
+    or, editable, the source tree)."""
+    return Path(str(files("d3ssl_zoo") / "recipes"))
+
+
+def recipe_file(name: str) -> Path:
+    """The installed recipe file of ``name``: a zoo tag, ``demo``, ``det_voc``, ``det_coco`` or
+    ``mini/<rung>``. A name ending in ``.yaml``/``.yml`` is a path of the user's and returned as is."""
+    if name.endswith((".yaml", ".yml")):
+        return Path(name)
+    root = recipes_dir()
+    path = root / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {name!r} in {root}; known recipes: {', '.join(known)} "
+                                f"(or give the path of a .yaml file)")
+    return path
 
 
 def _det(voc, coco=None, seg=None) -> Dict[str, object]:

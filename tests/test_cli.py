@@ -3,9 +3,11 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import d3ssl_zoo
 from d3ssl_zoo import cli
 from d3ssl_zoo.cli import main
 from d3ssl_zoo.tags import TAGS
@@ -80,7 +82,9 @@ def test_info_prints_cfg_as_json(capsys):
     assert main(["info", "soco_r50c4.oimini_200ep"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["hf_hub_id"] == "d3ssl-zoo/soco_r50c4.oimini_200ep"
-    assert cfg["recipe"] == "train/recipes/soco_r50c4.oimini_200ep.yaml"
+    assert cfg["recipe"] == "d3ssl_zoo/recipes/soco_r50c4.oimini_200ep.yaml"
+    installed = Path(d3ssl_zoo.__file__).parent / "recipes" / "soco_r50c4.oimini_200ep.yaml"
+    assert cfg["recipe_file"] == str(installed) and installed.is_file()
     assert cfg["reported"]["coupling_rate"] == 1.31 and cfg["num_classes"] == 0
 
 

@@ -15,9 +15,10 @@ from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, list_ch
                               valid_keys)
 from d3ssl_zoo.engine import trainer as trainer_module
 from d3ssl_zoo.method import D3SSL
+from d3ssl_zoo.tags import recipes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "train" / "recipes"
+RECIPES = recipes_dir()
 sys.path.insert(0, str(ROOT / "train"))
 import pretrain  # noqa: E402  (train/ is a scripts folder, not a package)
 

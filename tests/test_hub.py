@@ -68,7 +68,7 @@ def test_model_card_has_paper_numbers_and_recipe(tmp_path):
                                     card_extra={"git_commit": "abc123"})
     card = (out / "README.md").read_text()
     assert "73.1" in card and "55.8" in card
-    assert "train/recipes/d3ssl_r50c4.oimini_800ep.yaml" in card and "abc123" in card
+    assert "d3ssl_zoo/recipes/d3ssl_r50c4.oimini_800ep.yaml" in card and "abc123" in card
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "oimini_800ep"
 
 
@@ -135,7 +135,7 @@ def test_unpublished_tag_gives_one_clear_error(create):
     msg = str(e.value)
     assert "'soco_r50c4.oimini_200ep_d3aug'" in msg
     assert "d3ssl-zoo/soco_r50c4.oimini_200ep_d3aug" in msg
-    assert "train/recipes/soco_r50c4.oimini_200ep_d3aug.yaml" in msg
+    assert "d3ssl_zoo/recipes/soco_r50c4.oimini_200ep_d3aug.yaml" in msg
     assert "pretrained_cfg_overlay=dict(file=" in msg
     assert "HF_HUB_OFFLINE" in msg
 

@@ -11,6 +11,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 import d3ssl_zoo
+from d3ssl_zoo.tags import recipe_file
 from d3ssl_zoo.transfer.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
                                           coco_results, collate_detection, detector_backbone_state_dict,
                                           evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
@@ -321,9 +322,7 @@ def test_lr_schedule_is_detectron2s_warmup_multistep():
 
 
 def test_shipped_recipes_are_the_papers_protocol():
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1] / "train" / "recipes"
-    voc, coco = load_det_recipe(root / "det_voc.yaml"), load_det_recipe(root / "det_coco.yaml")
+    voc, coco = load_det_recipe(recipe_file("det_voc")), load_det_recipe(recipe_file("det_coco"))
     assert (voc.max_iter, list(voc.steps), voc.num_classes, voc.mask_on) == (24000, [18000, 22000], 20, False)
     assert [list(s) for s in voc.voc_train] == [["2007", "trainval"], ["2012", "trainval"]]
     assert (coco.max_iter, list(coco.steps), coco.num_classes, coco.mask_on) == (90000, [60000, 80000], 80, True)

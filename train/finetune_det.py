@@ -6,7 +6,7 @@
 
 VOC: Faster R-CNN R50-C4, VOC07+12 trainval, 24k iterations, VOC07 test AP/AP50/AP75.
 COCO: Mask R-CNN R50-C4, 1x (90k iterations), val2017 bbox/segm AP. Recipes:
-``train/recipes/det_voc.yaml`` / ``det_coco.yaml``; ``--set key=value`` overrides any field.
+``d3ssl_zoo/recipes/det_voc.yaml`` / ``det_coco.yaml`` (package data); ``--set key=value`` overrides any field.
 ``--model`` is anything ``d3ssl_zoo.load_backbone`` takes: a zoo name/tag, a save_pretrained
 folder (e.g. from ``d3ssl-zoo convert``), ``torchvision:resnet50`` or a timm name.
 """
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from d3ssl_zoo.tags import recipe_file
 from d3ssl_zoo.transfer.detection.finetune import finetune
 from d3ssl_zoo.transfer.detection.recipe import load_det_recipe
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 def parse_overrides(items) -> dict:
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--task", required=True, choices=("voc", "coco"))
     p.add_argument("--model", required=True, help="zoo name/tag, save_pretrained folder, torchvision:resnet50, timm name")
     p.add_argument("--data", required=True, type=Path, help="VOCdevkit folder (voc) or COCO root (coco)")
-    p.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: train/recipes/det_<task>.yaml)")
+    p.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: d3ssl_zoo/recipes/det_<task>.yaml)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: runs/det_<task>")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --output-dir")
     p.add_argument("--max-iter", type=int, default=None, help="override the schedule length")
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
         if value is not None:
             overrides[key] = value
     try:
-        recipe = load_det_recipe(args.recipe or RECIPES_DIR / f"det_{args.task}.yaml", overrides)
+        recipe = load_det_recipe(args.recipe or recipe_file(f"det_{args.task}"), overrides)
         if recipe.task != args.task:
             raise ValueError(f"--task {args.task} but the recipe is for {recipe.task}")
         finetune(recipe, args.model, args.data, args.output_dir or Path("runs") / f"det_{args.task}",

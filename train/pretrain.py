@@ -5,7 +5,8 @@
         --proposals /data/coco/proposals_train2017.safetensors
     accelerate launch train/pretrain.py --recipe demo train.epochs=2 method.tau=0.1   # key=value overrides
 
-``--recipe`` is a tag of the zoo (``train/recipes/<model.tag>.yaml``), ``demo``, or a YAML path.
+``--recipe`` is a tag of the zoo, ``demo`` (both shipped in the package: ``d3ssl_zoo/recipes/<name>.yaml``,
+``d3ssl-zoo info <model.tag>`` prints the installed file), or a YAML path.
 Runs resume by default (``--resume auto``): relaunching the same command continues from the newest
 checkpoint of ``--output-dir``. The backbone is exported with ``d3ssl_zoo.save_pretrained`` into
 ``<output-dir>/export``. For the demo on the embedded sample dataset, the O-KNN (Sec. 5.3) of the
@@ -27,19 +28,7 @@ import d3ssl_zoo
 from d3ssl_zoo.engine import (NonFiniteLossError, Recipe, UnknownRecipeKeyError, list_checkpoints, load_recipe,
                               recipe_to_dict, train)
 from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-
-
-def recipe_file(name: str) -> Path:
-    """``demo``, ``<model.tag>`` or a path -> the recipe YAML file (an error lists the known recipes)."""
-    if name.endswith((".yaml", ".yml")):
-        return Path(name)
-    path = RECIPES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no recipe {name!r} in {RECIPES_DIR}; known recipes: {', '.join(known)}")
-    return path
+from d3ssl_zoo.tags import recipe_file
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

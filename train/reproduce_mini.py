@@ -3,7 +3,7 @@
     python train/reproduce_mini.py                       # every rung, 2 seeds, all evaluations (~2 h on 2 cores)
     python train/reproduce_mini.py --rungs d3ssl soco --seeds 0
 
-Rungs (one recipe each in ``train/recipes/mini/``, same data, model, resolution, batch and steps):
+Rungs (one recipe each in ``d3ssl_zoo/recipes/mini/``, same data, model, resolution, batch and steps):
 ``d3ssl`` (full method), ``d3ssl_dconly`` (w/o L_dp, Tab. 7), ``d3ssl_dp1`` (L_dp on one of the K
 proposals, the de-positioning reading of issue 9), ``soco`` and ``soco_d3aug`` (Tab. 6).
 
@@ -40,9 +40,10 @@ from d3ssl_zoo.evaluation.features import STAGES
 from d3ssl_zoo.evaluation.mcs import run_mcs
 from d3ssl_zoo.evaluation.oknn import run_oknn
 from d3ssl_zoo.evaluation.supervised import train_roi_classifier
+from d3ssl_zoo.tags import recipes_dir
 
 ROOT = Path(__file__).resolve().parent
-RECIPES = ROOT / "recipes" / "mini"
+RECIPES = recipes_dir() / "mini"
 RUNGS = {  # name: what the rung is in the paper
     "d3ssl": "D3SSL (L_dc + L_dp)",
     "d3ssl_dconly": "D3SSL w/o L_dp (Tab. 7)",

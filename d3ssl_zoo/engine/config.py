@@ -1,9 +1,9 @@
 """Typed training recipes: dataclasses loaded from YAML, with ``key=value`` overrides.
 
-A recipe (``train/recipes/<model.tag>.yaml``) names every hyper-parameter once, in sections that
-mirror the dataclasses below (``model``, ``method``, ``data``, ``dataset``, ``optim``, ``train``).
-Code reads the typed :class:`Recipe`, never a raw dict. A key that is not a field, in a file or in
-an override, is an error that lists the valid keys.
+A recipe (``d3ssl_zoo/recipes/<model.tag>.yaml``, shipped in the package) names every
+hyper-parameter once, in sections that mirror the dataclasses below (``model``, ``method``,
+``data``, ``dataset``, ``optim``, ``train``). Code reads the typed :class:`Recipe`, never a raw
+dict. A key that is not a field, in a file or in an override, is an error that lists the valid keys.
 """
 from __future__ import annotations
 

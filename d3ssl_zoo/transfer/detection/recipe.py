@@ -1,4 +1,4 @@
-"""Fine-tuning recipes (config as data): ``train/recipes/det_voc.yaml`` and ``det_coco.yaml``.
+"""Fine-tuning recipes (config as data): ``d3ssl_zoo/recipes/det_voc.yaml`` and ``det_coco.yaml``.
 
 The defaults below are the paper's transfer protocol (§5 "Setting", MoCo's detectron2
 configs): Faster R-CNN R50-C4 on VOC07+12 for 24k iterations, Mask R-CNN R50-C4 on COCO with

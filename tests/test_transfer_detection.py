@@ -109,6 +109,21 @@ def test_voc_reader_reads_detectron2_coordinates_and_difficult(tmp_path):
         read_voc(tmp_path, "2012", "trainval")
 
 
+def test_voc_reader_counts_objects_without_finite_corners_and_names_bad_xml(tmp_path):
+    make_voc(tmp_path, "2007", "test", {"000001": [("dog", (11, 5, 40, 30), False)]})
+    xml = tmp_path / "VOC2007" / "Annotations" / "000001.xml"
+    xml.write_text(_voc_xml([("dog", (11, 5, 40, 30), False), ("cat", ("nan", 1, 8, 9), False),
+                             ("cat", ("x", 1, 8, 9), False)]))
+    from d3ssl_zoo.transfer.detection.data import ReadStats
+    stats = ReadStats()
+    (r,) = read_voc(tmp_path, "2007", "test", stats=stats)
+    np.testing.assert_array_equal(r.boxes, [[10, 4, 40, 30]])
+    assert stats.skipped == {"objects without 4 finite box corners": 2}
+    xml.write_text("<annotation><size>")
+    with pytest.raises(ValueError, match=r"000001\.xml is not valid XML"):
+        read_voc(tmp_path, "2007", "test")
+
+
 def _square_poly(x1, y1, x2, y2):
     return [[x1, y1, x2, y1, x2, y2, x1, y2]]
 

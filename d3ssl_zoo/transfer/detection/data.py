@@ -77,7 +77,10 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
         xml = base / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
             raise FileNotFoundError(f"{xml} listed in {ids_file} is missing")
-        tree = ET.parse(xml)
+        try:
+            tree = ET.parse(xml)
+        except ET.ParseError as e:
+            raise ValueError(f"{xml} is not valid XML ({e}); fix or restore that annotation file") from None
         size = tree.find("size")
         boxes, labels, difficult = [], [], []
         for obj in tree.findall("object"):
@@ -85,7 +88,14 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
             if name not in index:
                 raise ValueError(f"{xml}: class {name!r} is not one of the {len(class_names)} VOC classes")
             bb = obj.find("bndbox")
-            x1, y1, x2, y2 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            try:
+                corners = [float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+            except (AttributeError, TypeError, ValueError):  # no bndbox, a missing or non-numeric corner
+                corners = []
+            if len(corners) != 4 or not np.isfinite(corners).all():
+                stats.skip("objects without 4 finite box corners")
+                continue
+            x1, y1, x2, y2 = corners
             boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
             labels.append(index[name])
             difficult.append(int(obj.findtext("difficult", "0") or 0) == 1)

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                                # one GPU; planned to take under 8 minutes
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json      # where the JSON goes (default runs/gpu_check.json)
+    python benchmarks/gpu_check.py --batch 128                    # SoCo's per-GPU batch (C4 setting): does it fit?
     python benchmarks/gpu_check.py --device cpu --quick           # smoke test of this script on CPU, tiny sizes
     python benchmarks/gpu_check.py dataset.source=/data/coco/annotations/instances_train2017.json \
         dataset.proposals=/data/coco/proposals_train2017.safetensors       # key=value recipe overrides

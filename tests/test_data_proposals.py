@@ -1,4 +1,6 @@
 """Selective search, SoCo's filters, the proposal file and the resumable proposal tool."""
+import argparse
+import errno
 import os
 from pathlib import Path
 
@@ -7,9 +9,11 @@ import pytest
 from PIL import Image
 
 import d3ssl_zoo.data.proposal_tool as tool
+import d3ssl_zoo.data.proposals as proposals_module
 from d3ssl_zoo.data.datasets import folder_records
 from d3ssl_zoo.data.proposals import (ProposalEntry, ProposalStore, filter_proposals, selective_search,
                                       write_proposal_file)
+from d3ssl_zoo.disk import DiskFullError
 
 
 def make_folder(root: Path, n=4, size=(64, 48)):
@@ -122,6 +126,29 @@ def test_two_workers_give_the_same_file(tmp_path):
     assert one["with_proposals"] == two["with_proposals"] == 4
     for i in a.image_ids:
         assert np.array_equal(a[int(i)], b[int(i)])
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "p.safetensors"
+    write_proposal_file(out, [ProposalEntry(0, "a.png", 64, 48, 0, np.array([[1, 2, 30, 40]], np.float32))],
+                        mode="fast", resize_long=None)
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(proposals_module, "save_file", full_disk)
+    with pytest.raises(DiskFullError, match=f"writing {out}; the proposal files written before are intact"):
+        write_proposal_file(out, [], mode="fast", resize_long=None)
+    assert ProposalStore(out).image_ids.tolist() == [0] and sorted(os.listdir(tmp_path)) == ["p.safetensors"]
+    # through the command line: a clear message and exit code 2, no traceback
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    root = make_folder(tmp_path / "imgs", n=2)
+    rc = tool.run(p.parse_args(["--images", str(root), "--out", str(tmp_path / "q.safetensors"), "--workers", "1",
+                                "--resize-long", "0", "--no-progress"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and "no space left on the device while writing" in err and "q.safetensors" in err
 
 
 def _spawned_children(parent: int) -> list[int]:

@@ -1,4 +1,5 @@
 """Tests of d3ssl_zoo.engine and train/pretrain.py: recipes, resume, NaN guard, checkpoints, export."""
+import errno
 import json
 import sys
 from pathlib import Path
@@ -7,13 +8,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from PIL import Image
+from torch import nn
 
 import d3ssl_zoo
 from d3ssl_zoo.data.proposals import ProposalEntry, write_proposal_file
+from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, list_checkpoints, load_recipe, train,
                               valid_keys)
 from d3ssl_zoo.engine import trainer as trainer_module
+from d3ssl_zoo.engine.checkpoint import (FILES_FILE, DamagedCheckpointError, UnsafeCheckpointError,
+                                       check_output_dir, load_checkpoint, resolve_resume, save_checkpoint,
+                                       verify_checkpoint)
 from d3ssl_zoo.method import D3SSL
 from d3ssl_zoo.tags import recipes_dir
 
@@ -43,7 +50,8 @@ def make_tiny_source(root: Path, num_images: int = 8, size=(96, 80)) -> tuple[Pa
 def tiny_overrides(images: Path, proposals: Path) -> list[str]:
     return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
             "data.small_size=32", "data.num_proposals=2", "method.proj_hidden_dim=32", "method.proj_dim=16",
-            "method.pred_hidden_dim=32", "method.queue_size=48", "train.batch_size=2", "train.epochs=1",
+            "method.pred_hidden_dim=32", "method.queue_size=48", "train.global_batch=null",
+            "train.batch_size=2", "train.epochs=1",
             "train.num_workers=0", "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1",
             "train.keep_last=2", "optim.warmup_epochs=0.5", "optim.base_lr=4.0"]
 
@@ -255,3 +263,120 @@ def test_demo_on_scenes_reports_oknn_against_random_init(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.strip().startswith(("random init", "trained  "))]
     assert len(rows) == 2 and all("24 bank objects" in r and "10 classes" in r for r in rows)
     assert "trained - random init:" in out
+
+
+# --- checkpoints: atomic, verified, never running code -------------------------------------------------------------
+
+class Marker:
+    """Unpickling it opens ``path`` for writing: stands for any code a crafted checkpoint could run."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def tiny_run(out: Path, steps=(1, 2)):
+    """A linear model trained with momentum SGD, checkpointed at ``steps`` into ``out``."""
+    acc = Accelerator()
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model, opt = acc.prepare(model, opt)
+    for step in steps:
+        model(torch.ones(3, 4)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        save_checkpoint(acc, out, {"step": step}, {"lr": 0.1, "model": {"width": 4}}, keep_last=5)
+    return acc, model, opt
+
+
+def test_checkpoint_lists_its_files_and_restores_the_state(tmp_path):
+    _, model, opt = tiny_run(tmp_path / "run")
+    last = list_checkpoints(tmp_path / "run")[-1]
+    files = json.loads((last / FILES_FILE).read_text())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(files)
+    assert all((last / name).stat().st_size == size for name, size in files.items())
+    assert not list(last.glob("custom_checkpoint_*"))
+    acc = Accelerator()
+    fresh = nn.Linear(4, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    fresh, fresh_opt = acc.prepare(fresh, fresh_opt)
+    assert load_checkpoint(acc, last) == {"step": 2}
+    assert torch.equal(fresh.weight, model.weight)
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["momentum_buffer"],
+                       opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("name, damage", [("optimizer.bin", "truncate"), ("model.safetensors", "truncate"),
+                                          ("model.safetensors", "delete"), ("random_states_0.pkl", "empty")])
+def test_resume_auto_skips_a_damaged_checkpoint(tmp_path, caplog, name, damage):
+    tiny_run(tmp_path / "run")
+    first, newest = list_checkpoints(tmp_path / "run")
+    victim = newest / name
+    if damage == "delete":
+        victim.unlink()
+    else:
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
+    with caplog.at_level("WARNING", logger="d3ssl_zoo.engine.checkpoint"):
+        assert resolve_resume("auto", tmp_path / "run") == first
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(newest) in warned and name in warned and f"resuming from {first}" in warned
+    with pytest.raises(DamagedCheckpointError, match=f"{name}.*--resume auto takes the newest intact"):
+        resolve_resume(str(newest), tmp_path / "run")
+    (first / "optimizer.bin").write_bytes(b"")
+    with pytest.raises(DamagedCheckpointError, match="every checkpoint under .* is damaged"):
+        resolve_resume("auto", tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_a_crafted_pickle_is_refused_without_running(tmp_path, name):
+    acc, _, _ = tiny_run(tmp_path / "run")
+    newest = list_checkpoints(tmp_path / "run")[-1]
+    marker = tmp_path / "marker"
+    crafted = newest / name
+    torch.save({"state": Marker(marker)}, crafted)
+    torch.load(crafted, weights_only=False)  # what Accelerate does with custom_checkpoint_*.pkl
+    assert marker.exists()
+    marker.unlink()
+    listed = json.loads((newest / FILES_FILE).read_text())  # a consistent forgery
+    if name in listed:
+        listed[name] = crafted.stat().st_size
+        (newest / FILES_FILE).write_text(json.dumps(listed))
+    for attempt in (lambda: resolve_resume("auto", tmp_path / "run"), lambda: resolve_resume(str(newest), None),
+                    lambda: load_checkpoint(acc, newest)):
+        with pytest.raises(UnsafeCheckpointError, match=f"{crafted}.*could run code"):
+            attempt()
+    assert not marker.exists()
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    acc, _, _ = tiny_run(tmp_path / "run")
+    before = list_checkpoints(tmp_path / "run")
+
+    def full_disk(folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(acc, "save_state", full_disk)
+    with pytest.raises(DiskFullError) as e:
+        save_checkpoint(acc, tmp_path / "run", {"step": 3}, {"lr": 0.1}, keep_last=5)
+    assert e.value.errno == errno.ENOSPC
+    assert f"writing {tmp_path / 'run' / 'checkpoints' / 'step_00000003'}" in str(e.value)
+    assert f"the checkpoints written before are intact (newest: {before[-1]})" in str(e.value)
+    assert list_checkpoints(tmp_path / "run") == before
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    assert verify_checkpoint(before[-1]) == {"step": 2}
+
+
+def test_check_output_dir_refuses_to_mix_runs(tmp_path):
+    tiny_run(tmp_path / "run", steps=(1,))
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    with pytest.raises(FileExistsError, match="already holds checkpoints of a run .*step_00000001"):
+        check_output_dir(tmp_path / "run", {"lr": 0.1, "model": {"width": 4}}, None)
+    with pytest.raises(ValueError, match=r"model.width: 4 -> 8"):
+        check_output_dir(tmp_path / "run", {"lr": 0.1, "model": {"width": 8}}, ckpt)
+    check_output_dir(tmp_path / "run", {"lr": 0.2, "model": {"width": 4}}, ckpt, may_change=("lr",))
+    check_output_dir(tmp_path / "other", {"lr": 0.1}, None)

@@ -1,6 +1,7 @@
 """Detection transfer without detectron2: VOC / COCO evaluators with known answers, readers, the
 R50-C4-form detector and a short fine-tuning run (resume included) on tiny made-up data."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +12,16 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 import d3ssl_zoo
+from d3ssl_zoo.engine.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.tags import recipe_file
 from d3ssl_zoo.transfer.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
                                           coco_results, collate_detection, detector_backbone_state_dict,
                                           evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
                                           read_voc, voc_ap)
 from d3ssl_zoo.transfer.detection.data import hflip_sample
-from d3ssl_zoo.transfer.detection.finetune import finetune, latest_checkpoint
+from d3ssl_zoo.transfer.detection.finetune import finetune
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rec(image_id, boxes, labels, difficult=None):
@@ -353,28 +357,63 @@ def fresh_accelerate():
     AcceleratorState._reset_state(True)
 
 
-def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate):
+def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate, caplog):
     data = tmp_path / "VOCdevkit"
     make_voc(data, "2007", "trainval", {"a": [("cat", (11, 9, 40, 30), False)], "b": [("dog", (31, 21, 60, 44), False)]})
     make_voc(data, "2012", "trainval", {"c": [("dog", (5, 5, 30, 40), False), ("cat", (35, 2, 60, 20), False)]}, 1)
     make_voc(data, "2007", "test", {"t": [("cat", (11, 9, 40, 30), False), ("dog", (41, 5, 60, 20), True)]}, 2)
     over = dict(TINY, min_size_train=[64], anchor_sizes=[16, 32, 64], ims_per_batch=2, max_iter=2, steps=[3],
-                warmup_iters=1, checkpoint_period=2, log_period=1, num_workers=0, sync_bn=False, base_lr=0.01)
+                warmup_iters=1, checkpoint_period=1, log_period=1, num_workers=0, sync_bn=False, base_lr=0.01)
     model_dir = tmp_path / "zoo"
     d3ssl_zoo.save_pretrained(d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0), model_dir, model_name="d3ssl_r18c4")
     logs = []
     out = finetune(load_det_recipe(None, over), str(model_dir), data, tmp_path / "run", evaluate=False, log=logs.append)
-    assert out["step"] == 2 and latest_checkpoint(tmp_path / "run").name == "step_0000002"
+    first, second = list_checkpoints(tmp_path / "run")
+    assert out["step"] == 2 and (first.name, second.name) == ("step_00000001", "step_00000002")
+    assert not list(first.glob("custom_checkpoint_*")) and verify_checkpoint(second)["step"] == 2
     assert any("train: 3 images, 4 objects" in line for line in logs)
-    out = finetune(load_det_recipe(None, dict(over, max_iter=3)), str(model_dir), data, tmp_path / "run",
-                   resume=True, log=logs.append)
-    assert out["step"] == 3 and any("resumed from" in line and "step 2" in line for line in logs)
+    # the same guard as pre-training: no fresh run over another's checkpoints, no resume with another recipe
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        finetune(load_det_recipe(None, over), str(model_dir), data, tmp_path / "run", log=logs.append)
+    with pytest.raises(ValueError, match="base_lr: 0.01 -> 0.02"):
+        finetune(load_det_recipe(None, dict(over, base_lr=0.02)), str(model_dir), data, tmp_path / "run",
+                 resume="auto", log=logs.append)
+    optimizer_file = second / "optimizer.bin"
+    optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])   # a damaged newest checkpoint
+    with caplog.at_level("WARNING", logger="d3ssl_zoo.engine.checkpoint"):
+        out = finetune(load_det_recipe(None, dict(over, max_iter=3)), str(model_dir), data, tmp_path / "run",
+                       resume="auto", log=logs.append)
+    assert any(str(second) in r.getMessage() and "optimizer.bin" in r.getMessage() for r in caplog.records)
+    assert out["step"] == 3 and f"[finetune_det] resumed from {first} at step 1" in logs
+    assert [verify_checkpoint(c)["step"] for c in list_checkpoints(tmp_path / "run")] == [1, 2, 3]
     m = out["metrics"]["bbox"]
     assert set(m) >= {"AP", "AP50", "AP75"} and 0.0 <= m["AP"] <= 100.0
     assert "dog" in m["classes_without_objects"] and "cat" not in m["classes_without_objects"]   # dog only difficult
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["bbox"]["AP50"] == pytest.approx(m["AP50"])
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_finetune_cli_refuses_a_crafted_checkpoint(tmp_path, fresh_accelerate, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("finetune_det", ROOT / "train" / "finetune_det.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    class Marker:   # unpickling it opens the marker for writing: stands for any code a crafted file could run
+        def __reduce__(self):
+            return (open, (str(tmp_path / "marker"), "w"))
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000010"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 10, "steps_per_epoch": 1}))
+    (ckpt / "recipe.yaml").write_text("task: voc\n")
+    torch.save({"last_epoch": Marker()}, ckpt / "custom_checkpoint_0.pkl")   # Accelerate's scheduler slot
+    rc = cli.main(["--task", "voc", "--model", "d3ssl_r18c4", "--data", str(tmp_path), "--output-dir",
+                   str(tmp_path / "run"), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{ckpt / 'custom_checkpoint_0.pkl'}" in err and "could run code" in err
+    assert not (tmp_path / "marker").exists()
 
 
 def test_dataset_flip_is_reproducible_per_epoch(tmp_path):

@@ -2,7 +2,7 @@
 
     accelerate launch train/finetune_det.py --task voc --model d3ssl_r50c4.coco_800ep --data /data/VOCdevkit
     accelerate launch train/finetune_det.py --task coco --model ./my_export --data /data/coco --mixed-precision bf16
-    python train/finetune_det.py --task voc --model ./my_export --data /data/VOCdevkit --resume
+    python train/finetune_det.py --task voc --model ./my_export --data /data/VOCdevkit --resume   # newest intact checkpoint
 
 VOC: Faster R-CNN R50-C4, VOC07+12 trainval, 24k iterations, VOC07 test AP/AP50/AP75.
 COCO: Mask R-CNN R50-C4, 1x (90k iterations), val2017 bbox/segm AP. Recipes:
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.tags import recipe_file
 from d3ssl_zoo.transfer.detection.finetune import finetune
 from d3ssl_zoo.transfer.detection.recipe import load_det_recipe
@@ -41,7 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, type=Path, help="VOCdevkit folder (voc) or COCO root (coco)")
     p.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: d3ssl_zoo/recipes/det_<task>.yaml)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: runs/det_<task>")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --output-dir")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue the run of --output-dir: alone or 'auto', from its newest intact checkpoint; "
+                        "or from the given checkpoint folder")
     p.add_argument("--max-iter", type=int, default=None, help="override the schedule length")
     p.add_argument("--ims-per-batch", type=int, default=None, help="total images per iteration (lr scales linearly)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--task {args.task} but the recipe is for {recipe.task}")
         finetune(recipe, args.model, args.data, args.output_dir or Path("runs") / f"det_{args.task}",
                  resume=args.resume, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DiskFullError) as e:
         print(f"finetune_det: {e}", file=sys.stderr)
         return 2
     return 0

@@ -28,6 +28,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from d3ssl_zoo.disk import DiskFullError
+
 from .datasets import ImageRecord, coco_records, folder_records, load_rgb
 from .proposals import (FALLBACK_LEVELS, ProposalEntry, ProposalStore, image_proposals, name_hash,
                         write_proposal_file)
@@ -235,7 +237,7 @@ def run(args) -> int:
         summary = make_proposals(records, args.out, mode=args.mode, resize_long=args.resize_long or None,
                                  workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
                                  progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DiskFullError) as e:
         print(f"make_proposals: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))

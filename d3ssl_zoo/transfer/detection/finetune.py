@@ -1,9 +1,11 @@
 """Detection fine-tuning without detectron2 (paper §5 "Setting"), on Accelerate.
 
 One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accelerate's
-``mixed_precision``; checkpoint / resume of model, optimizer, scheduler, RNG and step counter
-with ``save_state`` / ``load_state``. Evaluation is separate from training: ``evaluate_detector``
-runs the test split and hands the predictions to the VOC or COCO evaluator.
+``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the engine's
+(``d3ssl_zoo.engine.checkpoint``): atomic, verified and loaded without unpickling code, with the
+same guard against mixing runs in one output folder as pre-training. The learning rate is a pure
+function of the step, so the step restores it. Evaluation is separate from training:
+``evaluate_detector`` runs the test split and hands the predictions to the VOC or COCO evaluator.
 """
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader
+
+from d3ssl_zoo.disk import DiskFullError, is_disk_full
+from d3ssl_zoo.engine.checkpoint import check_output_dir, load_checkpoint, resolve_resume, save_checkpoint
 
 from .data import DetectionDataset, ReadStats, collate_detection, read_coco, read_voc_splits
 from .evaluate import coco_results, evaluate_coco, evaluate_voc
@@ -24,7 +30,10 @@ from .model import build_c4_detector
 from .recipe import DetRecipe, lr_factor
 
 __all__ = ["TaskData", "load_task_data", "param_groups", "precise_bn", "evaluate_detector", "finetune",
-           "latest_checkpoint"]
+           "RESUMABLE_CHANGES"]
+
+# Recipe keys a resumed run may change: they do not alter the steps already taken.
+RESUMABLE_CHANGES = ("max_iter", "checkpoint_period", "keep_last", "log_period", "num_workers", "eval_ims_per_batch")
 
 
 class TaskData:
@@ -68,19 +77,6 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
     return [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": weight_decay_norm}]
 
 
-class _Progress:
-    """Step counter saved with the Accelerate state (the schedule must not restart on resume)."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> Dict[str, int]:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        self.step = int(state["step"])
-
-
 @torch.no_grad()
 def precise_bn(model: nn.Module, batches: Iterable, num_iter: int, run: Callable[[object], object]) -> int:
     """Replace BatchNorm running statistics by their true average over ``num_iter`` batches.
@@ -108,9 +104,30 @@ def precise_bn(model: nn.Module, batches: Iterable, num_iter: int, run: Callable
     return n
 
 
-def latest_checkpoint(output_dir: Path) -> Optional[Path]:
-    ckpts = sorted((Path(output_dir) / "checkpoints").glob("step_*"))
-    return ckpts[-1] if ckpts else None
+def _resume_point(recipe: Dict[str, object], output_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """The checkpoint to resume from (``None``: fresh), after refusing to mix runs in ``output_dir``."""
+    ckpt = resolve_resume(resume, output_dir)
+    if resume is not None and ckpt is None:
+        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint under {output_dir / 'checkpoints'}")
+    check_output_dir(output_dir, recipe, ckpt, may_change=RESUMABLE_CHANGES)
+    return ckpt
+
+
+def _decided_on_main(accelerator, decide: Callable[[], object]) -> object:
+    """``decide()`` run on the main process only, its result (or exception) given to every process: ranks
+    can never resume from different checkpoints."""
+    from accelerate.utils import broadcast_object_list
+
+    box: List[object] = [None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = ("ok", decide())
+        except Exception as e:  # re-raised on every process below
+            box[0] = ("error", e)
+    kind, value = broadcast_object_list(box)[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 @torch.no_grad()
@@ -151,12 +168,14 @@ def evaluate_detector(detector: nn.Module, data: TaskData, recipe: DetRecipe, ac
     return per_type
 
 
-def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Path, *, resume: bool = False,
+def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Path, *, resume: Optional[str] = None,
              evaluate: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
     """Fine-tune a zoo/timm/torchvision backbone as an R50-C4 detector on ``recipe.task``.
 
-    Returns ``{"step", "losses" (last logged), "metrics"}``; writes ``metrics.json``,
-    ``model.safetensors`` (the whole detector) and ``checkpoints/step_*`` under ``output_dir``.
+    ``resume``: ``None`` (fresh: ``output_dir`` must hold no checkpoints), ``'auto'`` (the newest intact
+    checkpoint of ``output_dir``) or a checkpoint folder. Returns ``{"step", "losses" (last logged),
+    "metrics"}``; writes ``metrics.json``, ``model.safetensors`` (the whole detector) and
+    ``checkpoints/step_*`` under ``output_dir``.
     """
     import d3ssl_zoo
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -171,6 +190,8 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     output_dir = Path(output_dir)
     if recipe.ims_per_batch % acc.num_processes:
         raise ValueError(f"ims_per_batch {recipe.ims_per_batch} must be divisible by the {acc.num_processes} processes")
+    run_recipe = json.loads(json.dumps({**asdict(recipe), "model": model_spec}))  # as recipe.yaml reads back
+    ckpt = _decided_on_main(acc, lambda: _resume_point(run_recipe, output_dir, resume))
     data = load_task_data(recipe, data_dir)
     log(f"[finetune_det] {recipe.task} train: {data.train_stats.summary()}; test: {data.test_stats.summary()}")
 
@@ -190,49 +211,52 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     lr = recipe.lr()
     optimizer = torch.optim.SGD(param_groups(detector, recipe.weight_decay, recipe.weight_decay_norm),
                                 lr=lr, momentum=recipe.momentum)
-    # Not passed to prepare(): Accelerate would step it once per process per iteration.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, recipe))
     detector, optimizer, loader = acc.prepare(detector, optimizer, loader)
-    progress = _Progress()
-    acc.register_for_checkpointing(scheduler, progress)
-    if resume:
-        ckpt = latest_checkpoint(output_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoints/step_* under {output_dir}")
-        acc.load_state(str(ckpt))
-        log(f"[finetune_det] resumed from {ckpt} at step {progress.step}")
+    step = 0
+    if ckpt is not None:
+        state = load_checkpoint(acc, ckpt)
+        if state["steps_per_epoch"] != len(loader):
+            raise ValueError(f"checkpoint {ckpt} was written with {state['steps_per_epoch']} steps per epoch, this run "
+                             f"has {len(loader)}: resume with the same training data and ims_per_batch")
+        step = state["step"]
+        log(f"[finetune_det] resumed from {ckpt} at step {step}")
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.json").write_text(json.dumps({**asdict(recipe), "model": model_spec, "lr": lr}, indent=1))
+        (output_dir / "recipe.json").write_text(json.dumps({**run_recipe, "lr": lr}, indent=1))
     log(f"[finetune_det] {recipe.max_iter} iterations, {recipe.ims_per_batch} images/iter, lr {lr:g}, "
         f"{acc.num_processes} process(es), mixed precision {recipe.mixed_precision}")
 
     last: Dict[str, float] = {}
+    last_ckpt = ckpt
     detector.train()
-    while progress.step < recipe.max_iter:
-        epoch, offset = divmod(progress.step, len(loader))
+    while step < recipe.max_iter:
+        epoch, offset = divmod(step, len(loader))
         loader.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         batches = acc.skip_first_batches(loader, offset) if offset else loader
         for images, targets in batches:
+            step_lr = lr * lr_factor(step, recipe)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
             targets = [{k: v for k, v in t.items() if k != "index"} for t in targets]
             losses = detector(images, targets)
             loss = sum(losses.values())
             if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"loss is {float(loss)} at step {progress.step}: {losses}")
+                raise FloatingPointError(f"loss is {float(loss)} at step {step}: {losses}")
             acc.backward(loss)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            if progress.step % recipe.log_period == 0 or progress.step == recipe.max_iter:
+            step += 1
+            if step % recipe.log_period == 0 or step == recipe.max_iter:
                 reduced = {k: float(acc.reduce(v.detach(), "mean")) for k, v in losses.items()}
                 last = {"loss": sum(reduced.values()), **reduced}
-                log(f"[finetune_det] step {progress.step}/{recipe.max_iter} lr {scheduler.get_last_lr()[0]:.5f} "
+                log(f"[finetune_det] step {step}/{recipe.max_iter} lr {step_lr:.5f} "
                     + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
-            if progress.step % recipe.checkpoint_period == 0 or progress.step == recipe.max_iter:
-                acc.save_state(str(output_dir / "checkpoints" / f"step_{progress.step:07d}"))
-            if progress.step >= recipe.max_iter:
+            if step % recipe.checkpoint_period == 0 or step == recipe.max_iter:
+                last_ckpt = save_checkpoint(acc, output_dir, {
+                    "step": step, "epoch": step // len(loader), "steps_per_epoch": len(loader),
+                    "num_processes": acc.num_processes}, run_recipe, recipe.keep_last)
+            if step >= recipe.max_iter:
                 break
     if recipe.precise_bn_iters > 0:
         core = acc.unwrap_model(detector)
@@ -240,11 +264,17 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
                        lambda b: core(b[0], [{k: v for k, v in t.items() if k != "index"} for t in b[1]]))
         log(f"[finetune_det] precise BN: BatchNorm statistics averaged over {n} training batches")
     acc.wait_for_everyone()
-    acc.save_model(detector, str(output_dir), safe_serialization=True)
+    try:
+        acc.save_model(detector, str(output_dir), safe_serialization=True)
+    except (OSError, SafetensorError) as e:
+        if not is_disk_full(e, output_dir):
+            raise
+        raise DiskFullError(output_dir / "model.safetensors", f"the trained state is in the checkpoint {last_ckpt}; "
+                            f"--resume auto writes the detector from it without training again") from e
     metrics = evaluate_detector(detector, data, recipe, acc) if evaluate else {}
     if acc.is_main_process and metrics:
         (output_dir / "metrics.json").write_text(json.dumps(
             {t: {k: v for k, v in m.items() if k != "summary"} for t, m in metrics.items()}, indent=1))
         for t, m in metrics.items():
             log(f"[finetune_det] {t}: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f}")
-    return {"step": progress.step, "losses": last, "metrics": metrics}
+    return {"step": step, "losses": last, "metrics": metrics}

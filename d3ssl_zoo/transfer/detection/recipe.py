@@ -44,6 +44,7 @@ class DetRecipe(C4DetectorConfig):
     sync_bn: bool = True
     mixed_precision: str = "no"                               # no | fp16 | bf16 (Accelerate)
     checkpoint_period: int = 2000
+    keep_last: int = 0                                        # newest checkpoints kept (0: all, as detectron2)
     log_period: int = 20
     num_workers: int = 4
     eval_ims_per_batch: int = 1

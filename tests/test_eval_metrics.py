@@ -149,6 +149,12 @@ def test_run_coupling_and_mcs_bad_inputs(split):
         run_mcs(model, *split, tile_size=50, progress=False)
     with pytest.raises(ValueError, match="lower --min-object-size"):
         run_mcs(model, *split, min_object_size=1000, progress=False)
+    with pytest.raises(ValueError, match="need num_crops >= 1.*got num_crops=-3"):
+        run_mcs(model, *split, num_crops=-3, progress=False)
+    with pytest.raises(ValueError, match="tile_size >= 32.*tile_size=0"):
+        run_mcs(model, *split, tile_size=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size >= 1.*batch_size=0"):
+        run_coupling(model, *split, batch_size=0, progress=False)
 
 
 def test_plot_and_tables(tmp_path):

@@ -261,6 +261,9 @@ def test_run_oknn_bad_inputs(splits, r18, tmp_path):
         run_oknn(r18, *splits, k=50, short_side=64, progress=False)
     with pytest.raises(ValueError, match="temperature > 0"):
         run_oknn(r18, *splits, temperature=0, progress=False)
+    for bad in (dict(short_side=0), dict(short_side=-1), dict(batch_size=0)):
+        with pytest.raises(ValueError, match="need short_side >= 1 and batch_size >= 1"):
+            run_oknn(r18, *splits, progress=False, **bad)
     ann, img_dir = write_coco(tmp_path, "other", 2)
     d = json.load(open(ann))
     d["categories"].append({"id": 77, "name": "extra"})

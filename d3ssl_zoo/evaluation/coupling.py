@@ -93,6 +93,9 @@ def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_
                  gap: int = 0, min_object_size: float = 32, seed: int = 0, batch_size: int = 8,
                  device=None, progress: bool = True) -> dict:
     """Coupling rate per stage over ``num_pairs`` seeded pairs of ground-truth objects of ``ann``."""
+    if num_pairs < 1 or batch_size < 1 or object_size < 32 or gap < 0:
+        raise ValueError(f"need num_pairs >= 1, batch_size >= 1, object_size >= 32 and gap >= 0, got "
+                         f"num_pairs={num_pairs}, batch_size={batch_size}, object_size={object_size}, gap={gap}")
     if object_size % 32 or gap % 32:
         raise ValueError(f"object_size ({object_size}) and gap ({gap}) must be multiples of 32 (the C5 "
                          f"stride) so every box lies on each stage's grid")

@@ -68,6 +68,9 @@ def run_mcs(model: nn.Module, ann, images, *, num_crops: int = 100, tile_size: i
             min_object_size: float = 32, seed: int = 0, batch_size: int = 8, device=None,
             progress: bool = True) -> dict:
     """Positional MCS per stage over ``num_crops`` seeded ground-truth objects of ``ann``."""
+    if num_crops < 1 or batch_size < 1 or tile_size < 32:
+        raise ValueError(f"need num_crops >= 1, batch_size >= 1 and tile_size >= 32, got num_crops={num_crops}, "
+                         f"batch_size={batch_size}, tile_size={tile_size}")
     if tile_size % 32:
         raise ValueError(f"tile_size ({tile_size}) must be a multiple of 32 (the C5 stride) so every "
                          f"tile lies on each stage's grid")

@@ -249,6 +249,9 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
     """
     if k < 1 or temperature <= 0:
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+    if short_side < 1 or batch_size < 1:
+        raise ValueError(f"need short_side >= 1 and batch_size >= 1, got short_side={short_side}, "
+                         f"batch_size={batch_size}")
     train = load_coco_objects(train_ann, train_images)
     val = load_coco_objects(val_ann, val_images)
     if train.category_ids != val.category_ids:

@@ -2,7 +2,7 @@
 
     accelerate launch train/finetune_det.py --task voc --model d3ssl_r50c4.coco_800ep --data /data/VOCdevkit
     accelerate launch train/finetune_det.py --task coco --model ./my_export --data /data/coco --mixed-precision bf16
-    python train/finetune_det.py --task voc --model ./my_export --data /data/VOCdevkit --resume   # newest intact checkpoint
+    python train/finetune_det.py --task voc --model ./my_export --data /data/VOCdevkit --resume
 
 VOC: Faster R-CNN R50-C4, VOC07+12 trainval, 24k iterations, VOC07 test AP/AP50/AP75.
 COCO: Mask R-CNN R50-C4, 1x (90k iterations), val2017 bbox/segm AP. Recipes:

@@ -88,6 +88,18 @@ def boxes_to_rois(boxes: BoxesLike, batch_size: int, device=None, dtype=torch.fl
     return torch.cat(rois, dim=0)
 
 
+def batched_rois(boxes: Tensor) -> Tensor:
+    """``(B, K, 4)`` xyxy boxes -> ``(B*K, 5)`` RoIs (batch index first) in one op, without validation.
+
+    For the training step, whose boxes the data pipeline validated on the CPU
+    (:class:`d3ssl_zoo.data.PretrainCollator`): checking them again on the device would cost a host
+    sync per image.
+    """
+    b, k = boxes.shape[:2]
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
+    return torch.cat([index[:, None], boxes.reshape(b * k, 4)], dim=1)
+
+
 def region_align(features: Tensor, rois: Tensor, output_size: int, stride: int) -> Tensor:
     """RoIAlign of ``(N, 5)`` pixel RoIs on a feature map of the given ``stride``.
 

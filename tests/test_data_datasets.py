@@ -217,3 +217,18 @@ def test_load_coco_drops_and_counts_invalid_annotations(tmp_path):
                                                         "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
     coco, dropped = load_coco(path)
     assert dropped == 3 and [a["id"] for a in coco.imgToAnns[1]] == [1]
+
+
+def test_collator_validates_view_boxes_on_the_cpu(tmp_path):
+    # the training step builds RoIs without checks (no host sync): the collator is where bad boxes stop
+    root, records, entries = make_source(tmp_path)
+    prop = tmp_path / "p.safetensors"
+    write_proposal_file(prop, entries, mode="fast", resize_long=500)
+    ds = build_pretrain_dataset(CFG, root, prop, seed=1)
+    samples = [ds[0], ds[1]]
+    collate = PretrainCollator(CFG)
+    assert collate(samples)["boxes2"].dtype == torch.float32
+    samples[1]["boxes2"] = samples[1]["boxes2"].copy()
+    samples[1]["boxes2"][1, 0] = np.nan
+    with pytest.raises(ValueError, match=rf"boxes2 of image id {samples[1]['image_id']} has a non-finite"):
+        collate(samples)

@@ -255,7 +255,8 @@ def test_demo_on_scenes_reports_oknn_against_random_init(tmp_path, capsys):
     source = "scenes:num_pretrain=8,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=2"
     args = ["--output-dir", str(tmp_path / "demo"), "--eval-short-side", "96", f"dataset.source={source}",
             "data.image_size=64", "data.small_size=32", "method.roi_size=4", "method.roi_size_small=2",
-            "method.proj_hidden_dim=32", "method.proj_dim=16", "method.queue_size=64", "train.batch_size=4",
+            "method.proj_hidden_dim=32", "method.proj_dim=16", "method.queue_size=64", "train.global_batch=4",
+            "train.batch_size=4",
             "train.epochs=1", "train.tracker=none"]
     assert pretrain.main(args) == 0
     out = capsys.readouterr().out

@@ -301,3 +301,12 @@ def test_soco_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings()
         out = m(batch)
     assert out["loss"].dtype == torch.float32
     assert out["loss"].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_batched_rois_equal_the_validated_conversion():
+    from d3ssl_zoo.boxes import batched_rois, boxes_to_rois
+
+    boxes = torch.tensor([[[0, 0, 10, 12], [4, 5, 30, 31]], [[1, 2, 3, 4], [0, 0, 63, 63]]], dtype=torch.float32)
+    rois = batched_rois(boxes)
+    assert torch.equal(rois, boxes_to_rois(list(boxes), 2))
+    assert rois[:, 0].tolist() == [0, 0, 1, 1] and rois.dtype == torch.float32

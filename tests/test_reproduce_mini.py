@@ -15,7 +15,7 @@ ARGS = ["--rungs", "d3ssl", "soco", "--seeds", "0", "--short-side", "96", "--num
         "--object-size", "64", "--min-object-size", "16", "--ceiling-steps", "2",
         "--override", f"dataset.source={SOURCE}", "data.image_size=64", "data.small_size=32", "method.roi_size=4",
         "method.roi_size_small=2", "method.proj_hidden_dim=32", "method.pred_hidden_dim=32", "method.queue_size=64",
-        "train.batch_size=4", "train.epochs=2", "train.checkpoint_every=3"]
+        "train.global_batch=4", "train.batch_size=4", "train.epochs=2", "train.checkpoint_every=3"]
 
 
 @pytest.fixture(scope="module")

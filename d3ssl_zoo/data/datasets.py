@@ -2,8 +2,9 @@
 collator that turns samples into the batch of the engine contract (SPEC Sec. 3).
 
 Per-sample randomness comes from ``numpy.random.default_rng([seed, epoch, index])``, so a
-resumed run sees the same samples. ``set_epoch`` must be called before each epoch's DataLoader
-iterator is created (workers copy the dataset then; do not use ``persistent_workers=True``).
+resumed run sees the same samples. The engine's sampler yields ``(epoch, index)`` keys, so data
+workers (persistent ones too) need no epoch state; a plain integer index uses the epoch last given
+to ``set_epoch``.
 """
 from __future__ import annotations
 
@@ -132,17 +133,30 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``index`` (views of the epoch last set with :meth:`set_epoch`) or ``(epoch, index)`` (what the
+        engine's sampler yields, so that data workers need no epoch state)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rec = self.records[index]
         image = load_rgb(rec.path)
         w, h = self.proposals.image_size(rec.image_id)
         if image.shape[:2] != (h, w):
             raise ValueError(f"image {rec.path} is {image.shape[1]}x{image.shape[0]} but proposal file "
                              f"{self.proposals.path} was made for a {w}x{h} image; remake the proposals")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         sample = make_views(image, self.proposals[rec.image_id], self.cfg, rng)
         sample["image_id"] = rec.image_id
         return sample
+
+
+def _check_view_boxes(boxes: np.ndarray, key: str, image_ids: torch.Tensor) -> None:
+    """The box checks of :func:`d3ssl_zoo.validate_boxes`, made once here on the CPU so that the
+    training step builds its RoIs without a host sync."""
+    bad = ~np.isfinite(boxes).all(-1) | (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"{key} of image id {int(image_ids[i])} has a non-finite or negative-size box "
+                         f"{boxes[i, j].tolist()} (xyxy pixels of the view); check that image's proposals")
 
 
 class PretrainCollator:
@@ -175,7 +189,9 @@ class PretrainCollator:
                 batch[key] = self._normalise(self._images([s[key] for s in samples]))
         for key in ("boxes1", "boxes2", "boxes2s", "boxes3"):
             if key in samples[0]:
-                batch[key] = torch.from_numpy(np.stack([s[key] for s in samples])).float()
+                boxes = np.stack([s[key] for s in samples]).astype(np.float32)
+                _check_view_boxes(boxes, key, batch["image_id"])
+                batch[key] = torch.from_numpy(boxes)
         if "m_hat" in samples[0]:
             m = torch.from_numpy(np.stack([s["m"] for s in samples]))
             m_hat = torch.from_numpy(np.stack([s["m_hat"] for s in samples]))

@@ -69,7 +69,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 800  # paper
-    batch_size: int = 64  # ours: per process
+    global_batch: int | None = None  # images per optimiser step over all processes; None: batch_size x processes
+    batch_size: int = 64  # ours: micro-batch per process (gradient accumulation makes up the global batch)
     seed: int = 0  # ours
     mixed_precision: str = "no"  # 'no', 'bf16' or 'fp16' (Accelerate)
     num_workers: int = 8  # ours: data loader workers per process
@@ -104,6 +105,8 @@ class Recipe:
         if not self.method.tau > 0:  # Eq. 5 divides by tau: 0 gives inf/NaN, < 0 inverts the contrast
             raise ValueError(f"method.tau must be > 0 (the temperature of Eq. 5; the recipes use 0.2), "
                              f"got {self.method.tau}")
+        if self.train.global_batch is not None and self.train.global_batch < 1:
+            raise ValueError(f"train.global_batch must be >= 1 or null, got {self.train.global_batch}")
         for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "keep_last"):
             if getattr(self.train, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")

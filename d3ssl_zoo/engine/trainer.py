@@ -6,6 +6,7 @@ forward (Eq. 10), NaN guard, backward, LARS step, teacher EMA, log, maybe checkp
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -15,7 +16,8 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_wandb_available, set_seed
+from accelerate.utils import (DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list,
+                              is_wandb_available, set_seed)
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -27,7 +29,8 @@ from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, moment
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Recipe, recipe_to_dict
 
-__all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "build_method", "train"]
+__all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",
+           "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +41,14 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the weights were touched."""
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation per epoch, a pure function of ``(seed, epoch)``.
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """A random permutation per epoch, a pure function of ``(seed, epoch)``, yielding ``(epoch, index)``.
 
-    Accelerate shards its batches across processes; resuming at (epoch, batch) replays the same
-    order, so a resumed run sees exactly the samples an uninterrupted run would have seen.
+    The epoch travels with every index, so a sample's random views are a function of (seed, epoch,
+    index) even in data workers that outlive an epoch (persistent workers never see a
+    ``dataset.set_epoch`` made in the main process). Accelerate shards the batches across processes;
+    resuming at (epoch, batch) replays the same order, so a resumed run sees exactly the samples an
+    uninterrupted run would have seen.
     """
 
     def __init__(self, num_samples: int, seed: int) -> None:
@@ -56,9 +62,9 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        return iter([(self.epoch, i) for i in torch.randperm(self.num_samples, generator=g).tolist()])
 
 
 @dataclass
@@ -69,6 +75,26 @@ class TrainResult:
     step: int
     total_steps: int
     method: nn.Module  # the trained method module (student, teacher, queue), unwrapped
+
+
+def accumulation_steps(global_batch: int | None, micro_batch: int, num_processes: int) -> int:
+    """Micro-batches each process accumulates per optimiser step to reach the recipe's global batch.
+
+    ``global_batch=None``: no accumulation (the global batch is ``micro_batch x num_processes``).
+    A global batch the launch cannot reach exactly is an error that names the fixes.
+    """
+    if global_batch is None:
+        return 1
+    per_step = micro_batch * num_processes
+    if global_batch % per_step:
+        fits = [b for b in range(micro_batch, 0, -1) if global_batch % (b * num_processes) == 0]
+        hint = (f"set train.batch_size={fits[0]} (the largest micro-batch that divides it)" if fits else
+                "launch on a number of processes that divides it")
+        raise ValueError(
+            f"train.global_batch={global_batch} (the recipe's) cannot be reached with {num_processes} process(es) "
+            f"x micro-batches of train.batch_size={micro_batch}: it is not a multiple of {per_step}. {hint.capitalize()}, "
+            f"or override train.global_batch (that changes the recipe's optimisation)")
+    return global_batch // per_step
 
 
 def build_method(recipe: Recipe, backbone: nn.Module) -> nn.Module:
@@ -141,19 +167,27 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
     output_dir = Path(output_dir)
     accelerator = _accelerator(recipe, output_dir)
     set_seed(recipe.train.seed)
-    ckpt = resolve_resume(resume, output_dir)
+    # one process decides which checkpoint to resume from, so ranks can never pick different ones
+    # (a checkpoint completed between two ranks' directory listings)
+    choice = [str(resolve_resume(resume, output_dir) or "") if accelerator.is_main_process else None]
+    broadcast_object_list(choice)
+    ckpt = Path(choice[0]) if choice[0] else None
 
     with accelerator.main_process_first():  # the first process builds any cache (sample dataset)
         dataset = build_pretrain_dataset(recipe.data, recipe.dataset.source, recipe.dataset.proposals,
                                          seed=recipe.train.seed)
+    nproc = accelerator.num_processes
+    micro_batch = recipe.train.batch_size
+    accum = accumulation_steps(recipe.train.global_batch, micro_batch, nproc)
+    global_batch = micro_batch * nproc * accum
     sampler = EpochShuffleSampler(len(dataset), recipe.train.seed)
-    loader = DataLoader(dataset, batch_size=recipe.train.batch_size, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler,
                         collate_fn=PretrainCollator(recipe.data), num_workers=recipe.train.num_workers,
                         drop_last=True, pin_memory=accelerator.device.type == "cuda")
 
     method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
                                                          zero_init_last=recipe.model.zero_init_last))
-    if accelerator.num_processes > 1 and recipe.method.sync_bn:
+    if nproc > 1 and recipe.method.sync_bn:
         if accelerator.device.type == "cpu":
             logger.warning("method.sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own "
                            "batch statistics")
@@ -163,23 +197,29 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
                      momentum=recipe.optim.momentum, eta=recipe.optim.eta)
     method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
 
-    steps_per_epoch = len(loader)
+    # one optimiser step = `accum` micro-batches on each process; an epoch's last micro-batches that
+    # cannot fill a global batch are dropped, as drop_last drops a partial batch
+    steps_per_epoch = len(loader) // accum
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(dataset)} images give no full batch of {recipe.train.batch_size} per process "
-                         f"on {accelerator.num_processes} process(es); lower train.batch_size")
+        raise ValueError(f"{len(dataset)} images give no full global batch of {global_batch} "
+                         f"({nproc} process(es) x {accum} micro-batch(es) of {micro_batch}); "
+                         f"lower train.global_batch and train.batch_size")
     total_steps = recipe.train.epochs * steps_per_epoch
     warmup_steps = round(recipe.optim.warmup_epochs * steps_per_epoch)
-    global_batch = recipe.train.batch_size * accelerator.num_processes
     peak_lr = scaled_lr(recipe.optim.base_lr, global_batch, recipe.optim.base_batch)
+    layout = {"global_batch": global_batch, "num_processes": nproc, "accumulation": accum,
+              "steps_per_epoch": steps_per_epoch}
+    accelerator.print(f"global batch {global_batch} = {nproc} process(es) x {accum} accumulated micro-batch(es) "
+                      f"x {micro_batch} images; {steps_per_epoch} steps per epoch, peak lr {peak_lr:.4g}")
 
     step = 0
     if ckpt is not None:
         state = load_checkpoint(accelerator, ckpt)
-        if state["global_batch"] != global_batch or state["steps_per_epoch"] != steps_per_epoch:
+        saved = {k: state.get(k, 1 if k == "accumulation" else None) for k in layout}
+        if saved != layout:
             raise ValueError(
-                f"checkpoint {ckpt} was written with a global batch of {state['global_batch']} and "
-                f"{state['steps_per_epoch']} steps per epoch; this run has {global_batch} and {steps_per_epoch}. "
-                f"Resume with the same number of processes and train.batch_size")
+                f"checkpoint {ckpt} was written with {saved}; this run has {layout}. Resume with the same "
+                f"number of processes, train.batch_size and train.global_batch")
         step = state["step"]
         accelerator.print(f"resumed from {ckpt} at step {step}/{total_steps}")
 
@@ -191,42 +231,69 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
     def checkpoint() -> Path:
         return save_checkpoint(accelerator, output_dir, {
             "step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "global_batch": global_batch,
-            "num_processes": accelerator.num_processes, "tag": recipe.tag}, recipe_dict, recipe.train.keep_last)
+            "total_steps": total_steps, **layout, "tag": recipe.tag}, recipe_dict, recipe.train.keep_last)
+
+    # Loss values stay on the device between log intervals: no host sync inside a step. Finiteness is
+    # checked at every log and before every checkpoint, so the last checkpoint is always a good one.
+    names: list[str] = []
+    sums = first_bad = None
+
+    def check_and_reset() -> dict[str, float]:
+        nonlocal sums
+        totals = accelerator.reduce(sums, reduction="sum")
+        means = dict(zip(names, (totals / max((step - tic_step) * nproc, 1)).tolist()))
+        bad = [int(v) for v in accelerator.gather(first_bad.view(1)).tolist() if v >= 0]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {min(bad)} (epoch {min(bad) // steps_per_epoch}); mean over steps "
+                f"{tic_step}-{step - 1}: {means}. The updates from that step on are not saved; last good "
+                f"checkpoint: {last_ckpt or 'none written yet'}. Lower optim.base_lr, use "
+                f"train.mixed_precision=bf16 instead of fp16, or check the data; resume with --resume auto")
+        sums = torch.zeros_like(sums)
+        return means
 
     bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc=recipe.tag, dynamic_ncols=True)
     method.train()
     tic, tic_step = time.perf_counter(), step
+    # No barrier on the way out of a failure: a process that raised must exit at once (the launcher
+    # then stops the others), instead of waiting for processes that sit in the next collective.
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            skip = step % steps_per_epoch
-            for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+            # The prepared loader re-sets its sampler's epoch from its own iteration counter on every
+            # pass, and that counter restarts at 0 in a relaunched process: set it from the step.
+            loader.set_epoch(epoch)
+            skip = (step % steps_per_epoch) * accum
+            batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
+            for _ in range(step % steps_per_epoch, steps_per_epoch):
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.optim.final_lr)
                 momentum = momentum_at(step, total_steps, recipe.method.momentum_base, recipe.method.momentum_final)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                out = method(batch)
-                names = sorted(out)
-                values = accelerator.gather(torch.stack([out[k].detach().float() for k in names]).unsqueeze(0))
-                if not torch.isfinite(values).all():
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} (epoch {epoch}): "
-                        f"{dict(zip(names, values.mean(0).tolist()))}. Training stopped before this step's update; "
-                        f"last good checkpoint: {last_ckpt or 'none written yet'}. Lower optim.base_lr, "
-                        f"use train.mixed_precision=bf16 instead of fp16, or check the data; resume with --resume auto")
-                accelerator.backward(out["loss"])
+                for i in range(accum):
+                    # gradients are all-reduced once per step, on the last micro-batch
+                    with accelerator.no_sync(method) if i < accum - 1 else contextlib.nullcontext():
+                        out = method(next(batches))
+                        accelerator.backward(out["loss"] / accum)
+                    values = torch.stack([out[k].detach().float() for k in sorted(out)]) / accum
+                    if sums is None:
+                        names = sorted(out)
+                        sums = torch.zeros_like(values)
+                        first_bad = torch.full((), -1, dtype=torch.long, device=values.device)
+                    sums += values
+                    newly_bad = ~torch.isfinite(values).all() & (first_bad < 0)
+                    first_bad = torch.where(newly_bad, torch.full_like(first_bad, step), first_bad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                raw.momentum_update(momentum)  # teacher EMA after the student's update
+                if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skipped an overflowing step
+                    raw.momentum_update(momentum)  # teacher EMA after the student's update
                 step += 1
                 bar.update(1)
-                if step % recipe.train.log_every == 0 or step == total_steps:
+                due_ckpt = step % recipe.train.checkpoint_every == 0 or step == total_steps
+                if step % recipe.train.log_every == 0 or due_ckpt:
                     elapsed = time.perf_counter() - tic
-                    metrics = {k: v for k, v in zip(names, values.mean(0).tolist())}
+                    metrics = check_and_reset()
                     metrics.update(lr=lr, momentum=momentum,
                                    images_per_s=global_batch * (step - tic_step) / max(elapsed, 1e-9))
                     if hasattr(raw, "queue"):
@@ -234,14 +301,12 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
                     accelerator.log(metrics, step=step)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.3g}")
                     tic, tic_step = time.perf_counter(), step
-                if step % recipe.train.checkpoint_every == 0 or step == total_steps:
+                if due_ckpt:
                     last_ckpt = checkpoint()
-                if step == total_steps:
-                    break
         export_dir = _export(accelerator, method, recipe, output_dir, step, total_steps, steps_per_epoch)
+        accelerator.wait_for_everyone()
     finally:
         bar.close()
-        accelerator.wait_for_everyone()
         accelerator.end_training()
     return TrainResult(output_dir=output_dir, export_dir=export_dir, last_checkpoint=last_ckpt,
                        step=step, total_steps=total_steps, method=raw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from d3ssl_zoo.boxes import boxes_to_rois, region_align
+from d3ssl_zoo.boxes import batched_rois, region_align
 
 __all__ = ["MLPHead", "RegionEncoder"]
 
@@ -39,7 +39,7 @@ class RegionEncoder(nn.Module):
         self.projector = MLPHead(backbone.num_features, hidden_dim, out_dim)
 
     def forward(self, images: Tensor, boxes: Tensor, roi_size: int) -> Tensor:
-        rois = boxes_to_rois(list(boxes), images.shape[0], device=images.device)
+        rois = batched_rois(boxes.to(images.device))  # validated by the collator, on the CPU
         c4 = self.backbone.forward_c4(images)
         regions = region_align(c4, rois, roi_size, self.backbone.c4_stride)
         return self.projector(self.backbone.forward_region_head(regions))

@@ -1,0 +1,179 @@
+"""Exact resume, failure handling and the global batch through the user's path: ``accelerate launch train/pretrain.py``
+in real processes (issue 10, items 1-3).
+
+A run relaunched from a copy of one of its checkpoints (what a kill leaves behind) must end
+bit-identical to the uninterrupted run, whether the checkpoint lies inside epoch 0, on an epoch
+boundary or later, on one process and on two (gloo on CPU). One failing process must end the whole
+job promptly with its error visible, not leave the others waiting in a collective.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_engine import make_tiny_source
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ROOT / "train" / "pretrain.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overrides(images: Path, proposals: Path, *extra: str) -> list[str]:
+    # 8 images, global batch 4 in micro-batches of 2: one process accumulates 2 micro-batches per step,
+    # two processes take one each; 2 steps per epoch either way, 3 epochs
+    return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
+            "data.small_size=32", "data.num_proposals=2", "method.roi_size=4", "method.roi_size_small=2",
+            "method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
+            "method.queue_size=48", "train.global_batch=4", "train.batch_size=2", "train.epochs=3", "train.num_workers=0",
+            "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1", "train.keep_last=20",
+            "optim.warmup_epochs=0.5", "optim.base_lr=4.0", *extra]
+
+
+def launch(out: Path, overrides: list[str], nproc: int, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if nproc > 1:
+        cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    cmd += [str(PRETRAIN), "--no-eval", "--output-dir", str(out), *overrides]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def _state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint: the method module (student, teacher, queue) and the optimiser."""
+    state = {f"model.{k}": v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
+    optim = torch.load(ckpt / "optimizer.bin", weights_only=True, map_location="cpu")
+    for i, s in optim["state"].items():
+        for k, v in s.items():
+            state[f"optim.{i}.{k}"] = v
+    return state
+
+
+def _differing(a: Path, b: Path) -> list[str]:
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_tiny_source(tmp_path_factory.mktemp("resume_data"))
+
+
+@pytest.mark.parametrize("nproc, resume_steps", [(1, (1, 2, 5)), (2, (1, 4))],
+                         ids=["1-process", "2-processes"])
+def test_relaunch_from_a_checkpoint_equals_the_uninterrupted_run(source, tmp_path, nproc, resume_steps):
+    # resume points: inside epoch 0, on the boundary of epochs 0/1, inside a later epoch
+    overrides = _overrides(*source)
+    straight = tmp_path / "straight"
+    _ok(launch(straight, overrides, nproc))
+    steps_per_epoch = 2
+    final = straight / "checkpoints" / f"step_{3 * steps_per_epoch:08d}"
+    assert final.is_dir()
+    for k in resume_steps:
+        run = tmp_path / f"from_{k}"
+        src = straight / "checkpoints" / f"step_{k:08d}"
+        shutil.copytree(src, run / "checkpoints" / src.name)
+        proc = launch(run, overrides, nproc)  # --resume auto is the default
+        _ok(proc)
+        assert f"resumed from {run / 'checkpoints' / src.name} at step {k}/" in proc.stdout
+        for later in range(k + 1, 3 * steps_per_epoch + 1):
+            name = f"step_{later:08d}"
+            diff = _differing(straight / "checkpoints" / name, run / "checkpoints" / name)
+            assert not diff, f"resumed from step {k}: {len(diff)} tensors differ at {name}, e.g. {diff[:3]}"
+        exported = [load_file(str(d / "export" / "model.safetensors")) for d in (straight, run)]
+        assert all(torch.equal(v, exported[1][k2]) for k2, v in exported[0].items())
+        shutil.rmtree(run)
+    # every micro-batch's keys went into the queue: steps x accumulation x 2 views x 2 images x K=2,
+    # on each process, gathered from all processes
+    queue = load_file(str(final / "model.safetensors"))
+    assert int(queue["queue.num_enqueued"]) == 6 * 2 * 2 * 2 * 2
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert (state["global_batch"], state["num_processes"], state["accumulation"]) == (4, nproc, 2 // nproc)
+
+
+def test_a_failing_process_ends_the_job_promptly_with_its_error(tmp_path):
+    # one image is unreadable: only the process whose shard holds it fails; the launcher must return
+    # non-zero with the error, not wait for the collective timeout (30 min with gloo)
+    images, proposals = make_tiny_source(tmp_path / "data")
+    (images / "img5.png").write_bytes(b"not a png")
+    proc = launch(tmp_path / "run", _overrides(images, proposals), 2, timeout=240)
+    assert proc.returncode != 0
+    assert "img5.png" in proc.stderr
+
+
+# --- the global batch (issue 10, item 3) --------------------------------------------------------------------------
+
+def test_accumulation_reaches_the_recipes_global_batch_or_names_the_fix():
+    from d3ssl_zoo.engine import accumulation_steps
+
+    assert accumulation_steps(1024, 128, 8) == 1  # SoCo's 8 GPUs
+    assert accumulation_steps(1024, 128, 1) == 8
+    assert accumulation_steps(1024, 64, 4) == 4
+    assert accumulation_steps(None, 32, 2) == 1  # no global batch stated: batch_size x processes
+    with pytest.raises(ValueError, match=r"train.global_batch=1024 .* 16 process\(es\) .* multiple of 2048\. "
+                                         r"Set train.batch_size=64"):
+        accumulation_steps(1024, 128, 16)
+    with pytest.raises(ValueError, match=r"multiple of 64\. Set train.batch_size=16 "):
+        accumulation_steps(32, 32, 2)  # the demo on two processes
+    with pytest.raises(ValueError, match="Launch on a number of processes that divides it, or override "
+                                         "train.global_batch"):
+        accumulation_steps(1024, 128, 3)
+
+
+def test_accumulated_steps_update_once_per_global_batch(source, tmp_path, monkeypatch):
+    from d3ssl_zoo.engine import load_recipe, train
+    from d3ssl_zoo.method import D3SSL, LARS
+    from test_engine import RECIPES
+
+    counts = {"forward": 0, "step": 0, "ema": 0}
+    for cls, name, key in ((D3SSL, "forward", "forward"), (LARS, "step", "step"), (D3SSL, "momentum_update", "ema")):
+        real = getattr(cls, name)
+
+        def counted(self, *a, _real=real, _key=key, **k):
+            counts[_key] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(cls, name, counted)
+    recipe = load_recipe(RECIPES / "demo.yaml", _overrides(*source, "train.epochs=2", "train.checkpoint_every=100"))
+    result = train(recipe, tmp_path / "run")
+    # 8 images / global batch 4 = 2 steps per epoch; each step = 2 micro-batches of 2 on this one process
+    assert (result.step, result.total_steps) == (4, 4)
+    assert counts == {"forward": 8, "step": 4, "ema": 4}
+    assert int(result.method.queue.num_enqueued) == 8 * 2 * 2 * 2  # every micro-batch's keys
+    state = json.loads((result.last_checkpoint / "trainer_state.json").read_text())
+    assert (state["global_batch"], state["accumulation"], state["steps_per_epoch"]) == (4, 2, 2)
+
+
+def test_teacher_ema_skips_the_steps_the_fp16_scaler_skipped(source, tmp_path, monkeypatch):
+    # fp16 needs a GPU: the scaler's verdict is simulated; a skipped step leaves the teacher untouched
+    from accelerate import Accelerator
+
+    from d3ssl_zoo.engine import load_recipe, train
+    from d3ssl_zoo.method import D3SSL
+    from test_engine import RECIPES
+
+    verdicts = iter([False, True, False, True])
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: next(verdicts)))
+    emas = []
+    real = D3SSL.momentum_update
+    monkeypatch.setattr(D3SSL, "momentum_update", lambda self, m: (emas.append(m), real(self, m)))
+    recipe = load_recipe(RECIPES / "demo.yaml", _overrides(*source, "train.epochs=2", "train.checkpoint_every=100"))
+    assert train(recipe, tmp_path / "run").step == 4
+    assert len(emas) == 2  # steps 0 and 2 only

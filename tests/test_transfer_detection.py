@@ -469,3 +469,17 @@ def test_precise_bn_sets_the_average_of_batch_statistics():
     assert bn.running_mean.tolist() == pytest.approx([3.0, 4.0])    # mean of the batch means 1,2 and 5,6
     assert bn.running_var.tolist() == pytest.approx([2.0, 2.0])     # unbiased variance of each batch: 2
     assert bn.momentum == 0.1 and not bn.training
+
+
+def test_finetune_cli_takes_key_value_overrides_after_other_options(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("finetune_det", ROOT / "train" / "finetune_det.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    base = ["--task", "voc", "--model", "d3ssl_r18c4", "--data", str(tmp_path)]
+    # read as an override (and refused as an unknown recipe key), not "unrecognized arguments"
+    assert cli.main(base + ["--set", "num_workers=0", "--no-eval", "bogus_key=3"]) == 2
+    assert "unknown recipe keys ['bogus_key']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--no-eval", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

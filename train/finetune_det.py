@@ -49,10 +49,14 @@ def main(argv=None) -> int:
     p.add_argument("--ims-per-batch", type=int, default=None, help="total images per iteration (lr scales linearly)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override recipe fields, e.g. num_workers=2")
-    args = p.parse_args(argv)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                   help="override recipe fields, e.g. num_workers=2 (key=value may also follow later options)")
+    args, rest = p.parse_known_args(argv)
+    stray = [a for a in rest if a.startswith("-") or "=" not in a]
+    if stray:
+        p.error(f"unrecognized arguments: {' '.join(stray)}")
 
-    overrides = parse_overrides(args.set)
+    overrides = parse_overrides((args.set or []) + rest)
     for key, value in (("max_iter", args.max_iter), ("ims_per_batch", args.ims_per_batch),
                        ("mixed_precision", args.mixed_precision)):
         if value is not None:

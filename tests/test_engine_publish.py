@@ -81,3 +81,17 @@ def test_metric_that_is_not_a_number_is_refused(metric, tmp_path, capsys):
 def test_metrics_are_numbers_or_lists_of_numbers():
     assert publish.parse_metrics(["ap=57.6", "ap_ap50_ap75=[57.6, 82.1, 64]", "n=3"]) == {
         "ap": 57.6, "ap_ap50_ap75": [57.6, 82.1, 64], "n": 3}
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_or_refused(r50_run, tmp_path, capsys):
+    # a copy of the run whose newest checkpoint lost its weights, next to an intact older one
+    run = tmp_path / "run"
+    shutil.copytree(r50_run.output_dir / "checkpoints", run / "checkpoints")
+    intact = run / "checkpoints" / r50_run.last_checkpoint.name
+    newer = run / "checkpoints" / "step_00000009"
+    shutil.copytree(intact, newer)
+    (newer / "model.safetensors").write_bytes(b"")
+    assert publish.main(["--checkpoint", str(run), "--tag", TAG, "--dry-run", "--out", str(tmp_path / "card")]) == 0
+    assert f"from {intact}" in capsys.readouterr().out
+    assert publish.main(["--checkpoint", str(newer), "--tag", TAG, "--dry-run", "--out", str(tmp_path / "c2")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err

@@ -20,42 +20,13 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
 import d3ssl_zoo
-from d3ssl_zoo.engine import (NonFiniteLossError, Recipe, UnknownRecipeKeyError, list_checkpoints, load_recipe,
-                              recipe_to_dict, train)
-from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
+from d3ssl_zoo.disk import DiskFullError
+from d3ssl_zoo.engine import NonFiniteLossError, Recipe, UnknownRecipeKeyError, load_recipe, train
 from d3ssl_zoo.tags import recipe_file
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
-
-
-def check_output_dir(recipe: Recipe, output_dir: Path, resume: str | None) -> None:
-    """Refuse to mix runs: a fresh run needs an output dir without checkpoints, a resumed one the same recipe."""
-    found = list_checkpoints(output_dir)
-    if not found:
-        return
-    if resume is None:
-        raise FileExistsError(f"{output_dir} already holds checkpoints ({found[-1].name}); resume with "
-                              f"--resume auto or choose another --output-dir")
-    saved_path = (Path(resume) if resume != "auto" else found[-1]) / RECIPE_FILE
-    saved = yaml.safe_load(saved_path.read_text())
-    diff = _differences(saved, recipe_to_dict(recipe))
-    if diff:
-        raise ValueError(f"the recipe differs from the one of the checkpoint {saved_path.parent}:\n  "
-                         + "\n  ".join(diff) + "\nresume with the same recipe, or use another --output-dir")
 
 
 def report_oknn(recipe: Recipe, export_dir: Path, short_side: int) -> None:
@@ -119,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir or Path("runs") / recipe.tag)
     resume = None if args.resume == "none" else args.resume
     try:
-        check_output_dir(recipe, output_dir, resume)
-        result = train(recipe, output_dir, resume=resume)
-    except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as e:
+        result = train(recipe, output_dir, resume=resume)  # refuses to mix two runs in one output dir
+    except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError, DiskFullError) as e:
         print(f"pretrain.py: {e}", file=sys.stderr)
         return 1
     if not PartialState().is_main_process:

@@ -26,7 +26,7 @@ import yaml
 
 import d3ssl_zoo
 from d3ssl_zoo.engine import list_checkpoints
-from d3ssl_zoo.engine.checkpoint import RECIPE_FILE, STATE_FILE
+from d3ssl_zoo.engine.checkpoint import RECIPE_FILE, STATE_FILE, resolve_resume, verify_checkpoint
 from d3ssl_zoo.hub import WEIGHTS_NAME, load_state_dict_file, push_to_hub, sha256_file
 from d3ssl_zoo.tags import get_tag, hub_org
 
@@ -35,14 +35,15 @@ BACKBONE_PREFIX = "student.backbone."  # where the method module keeps the expor
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A ``checkpoints/step_*`` folder, or the newest complete one of a run folder."""
+    """A ``checkpoints/step_*`` folder (verified), or the newest intact one of a run folder (a damaged
+    newer one is skipped with a warning, as ``--resume auto`` does)."""
     if (path / STATE_FILE).is_file():
+        verify_checkpoint(path)
         return path
-    found = list_checkpoints(path)
-    if not found:
+    if not list_checkpoints(path):
         raise FileNotFoundError(f"{path} is neither a checkpoint folder (with {STATE_FILE}) nor a run folder "
                                 f"with checkpoints/step_*; point --checkpoint at the --output-dir of pretrain.py")
-    return found[-1]
+    return resolve_resume("auto", path)
 
 
 def git_commit() -> str:

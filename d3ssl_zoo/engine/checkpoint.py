@@ -29,16 +29,17 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
 
-__all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "CheckpointError", "DamagedCheckpointError",
+__all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "CheckpointError", "DamagedCheckpointError", "decide_on_main",
            "UnsafeCheckpointError", "checkpoint_dir", "list_checkpoints", "verify_checkpoint", "resolve_resume",
            "check_output_dir", "save_checkpoint", "load_checkpoint"]
 
@@ -210,6 +211,25 @@ def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint:
     if diff:
         raise ValueError(f"the recipe differs from the one of the checkpoint {checkpoint}:\n  " + "\n  ".join(diff)
                          + "\nresume with the same recipe, or use another --output-dir")
+
+
+def decide_on_main(accelerator: Accelerator, decide: Callable[[], Any]) -> Any:
+    """``decide()`` run on the main process only; its result, or its exception, reaches every process.
+
+    Used to pick the checkpoint to resume from: ranks can never resume from different ones, and an
+    error on the main process (a damaged or foreign checkpoint) stops every rank instead of leaving
+    the others waiting for a broadcast.
+    """
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = ("ok", decide())
+        except Exception as e:  # re-raised on every process below
+            box[0] = ("error", e)
+    kind, value = broadcast_object_list(box)[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def _write_file(path: Path, text: str) -> None:

@@ -16,8 +16,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list,
-                              is_wandb_available, set_seed)
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_wandb_available, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -26,7 +25,7 @@ import d3ssl_zoo
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
 from .config import Recipe, recipe_to_dict
 
 __all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",
@@ -167,11 +166,15 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
     output_dir = Path(output_dir)
     accelerator = _accelerator(recipe, output_dir)
     set_seed(recipe.train.seed)
+    recipe_dict = recipe_to_dict(recipe)
+
+    def resume_point() -> Path | None:
+        found = resolve_resume(resume, output_dir)
+        check_output_dir(output_dir, recipe_dict, found)  # never mix two runs in one folder
+        return found
+
     # one process decides which checkpoint to resume from, so ranks can never pick different ones
-    # (a checkpoint completed between two ranks' directory listings)
-    choice = [str(resolve_resume(resume, output_dir) or "") if accelerator.is_main_process else None]
-    broadcast_object_list(choice)
-    ckpt = Path(choice[0]) if choice[0] else None
+    ckpt = decide_on_main(accelerator, resume_point)
 
     with accelerator.main_process_first():  # the first process builds any cache (sample dataset)
         dataset = build_pretrain_dataset(recipe.data, recipe.dataset.source, recipe.dataset.proposals,
@@ -223,7 +226,6 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
         step = state["step"]
         accelerator.print(f"resumed from {ckpt} at step {step}/{total_steps}")
 
-    recipe_dict = recipe_to_dict(recipe)
     accelerator.init_trackers(recipe.tag.replace(".", "_"), config=_tracker_config(recipe))
     raw = accelerator.unwrap_model(method)
     last_ckpt = ckpt

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
-from d3ssl_zoo.engine.checkpoint import check_output_dir, load_checkpoint, resolve_resume, save_checkpoint
+from d3ssl_zoo.engine.checkpoint import (check_output_dir, decide_on_main, load_checkpoint, resolve_resume,
+                                       save_checkpoint)
 
 from .data import DetectionDataset, ReadStats, collate_detection, read_coco, read_voc_splits
 from .evaluate import coco_results, evaluate_coco, evaluate_voc
@@ -113,23 +114,6 @@ def _resume_point(recipe: Dict[str, object], output_dir: Path, resume: Optional[
     return ckpt
 
 
-def _decided_on_main(accelerator, decide: Callable[[], object]) -> object:
-    """``decide()`` run on the main process only, its result (or exception) given to every process: ranks
-    can never resume from different checkpoints."""
-    from accelerate.utils import broadcast_object_list
-
-    box: List[object] = [None]
-    if accelerator.is_main_process:
-        try:
-            box[0] = ("ok", decide())
-        except Exception as e:  # re-raised on every process below
-            box[0] = ("error", e)
-    kind, value = broadcast_object_list(box)[0]
-    if kind == "error":
-        raise value
-    return value
-
-
 @torch.no_grad()
 def evaluate_detector(detector: nn.Module, data: TaskData, recipe: DetRecipe, accelerator) -> Dict[str, object]:
     """Predict the test split on every process, gather, and score on the main process."""
@@ -191,7 +175,7 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     if recipe.ims_per_batch % acc.num_processes:
         raise ValueError(f"ims_per_batch {recipe.ims_per_batch} must be divisible by the {acc.num_processes} processes")
     run_recipe = json.loads(json.dumps({**asdict(recipe), "model": model_spec}))  # as recipe.yaml reads back
-    ckpt = _decided_on_main(acc, lambda: _resume_point(run_recipe, output_dir, resume))
+    ckpt = decide_on_main(acc, lambda: _resume_point(run_recipe, output_dir, resume))
     data = load_task_data(recipe, data_dir)
     log(f"[finetune_det] {recipe.task} train: {data.train_stats.summary()}; test: {data.test_stats.summary()}")
 

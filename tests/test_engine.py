@@ -137,7 +137,8 @@ def test_temperature_must_be_positive(tau, capsys):
 def test_malformed_recipe_yaml_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method:\n  tau: 0.2\ntrain: [epochs: 1\n")
-    with pytest.raises(ValueError, match=r"recipe file .*bad\.yaml is not valid YAML at line 4"):
+    with pytest.raises(ValueError, match=r"recipe file .*bad\.yaml is not valid YAML at line 4.*"
+                                         r"while parsing a flow sequence started at line 3"):
         load_recipe(bad)
     assert pretrain.main(["--recipe", str(bad)]) == 2
     assert "bad.yaml is not valid YAML at line" in capsys.readouterr().err

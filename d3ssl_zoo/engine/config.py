@@ -260,7 +260,10 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"recipe file {path} is not valid YAML{where}: {problem}; fix that line") from None
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start is not None and (mark is None or start.line != mark.line):
+            problem += f" ({context} started at line {start.line + 1})"  # e.g. an unclosed bracket
+        raise ValueError(f"recipe file {path} is not valid YAML{where}: {problem}; fix the file there") from None
     if not isinstance(d, Mapping):
         raise ValueError(f"recipe file {path} holds a YAML {type(d).__name__}, not a mapping of sections "
                          f"(model:, method:, data:, dataset:, optim:, train:)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Tuple, Union
 
@@ -42,6 +43,13 @@ def read_checkpoint(path: PathLike) -> Dict[str, object]:
         raise ValueError(
             f"{path} is a pickle (.pkl, e.g. a detectron2 file); d3ssl_zoo never unpickles such "
             f"files. Convert the original .pth/.safetensors checkpoint instead")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not zipfile.is_zipfile(path) and (magic.startswith(b"PK") or not magic.startswith(b"\x80")):
+        # torch.save writes a zip archive (a pickle, starting with 0x80, before torch 1.6)
+        state = "a truncated or damaged zip archive" if magic.startswith(b"PK") else "neither a zip archive nor a pickle"
+        raise ValueError(f"cannot read {path} with torch.load: the file is {state}, so it is truncated, "
+                         f"corrupted or not a PyTorch checkpoint; download or copy it again")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -217,6 +217,13 @@ def test_load_coco_drops_and_counts_invalid_annotations(tmp_path):
                                                         "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
     coco, dropped = load_coco(path)
     assert dropped == 3 and [a["id"] for a in coco.imgToAnns[1]] == [1]
+    cats = _write_json(tmp_path / "cats.json", {"images": [{"id": 1, "file_name": "a.png"}],
+                                                "categories": [{"id": 1, "name": "x"}, {"id": 1, "name": "y"}]})
+    with pytest.raises(ValueError, match=r"cats\.json lists category id\(s\) \[1\] more than once"):
+        load_coco(cats)
+    _write_json(cats, {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"name": "x"}]})
+    with pytest.raises(ValueError, match=r"categories\[0\] has no integer 'id'"):
+        load_coco(cats)
 
 
 def test_collator_validates_view_boxes_on_the_cpu(tmp_path):

@@ -2,7 +2,8 @@
 
 pycocotools keys images by id in a dict, so a file that lists an id twice silently loses
 images, and a file without ``images`` reads as an empty dataset. Here both are errors naming
-the file; so are invalid JSON (with its line) and images without an id or a file name.
+the file; so are invalid JSON (with its line), images without an id or a file name, and
+categories without an id or with one listed twice.
 Annotations whose ``bbox`` is not four finite numbers (a string, NaN) or that lack
 ``image_id``/``category_id`` are dropped and counted: every reader reports them with its other
 skipped boxes.
@@ -45,6 +46,18 @@ def _check_images(path: str, images: Any, image_keys: Sequence[str]) -> None:
                          f"image ids must be unique: give every image its own id")
 
 
+def _check_categories(path: str, cats: Any) -> None:
+    if not isinstance(cats, list):
+        raise ValueError(f"{path}: 'categories' must be a list of {{\"id\": 1, \"name\": \"cat\"}}, got a "
+                         f"{type(cats).__name__}")
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
+            raise ValueError(f"{path}: categories[{i}] has no integer 'id'; every category needs one")
+    dups = sorted(i for i, n in Counter(c["id"] for c in cats).items() if n > 1)
+    if dups:
+        raise ValueError(f"{path} lists category id(s) {dups[:10]} more than once; category ids must be unique")
+
+
 def load_coco(path: str | os.PathLike, image_keys: Sequence[str] = ("id", "file_name")) -> Tuple[Any, int]:
     """Read and check a COCO json; returns the pycocotools ``COCO`` object and the number of
     invalid annotations dropped (see the module doc). ``image_keys``: fields every image must have."""
@@ -65,6 +78,7 @@ def load_coco(path: str | os.PathLike, image_keys: Sequence[str] = ("id", "file_
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not the object of a COCO annotation file "
                          f"(with 'images', 'annotations', 'categories')")
     _check_images(path, data.get("images"), image_keys)
+    _check_categories(path, data.get("categories", []))
     anns = data.get("annotations") or []
     if not isinstance(anns, list):
         raise ValueError(f"{path}: 'annotations' must be a list, got a {type(anns).__name__}")

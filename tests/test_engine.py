@@ -18,6 +18,7 @@ from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, list_checkpoints, load_recipe, train,
                               valid_keys)
 from d3ssl_zoo.engine import trainer as trainer_module
+from d3ssl_zoo.engine.config import describe_recipe, resolve_recipe_file
 from d3ssl_zoo.engine.checkpoint import (FILES_FILE, DamagedCheckpointError, UnsafeCheckpointError,
                                        check_output_dir, load_checkpoint, resolve_resume, save_checkpoint,
                                        verify_checkpoint)
@@ -89,10 +90,38 @@ def test_every_tag_has_a_complete_commented_recipe():
         recipe = load_recipe(path)
         if name != "demo":
             assert recipe.tag == name and recipe.model.name == name.split(".")[0]
-        assert sorted(_flat_keys(yaml.safe_load(path.read_text()))) == sorted(valid_keys()), name
+        assert sorted(_flat_keys(resolve_recipe_file(path)[0])) == sorted(valid_keys()), name
         for line in path.read_text().splitlines():
             if line.strip() and not line.lstrip().startswith("#") and not line.endswith(":"):
                 assert "  # " in line, f"{name}: every hyper-parameter needs a source comment: {line!r}"
+
+
+def test_recipes_state_only_what_differs_from_their_base(tmp_path, capsys):
+    # every derived recipe is a base: plus a few keys (issue 12, item 1)
+    for path in [*RECIPES.glob("*.yaml"), *RECIPES.glob("mini/*.yaml")]:
+        raw = yaml.safe_load(path.read_text())
+        if path.stem.startswith("det_") or path.stem in ("d3ssl_r50c4.coco_800ep", "d3ssl"):
+            assert "base" not in raw
+            continue
+        assert "base" in raw and len(list(_flat_keys(raw))) <= 12, path.name
+    _, origin = resolve_recipe_file(RECIPES / "soco_r50c4.oimini_200ep.yaml")
+    assert origin["train.epochs"].name == "soco_r50c4.oimini_200ep.yaml"
+    assert origin["method.name"].name == "soco_r50c4.coco_800ep.yaml"  # the SoCo base
+    assert origin["optim.base_lr"].name == "d3ssl_r50c4.coco_800ep.yaml"  # its base in turn
+    text = describe_recipe(RECIPES / "soco_r50c4.oimini_200ep.yaml", ["train.epochs=3"])
+    assert "  epochs: 3  # override\n" in text
+    assert "  name: soco  # soco_r50c4.coco_800ep.yaml: SoCo baseline" in text
+    assert "  base_lr: 1.0  # d3ssl_r50c4.coco_800ep.yaml: SoCo: LARS lr per base_batch images" in text
+    assert pretrain.main(["--print-recipe", "--recipe", "mini/d3ssl_dp1"]) == 0
+    out = capsys.readouterr().out
+    assert "  dp_proposals: 1  # d3ssl_dp1.yaml:" in out and "  image_size: 128  # d3ssl.yaml:" in out
+    # a base that is missing, or a cycle, names the files
+    (tmp_path / "a.yaml").write_text("base: b\ntag: x\n")
+    with pytest.raises(FileNotFoundError, match=r"a.yaml: its base 'b' .*b.yaml\) does not exist"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"recipe bases form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_recipe(tmp_path / "a.yaml")
 
 
 def test_recipes_express_the_ablation_table():

@@ -26,6 +26,7 @@ from accelerate.utils import set_seed
 import d3ssl_zoo
 from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.engine import NonFiniteLossError, Recipe, UnknownRecipeKeyError, load_recipe, train
+from d3ssl_zoo.engine.config import describe_recipe
 from d3ssl_zoo.tags import recipe_file
 
 
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads of a single-process CPU run (default: every core this process may use; "
                         "`accelerate launch` alone would leave it at OMP_NUM_THREADS=1)")
+    p.add_argument("--print-recipe", action="store_true",
+                   help="print the recipe fully resolved (base: chain and overrides), each value with the file "
+                        "and source comment it came from, and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=10")
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before, between or after options
 
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"dataset.proposals={args.proposals}")
     try:
         recipe = load_recipe(recipe_file(args.recipe), overrides)
+        if args.print_recipe:
+            print(describe_recipe(recipe_file(args.recipe), overrides), end="")
+            return 0
     except (UnknownRecipeKeyError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"pretrain.py: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -249,9 +250,7 @@ def _accepts_str(key: str) -> bool:
     return hint is str or str in typing.get_args(hint)
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
-    """Read a recipe YAML file and apply ``key=value`` overrides."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"recipe file {path} does not exist")
     try:
@@ -267,4 +266,94 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     if not isinstance(d, Mapping):
         raise ValueError(f"recipe file {path} holds a YAML {type(d).__name__}, not a mapping of sections "
                          f"(model:, method:, data:, dataset:, optim:, train:)")
+    return dict(d)
+
+
+def _leaves(d: Mapping[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v and prefix.count(".") < 1:  # sections, not dict-valued keys (data.extra)
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k, v
+
+
+def resolve_recipe_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A recipe file with its ``base:`` chain merged: ``(recipe dict, {dotted key: file that set it})``.
+
+    ``base: <name>`` names another recipe relative to the file's folder (``.yaml`` may be left out,
+    e.g. ``base: d3ssl_r50c4.coco_800ep`` or ``base: mini/d3ssl``); the file states only what
+    differs from it, and each value's source comment lives once, in the file that sets it.
+    """
+    path = Path(path)
+    d = _read_yaml(path)
+    base = d.pop("base", None)
+    merged: dict[str, Any] = {}
+    origin: dict[str, Path] = {}
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ValueError(f"recipe file {path}: base must be the name of another recipe, got {base!r}")
+        base_path = path.parent / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
+        if not base_path.is_file():
+            raise FileNotFoundError(f"recipe file {path}: its base {base!r} ({base_path}) does not exist")
+        chain = _chain + (path.resolve(),)
+        if base_path.resolve() in chain:
+            raise ValueError("recipe bases form a cycle: " + " -> ".join(str(p) for p in chain + (base_path,)))
+        merged, origin = resolve_recipe_file(base_path, chain)
+    for key, value in _leaves(d):
+        section, _, name = key.rpartition(".")
+        target = merged.setdefault(section, {}) if section else merged
+        if not isinstance(target, dict):
+            raise ValueError(f"recipe file {path}: {section} is a section (model:, method:, ...), not a value")
+        target[name] = value
+        origin[key] = path
+    return merged, origin
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Read a recipe YAML file (with its ``base:`` chain) and apply ``key=value`` overrides."""
+    d, _ = resolve_recipe_file(path)
     return recipe_from_dict(apply_overrides(d, overrides))
+
+
+def _source_comments(path: Path) -> dict[str, str]:
+    """``{dotted key: its source comment}`` of one recipe file (the text after ``  # `` on the key's line)."""
+    comments, section = {}, ""
+    for line in path.read_text().splitlines():
+        body, _, comment = line.partition("  # ")
+        if not body.strip() or body.lstrip().startswith("#") or ":" not in body:
+            continue
+        key = body.split(":", 1)[0]
+        if not key.startswith(" "):
+            section = key.strip() if body.rstrip().endswith(":") else ""
+            if section:
+                continue
+        comments[f"{section}.{key.strip()}" if key.startswith(" ") and section else key.strip()] = comment.strip()
+    return comments
+
+
+def describe_recipe(path: str | Path, overrides: Iterable[str] = ()) -> str:
+    """The recipe fully resolved, as YAML, each value followed by where it came from: the file of the
+    ``base:`` chain that sets it (with that file's source comment) or the command-line override."""
+    path = Path(path)
+    overrides = list(overrides)
+    recipe = load_recipe(path, overrides)  # validates everything first
+    _, origin = resolve_recipe_file(path)
+    comments = {f: _source_comments(f) for f in set(origin.values())}
+    overridden = {o.split("=", 1)[0].strip() for o in overrides}
+    lines = [f"# {path} resolved" + (f" with {len(overrides)} override(s)" if overrides else "")]
+    current = ""
+    for key, value in _leaves(recipe_to_dict(recipe)):
+        section, _, name = key.rpartition(".")
+        if section != current:
+            lines.append(f"{section}:")
+            current = section
+        text = yaml.safe_dump({name: value}, default_flow_style=True, width=10**6).strip()[1:-1]
+        if key in overridden:
+            where = "override"
+        elif key in origin:
+            src = origin[key]
+            where = f"{os.path.relpath(src, path.parent)}: {comments[src].get(key, '')}".rstrip(": ")
+        else:
+            where = "default of d3ssl_zoo.engine.config"
+        lines.append(f"{'  ' if section else ''}{text}  # {where}")
+    return "\n".join(lines) + "\n"

@@ -336,8 +336,20 @@ def test_lr_schedule_is_detectron2s_warmup_multistep():
     assert lr_factor(50, r) == pytest.approx(0.001 * 0.5 + 0.5)
     assert lr_factor(100, r) == 1.0 and lr_factor(18000, r) == pytest.approx(0.1)
     assert lr_factor(23999, r) == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="unknown recipe keys"):
+    with pytest.raises(ValueError, match=r"unknown recipe key 'lr'.*valid keys: num_classes"):
         load_det_recipe(None, {"lr": 0.1})
+
+
+def test_detection_recipes_are_typed_like_pretraining_recipes(tmp_path):
+    # one loader for both (issue 12.2): PyYAML reads 2e-2 as a string; the field's type decides
+    (tmp_path / "r.yaml").write_text("base_lr: 2e-2\nsteps: [10, 20]\nmixed_precision: 'no'\n")
+    r = load_det_recipe(tmp_path / "r.yaml", ["max_iter=30", "mixed_precision=no", "voc_test=['2007', test]"])
+    assert (r.base_lr, r.steps, r.max_iter, r.mixed_precision) == (0.02, (10, 20), 30, "no")
+    assert isinstance(r.base_lr, float) and r.voc_test == ("2007", "test")
+    with pytest.raises(TypeError, match="max_iter must be an integer"):
+        load_det_recipe(None, ["max_iter=1.5"])
+    with pytest.raises(ValueError, match="steps must increase"):
+        load_det_recipe(None, ["steps=[20, 10]"])
 
 
 def test_shipped_recipes_are_the_papers_protocol():
@@ -479,7 +491,7 @@ def test_finetune_cli_takes_key_value_overrides_after_other_options(tmp_path, ca
     base = ["--task", "voc", "--model", "d3ssl_r18c4", "--data", str(tmp_path)]
     # read as an override (and refused as an unknown recipe key), not "unrecognized arguments"
     assert cli.main(base + ["--set", "num_workers=0", "--no-eval", "bogus_key=3"]) == 2
-    assert "unknown recipe keys ['bogus_key']" in capsys.readouterr().err
+    assert "unknown recipe key 'bogus_key'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(base + ["--no-eval", "stray"])
     assert "unrecognized arguments: stray" in capsys.readouterr().err

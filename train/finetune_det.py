@@ -16,22 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 
 from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.tags import recipe_file
 from d3ssl_zoo.transfer.detection.finetune import finetune
 from d3ssl_zoo.transfer.detection.recipe import load_det_recipe
-
-
-def parse_overrides(items) -> dict:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def main(argv=None) -> int:
@@ -56,18 +45,18 @@ def main(argv=None) -> int:
     if stray:
         p.error(f"unrecognized arguments: {' '.join(stray)}")
 
-    overrides = parse_overrides((args.set or []) + rest)
+    overrides = (args.set or []) + rest  # key=value, typed by the recipe loader
     for key, value in (("max_iter", args.max_iter), ("ims_per_batch", args.ims_per_batch),
                        ("mixed_precision", args.mixed_precision)):
         if value is not None:
-            overrides[key] = value
+            overrides.append(f"{key}={value}")
     try:
         recipe = load_det_recipe(args.recipe or recipe_file(f"det_{args.task}"), overrides)
         if recipe.task != args.task:
             raise ValueError(f"--task {args.task} but the recipe is for {recipe.task}")
         finetune(recipe, args.model, args.data, args.output_dir or Path("runs") / f"det_{args.task}",
                  resume=args.resume, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError, FileExistsError, DiskFullError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DiskFullError) as e:
         print(f"finetune_det: {e}", file=sys.stderr)
         return 2
     return 0

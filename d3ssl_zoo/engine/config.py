@@ -133,8 +133,8 @@ def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
 
 
-def _unknown(key: str) -> UnknownRecipeKeyError:
-    keys = valid_keys()
+def _unknown(key: str, root: type | None = None) -> UnknownRecipeKeyError:
+    keys = valid_keys(root or Recipe)
     close = difflib.get_close_matches(key, keys, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return UnknownRecipeKeyError(f"unknown recipe key {key!r}{hint}; valid keys: {', '.join(keys)}")
@@ -154,6 +154,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
         raise TypeError("; ".join(errors))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or (args and args[-1] is not Ellipsis and len(value) != len(args)):
             raise TypeError(f"{key} must be a list of {len(args)} values, got {value!r}")
@@ -187,18 +191,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported recipe field type {hint}")
 
 
-def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type, d: Mapping[str, Any], prefix: str, root: type | None = None) -> Any:
     if not isinstance(d, Mapping):
         raise TypeError(f"recipe section {prefix.rstrip('.') or '<root>'} must be a mapping, got {d!r}")
     fields = dict((f.name, hint) for f, hint in _fields(cls))
     for k in d:
         if k not in fields:
-            raise _unknown(prefix + str(k))
+            raise _unknown(prefix + str(k), root or cls)
     kwargs = {}
     for name, value in d.items():
         hint = fields[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.", root or cls)
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
     return cls(**kwargs)
@@ -220,34 +224,41 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     return plain(dataclasses.asdict(recipe))
 
 
-def apply_overrides(d: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings (value parsed as YAML: ``method.tau=0.1``, ``data.crop_scale=[0.5,1]``)."""
-    keys = set(valid_keys())
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. train.epochs=100)")
-        key, raw = item.split("=", 1)
-        key = key.strip()
+def apply_overrides(d: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any],
+                    root: type | None = None) -> dict[str, Any]:
+    """Apply ``key=value`` strings (value parsed as YAML: ``method.tau=0.1``, ``data.crop_scale=[0.5,1]``)
+    or a mapping of dotted keys to values, checking every key against ``root`` (default :class:`Recipe`)."""
+    root = root or Recipe
+    keys = set(valid_keys(root))
+    if isinstance(overrides, Mapping):
+        items = [(str(k), v, None) for k, v in overrides.items()]
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not key=value (e.g. train.epochs=100)")
+            key, raw = item.split("=", 1)
+            items.append((key.strip(), yaml.safe_load(raw), raw.strip()))
+    for key, value, raw in items:
         if key not in keys:
-            raise _unknown(key)
+            raise _unknown(key, root)
         *sections, name = key.split(".")
         node = d
         for s in sections:
             node = node.setdefault(s, {})
-        value = yaml.safe_load(raw)
-        if value is not None and not isinstance(value, str) and _accepts_str(key):
-            value = raw.strip()  # YAML would read train.mixed_precision=no as false
+        if raw is not None and value is not None and not isinstance(value, str) and _accepts_str(key, root):
+            value = raw  # YAML would read train.mixed_precision=no as false
         node[name] = value
     return d
 
 
-def _accepts_str(key: str) -> bool:
-    cls: Any = Recipe
+def _accepts_str(key: str, root: type | None = None) -> bool:
+    cls: Any = root or Recipe
     *sections, name = key.split(".")
     for s in sections:
         cls = typing.get_type_hints(cls)[s]
     hint = typing.get_type_hints(cls)[name]
-    return hint is str or str in typing.get_args(hint)
+    return hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -309,10 +320,18 @@ def resolve_recipe_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> tupl
     return merged, origin
 
 
+def load_config(cls: type, path: str | Path | None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Any:
+    """The one typed loader of the package: a YAML file of dataclass ``cls`` (with its ``base:``
+    chain; ``None``: the defaults), ``key=value`` overrides, every value coerced to its field's type
+    (``2e-2`` is a float, not a string) and every unknown key an error that lists the valid ones.
+    Pre-training recipes (:class:`Recipe`) and detection recipes use it."""
+    d = resolve_recipe_file(path)[0] if path is not None else {}
+    return _build(cls, apply_overrides(d, overrides, cls), "", cls)
+
+
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """Read a recipe YAML file (with its ``base:`` chain) and apply ``key=value`` overrides."""
-    d, _ = resolve_recipe_file(path)
-    return recipe_from_dict(apply_overrides(d, overrides))
+    return load_config(Recipe, path, overrides)
 
 
 def _source_comments(path: Path) -> dict[str, str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
 
-import yaml
+from d3ssl_zoo.engine.config import load_config
 
 from .model import C4DetectorConfig
 
@@ -64,20 +64,11 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def load_det_recipe(path: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> DetRecipe:
-    """Read a recipe YAML (every key must be a ``DetRecipe`` field), then apply ``overrides``."""
-    data: Dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-    data.update(overrides or {})
-    known = {f.name for f in fields(DetRecipe)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown recipe keys {unknown} in {path or 'overrides'}; valid keys: {sorted(known)}")
-    recipe = DetRecipe(**data)
+def load_det_recipe(path: Optional[Path] = None,
+                    overrides: Union[Iterable[str], Mapping[str, Any], None] = None) -> DetRecipe:
+    """Read a recipe YAML (every key a ``DetRecipe`` field, typed as the field says), then apply
+    ``overrides`` (``key=value`` strings or a mapping): the pre-training recipes' loader."""
+    recipe = load_config(DetRecipe, path, overrides or ())
     if recipe.task not in ("voc", "coco"):
         raise ValueError(f"recipe task must be 'voc' or 'coco', got {recipe.task!r}")
     if list(recipe.steps) != sorted(recipe.steps):

@@ -167,3 +167,18 @@ def test_plot_and_tables(tmp_path):
     o = oknn_table({"m": {"oknn": {"top1": 70.2, "top5": 88.3}}})
     assert "O-KNN Top-1" in o and "70.20" in o and "Disturbed" not in o
     assert format_table(["x"], [[0.5]]).splitlines()[-1].strip() == "0.500"
+
+
+def test_eval_mode_restores_the_models_state_also_on_error():
+    from d3ssl_zoo.evaluation.features import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2)).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(net):
+            assert not net.training and not net[0].training
+            raise RuntimeError("boom")
+    assert net.training and net[0].training
+    net.eval()
+    with eval_mode(net):
+        pass
+    assert not net.training

@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
 from d3ssl_zoo.boxes import xywh_to_xyxy
@@ -21,8 +22,7 @@ from d3ssl_zoo.data.coco_json import load_coco
 __all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
            "read_image", "to_tensor", "crop_object", "objects_of_min_size", "load_objects_of_min_size"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from d3ssl_zoo.evaluation.coco import crop_object, load_objects_of_min_size, to_tensor
-from d3ssl_zoo.evaluation.features import STAGES, model_device, model_mean_std, stage_region_features
+from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_device, model_mean_std, stage_region_features
 
 __all__ = ["compose_pair", "pair_coupling_rates", "coupling_rate", "sample_pairs", "run_coupling"]
 
@@ -107,13 +107,9 @@ def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_
         i, j = candidates[c]
         return crop_object(objects.images[i], objects.images[i].boxes[j], object_size)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         rates = pair_coupling_rates(model, [crop(a) for a, _ in pairs], [crop(b) for _, b in pairs],
                                     gap=gap, batch_size=batch_size, device=device, progress=progress)
-    finally:
-        model.train(was_training)
     return {
         "metric": "coupling_rate",
         "per_stage": {s: float(v.mean()) for s, v in rates.items()},

@@ -7,9 +7,10 @@ model) are read through it; any other module whose stages are submodules named `
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +20,21 @@ from d3ssl_zoo.boxes import region_align_pooled
 from d3ssl_zoo.factory import load_backbone
 from d3ssl_zoo.evaluation.coco import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["STAGES", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
+__all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
            "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; its train/eval state is restored afterwards, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def load_model(spec: str, checkpoint: Optional[str] = None, device: Optional[str] = None) -> nn.Module:

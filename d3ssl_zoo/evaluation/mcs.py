@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from d3ssl_zoo.evaluation.coco import crop_object, load_objects_of_min_size, to_tensor
-from d3ssl_zoo.evaluation.features import STAGES, model_device, model_mean_std, stage_region_features
+from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_device, model_mean_std, stage_region_features
 
 __all__ = ["tile_3x3", "crop_mcs", "positional_mcs", "run_mcs"]
 
@@ -79,12 +79,8 @@ def run_mcs(model: nn.Module, ann, images, *, num_crops: int = 100, tile_size: i
     picks = rng.choice(len(candidates), size=num_crops, replace=num_crops > len(candidates))
     crops = [crop_object(objects.images[candidates[c][0]], objects.images[candidates[c][0]].boxes[candidates[c][1]],
                          tile_size) for c in picks]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         mcs = crop_mcs(model, crops, batch_size=batch_size, device=device, progress=progress)
-    finally:
-        model.train(was_training)
     return {
         "metric": "positional_mcs",
         "per_stage": {s: float(v.mean()) for s, v in mcs.items()},

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from d3ssl_zoo.boxes import boxes_to_rois
 from d3ssl_zoo.evaluation.coco import (CocoObjects, ImageRecord, load_coco_objects, read_image,
                                        resized_size, scale_boxes, to_tensor)
-from d3ssl_zoo.evaluation.features import c5_region_features, model_device, model_fingerprint, model_mean_std
+from d3ssl_zoo.evaluation.features import (c5_region_features, eval_mode, model_device, model_fingerprint,
+                                          model_mean_std)
 
 __all__ = ["select_bank_objects", "replacement_indices", "disturb", "knn_topk", "weighted_vote",
            "topk_accuracy", "extract_object_features", "iter_shards", "run_oknn"]
@@ -264,25 +265,23 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
     if disturbed:
         rep_train = replacement_indices(len(train.images), np.random.default_rng([seed, 2]))
         rep_val = replacement_indices(len(val.images), np.random.default_rng([seed, 3]))
-    was_training = model.training
-    model.eval()
     tmp = tempfile.TemporaryDirectory(prefix="d3ssl_oknn_") if cache_dir is None else None
     root = tmp.name if tmp is not None else os.fspath(cache_dir)
     try:
-        common = dict(short_side=short_side, batch_size=batch_size, device=device,
-                      progress=progress, num_workers=num_workers)
-        bank_dir = extract_object_features(model, train, bank_sel, root, replacements=rep_train,
-                                           desc="O-KNN bank", **common)
-        query_dir = extract_object_features(model, val, query_sel, root, replacements=rep_val,
-                                            desc="O-KNN queries", **common)
-        q_feats, q_labels = (torch.cat(t) for t in zip(*iter_shards(query_dir)))
-        num_classes = len(train.class_names)
-        bank_counts = np.zeros(num_classes, np.int64)
-        for _, lab in iter_shards(bank_dir):
-            bank_counts += np.bincount(lab.numpy(), minlength=num_classes)
-        sims, labels = knn_topk(q_feats, iter_shards(bank_dir), k, device=model_device(model, device))
+        with eval_mode(model):
+            common = dict(short_side=short_side, batch_size=batch_size, device=device,
+                          progress=progress, num_workers=num_workers)
+            bank_dir = extract_object_features(model, train, bank_sel, root, replacements=rep_train,
+                                               desc="O-KNN bank", **common)
+            query_dir = extract_object_features(model, val, query_sel, root, replacements=rep_val,
+                                                desc="O-KNN queries", **common)
+            q_feats, q_labels = (torch.cat(t) for t in zip(*iter_shards(query_dir)))
+            num_classes = len(train.class_names)
+            bank_counts = np.zeros(num_classes, np.int64)
+            for _, lab in iter_shards(bank_dir):
+                bank_counts += np.bincount(lab.numpy(), minlength=num_classes)
+            sims, labels = knn_topk(q_feats, iter_shards(bank_dir), k, device=model_device(model, device))
     finally:
-        model.train(was_training)
         if tmp is not None:
             tmp.cleanup()
     acc = topk_accuracy(weighted_vote(sims, labels, num_classes, temperature), q_labels, (1, 5))

@@ -8,8 +8,6 @@ before L2 normalisation), at the O-KNN image scale, with horizontal flips.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn.functional as F

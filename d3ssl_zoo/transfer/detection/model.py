@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -35,8 +36,7 @@ __all__ = ["C4DetectorConfig", "C4Backbone", "Res5Head", "C4RoIPool", "Res5ROIHe
            "Float32AnchorGenerator", "build_c4_detector", "box_head_losses", "detector_backbone_state_dict"]
 
 # ImageNet statistics for [0, 1] RGB input (= MoCo's 0-255 PIXEL_MEAN / PIXEL_STD divided by 255).
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+_MEAN, _STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's
 
 
 @dataclass

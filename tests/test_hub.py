@@ -69,6 +69,9 @@ def test_model_card_has_paper_numbers_and_recipe(tmp_path):
     card = (out / "README.md").read_text()
     assert "73.1" in card and "55.8" in card
     assert "d3ssl_zoo/recipes/d3ssl_r50c4.oimini_800ep.yaml" in card and "abc123" in card
+    from huggingface_hub import ModelCard  # the Hub reads the metadata block
+    data = ModelCard.load(out / "README.md").data
+    assert (data.library_name, data.license) == ("timm", "apache-2.0") and "d3ssl_zoo" in data.tags
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "oimini_800ep"
 
 
@@ -120,11 +123,11 @@ def test_sha256_verified_for_hub_weights(tmp_path, monkeypatch):
     actual = sha256_file(folder / "model.safetensors")
     entry = get_tag("d3ssl_r50c4.coco_200ep_dconly_prc")
 
-    monkeypatch.setattr(hub, "tag_for_hub_id", lambda hub_id: replace(entry, sha256="ab" * 32))
+    monkeypatch.setattr(hub.download, "tag_for_hub_id", lambda hub_id: replace(entry, sha256="ab" * 32))
     with pytest.raises(PretrainedWeightsError, match=f"expected {'ab' * 32}, actual {actual}"):
         d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep_dconly_prc", pretrained=True)
 
-    monkeypatch.setattr(hub, "tag_for_hub_id", lambda hub_id: replace(entry, sha256=actual))
+    monkeypatch.setattr(hub.download, "tag_for_hub_id", lambda hub_id: replace(entry, sha256=actual))
     assert _same(d3ssl_zoo.create_model("d3ssl_r50c4.coco_200ep_dconly_prc", pretrained=True), model)
 
 
@@ -151,7 +154,7 @@ def test_unreachable_hub_fails_fast_from_cache_only(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_hub_unreachable", lambda *a, **k: "ConnectError: no route to host")
+    monkeypatch.setattr(hub.download, "hub_unreachable", lambda *a, **k: "ConnectError: no route to host")
     monkeypatch.setattr("huggingface_hub.hf_hub_download", spy)
     with pytest.raises(PretrainedWeightsError, match="unreachable"):
         d3ssl_zoo.create_model("d3ssl_r50c4.oimini_800ep", pretrained=True)

@@ -1,0 +1,74 @@
+"""``save_pretrained``: a folder that timm and the Hub load (``model.safetensors``, timm's
+``config.json``, a model card), every file written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from torch import nn
+
+from ..tags import LICENSE, PAPER_ARXIV
+from .card import model_card
+from .weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+
+__all__ = ["save_pretrained"]
+
+# pretrained_cfg fields that are ours to write into config.json (all are timm PretrainedCfg fields;
+# an unknown key there breaks ``timm.create_model('hf-hub:...')``).
+_CONFIG_CFG_KEYS = ("tag", "input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
+                    "num_classes", "pool_size", "first_conv", "classifier", "license", "paper_ids",
+                    "paper_name")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(model: nn.Module, out_dir: os.PathLike | str, tag: Optional[str] = None, *,
+                    model_name: Optional[str] = None,
+                    card_extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``model.safetensors``, a timm ``config.json`` and a ``README.md`` model card.
+
+    The folder loads with ``timm.create_model('hf-hub:<repo>')`` once pushed, and locally with
+    ``create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=<folder>/model.safetensors))``.
+    """
+    from safetensors.torch import save_file
+
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    arch = model_name or cfg.get("architecture")
+    if not arch:
+        raise ValueError("save_pretrained: cannot tell the architecture; pass model_name='d3ssl_r50c4' (or similar)")
+    if "." in arch:
+        arch, _, name_tag = arch.partition(".")
+        tag = tag or name_tag
+    tag = tag if tag is not None else cfg.get("tag")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    pretrained_cfg = {k: cfg[k] for k in _CONFIG_CFG_KEYS if cfg.get(k) is not None}
+    pretrained_cfg.update(num_classes=num_classes, tag=tag or "", license=cfg.get("license", LICENSE),
+                          paper_ids=PAPER_ARXIV)
+    pretrained_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained_cfg.items()}
+    config = {"architecture": arch, "num_classes": num_classes,
+              "num_features": int(getattr(model, "num_features", 0)), "pretrained_cfg": pretrained_cfg}
+    text = json.dumps(config, indent=2) + "\n"
+    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    name = f"{arch}.{tag}" if tag else arch
+    card = model_card(name, pretrained_cfg, card_extra)
+    _atomic_write(out / CARD_NAME, lambda p: Path(p).write_text(card))
+    return out
+
+

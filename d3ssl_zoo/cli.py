@@ -16,7 +16,7 @@ from typing import Iterable, List, Optional
 
 SUBCOMMAND_MODULES: tuple = (
     "d3ssl_zoo.evaluation.cli",
-    "d3ssl_zoo.transfer.cli",
+    "d3ssl_zoo.convert.cli",
     "d3ssl_zoo.data.cli",
 )
 

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from d3ssl_zoo.evaluation.coco import load_coco_objects, resized_size, scale_boxes
+from d3ssl_zoo.evaluation.objects import load_coco_objects, resized_size, scale_boxes
 from d3ssl_zoo.evaluation.features import c5_region_features, stage_maps
 from d3ssl_zoo.evaluation.oknn import (disturb, extract_object_features, iter_shards, knn_topk,
                                        replacement_indices, run_oknn, select_bank_objects,

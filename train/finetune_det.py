@@ -19,8 +19,8 @@ from pathlib import Path
 
 from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.tags import recipe_file
-from d3ssl_zoo.transfer.detection.finetune import finetune
-from d3ssl_zoo.transfer.detection.recipe import load_det_recipe
+from d3ssl_zoo.detection.finetune import finetune
+from d3ssl_zoo.detection.recipe import load_det_recipe
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from d3ssl_zoo.boxes import region_align_pooled
 from d3ssl_zoo.factory import load_backbone
-from d3ssl_zoo.evaluation.coco import IMAGENET_MEAN, IMAGENET_STD
+from d3ssl_zoo.evaluation.objects import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
            "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]

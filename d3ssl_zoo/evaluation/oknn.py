@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from d3ssl_zoo.boxes import boxes_to_rois
-from d3ssl_zoo.evaluation.coco import (CocoObjects, ImageRecord, load_coco_objects, read_image,
+from d3ssl_zoo.evaluation.objects import (CocoObjects, ImageRecord, load_coco_objects, read_image,
                                        resized_size, scale_boxes, to_tensor)
 from d3ssl_zoo.evaluation.features import (c5_region_features, eval_mode, model_device, model_fingerprint,
                                           model_mean_std)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from d3ssl_zoo.evaluation.coco import load_coco_objects, read_image, resized_size, scale_boxes, to_tensor
+from d3ssl_zoo.evaluation.objects import load_coco_objects, read_image, resized_size, scale_boxes, to_tensor
 from d3ssl_zoo.evaluation.features import model_mean_std, region_features, stage_maps
 
 __all__ = ["train_roi_classifier"]

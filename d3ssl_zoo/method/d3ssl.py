@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .heads import RegionEncoder
+from .region_encoder import RegionEncoder
 from .losses import nce
 from .queue import RegionQueue
 from .teacher import StudentTeacher

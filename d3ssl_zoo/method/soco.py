@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .heads import MLPHead, RegionEncoder
+from .region_encoder import MLPHead, RegionEncoder
 from .losses import byol_loss
 from .teacher import StudentTeacher
 

@@ -1,7 +1,8 @@
-"""Transfer and interop (SPEC §4): checkpoint converters in and out, detectron2 export and configs,
-and detection fine-tuning / evaluation without detectron2 (``d3ssl_zoo.transfer.detection``)."""
-from .checkpoint import read_checkpoint
-from .convert import FORMATS, LAYOUTS, ConvertReport, convert_checkpoint, detect_layout, extract_backbone
+"""Checkpoints in and out (SPEC §4): foreign checkpoint files read safely, converters from SoCo / MoCo /
+DenseCL / PixPro / mmdet / torchvision layouts, and the detectron2 / torchvision / mmdet export.
+Detection fine-tuning is its own wing, :mod:`d3ssl_zoo.detection`."""
+from .foreign import read_checkpoint
+from .layouts import FORMATS, LAYOUTS, ConvertReport, convert_checkpoint, detect_layout, extract_backbone
 from .detectron2 import (detectron2_config, detectron2_r50c4_keys, detectron2_state_dict, match_detectron2_keys,
                          write_detectron2_config, write_detectron2_pickle)
 from .export import EXPORT_TARGETS, backbone_state_dict, export_backbone, export_state_dict

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .checkpoint import BACKBONE_KEY, STEM_AND_STAGES, PathLike, is_state_dict, read_checkpoint, resnet_arch
+from .foreign import BACKBONE_KEY, STEM_AND_STAGES, PathLike, is_state_dict, read_checkpoint, resnet_arch
 
 __all__ = ["Layout", "LAYOUTS", "FORMATS", "ConvertReport", "detect_layout", "extract_backbone",
            "zoo_arch_for", "convert_checkpoint", "key_prefixes"]

@@ -9,10 +9,10 @@ import torch
 import yaml
 
 import d3ssl_zoo
-from d3ssl_zoo.transfer import (backbone_state_dict, convert_checkpoint, detectron2_r50c4_keys, export_state_dict,
+from d3ssl_zoo.convert import (backbone_state_dict, convert_checkpoint, detectron2_r50c4_keys, export_state_dict,
                                 match_detectron2_keys)
-from d3ssl_zoo.transfer.cli import register
-from d3ssl_zoo.transfer.detectron2 import (detectron2_config, from_detectron2_key, from_detectron2_state_dict,
+from d3ssl_zoo.convert.cli import register
+from d3ssl_zoo.convert.detectron2 import (detectron2_config, from_detectron2_key, from_detectron2_state_dict,
                                            to_detectron2_key, write_detectron2_pickle)
 
 

@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import save_file
 
 import d3ssl_zoo
-from d3ssl_zoo.transfer import convert_checkpoint, detect_layout, read_checkpoint
-from d3ssl_zoo.transfer.cli import register
-from d3ssl_zoo.transfer.convert import extract_backbone, key_prefixes
+from d3ssl_zoo.convert import convert_checkpoint, detect_layout, read_checkpoint
+from d3ssl_zoo.convert.cli import register
+from d3ssl_zoo.convert.layouts import extract_backbone, key_prefixes
 
 
 @pytest.fixture(scope="module")

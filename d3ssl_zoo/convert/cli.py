@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .convert import FORMATS, LAYOUTS, convert_checkpoint
+from .layouts import FORMATS, LAYOUTS, convert_checkpoint
 from .export import EXPORT_TARGETS, export_backbone
 
 __all__ = ["register"]

@@ -14,12 +14,12 @@ from torchvision.models.detection.image_list import ImageList
 import d3ssl_zoo
 from d3ssl_zoo.engine.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.tags import recipe_file
-from d3ssl_zoo.transfer.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
+from d3ssl_zoo.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
                                           coco_results, collate_detection, detector_backbone_state_dict,
                                           evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
                                           read_voc, voc_ap)
-from d3ssl_zoo.transfer.detection.data import hflip_sample
-from d3ssl_zoo.transfer.detection.finetune import finetune
+from d3ssl_zoo.detection.data import hflip_sample
+from d3ssl_zoo.detection.finetune import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_voc_reader_counts_objects_without_finite_corners_and_names_bad_xml(tmp_
     xml = tmp_path / "VOC2007" / "Annotations" / "000001.xml"
     xml.write_text(_voc_xml([("dog", (11, 5, 40, 30), False), ("cat", ("nan", 1, 8, 9), False),
                              ("cat", ("x", 1, 8, 9), False)]))
-    from d3ssl_zoo.transfer.detection.data import ReadStats
+    from d3ssl_zoo.detection.data import ReadStats
     stats = ReadStats()
     (r,) = read_voc(tmp_path, "2007", "test", stats=stats)
     np.testing.assert_array_equal(r.boxes, [[10, 4, 40, 30]])
@@ -150,7 +150,7 @@ def make_coco(path):
 
 def test_coco_reader_and_perfect_detections_score_100(tmp_path, capsys):
     make_coco(tmp_path / "ann.json")
-    from d3ssl_zoo.transfer.detection.data import ReadStats, _masks
+    from d3ssl_zoo.detection.data import ReadStats, _masks
     stats = ReadStats()
     train, cats, _ = read_coco(tmp_path / "ann.json", tmp_path, train=True, stats=stats)
     assert cats == [3, 7] and [r.image_id for r in train] == [1, 2]
@@ -186,7 +186,7 @@ def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_n
         {"id": 12, "image_id": 1, "category_id": 3, "bbox": "1,1,8,8", "area": 64, "iscrowd": 0},
     ]
     (tmp_path / "ann.json").write_text(json.dumps(d))
-    from d3ssl_zoo.transfer.detection.data import ReadStats
+    from d3ssl_zoo.detection.data import ReadStats
     for train in (True, False):
         stats = ReadStats()
         records, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=train, stats=stats)
@@ -460,7 +460,7 @@ def test_finetune_coco_mask_rcnn_end_to_end(tmp_path, fresh_accelerate):
 
 
 def test_box_head_losses_are_cross_entropy_and_l1_of_the_true_class():
-    from d3ssl_zoo.transfer.detection.model import box_head_losses
+    from d3ssl_zoo.detection.model import box_head_losses
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
     deltas = torch.zeros(2, 12)
     deltas[1, 8:12] = torch.tensor([1.0, -1.0, 0.5, 0.0])          # class 2 of RoI 1
@@ -472,7 +472,7 @@ def test_box_head_losses_are_cross_entropy_and_l1_of_the_true_class():
 
 
 def test_precise_bn_sets_the_average_of_batch_statistics():
-    from d3ssl_zoo.transfer.detection.finetune import precise_bn
+    from d3ssl_zoo.detection.finetune import precise_bn
     bn = torch.nn.BatchNorm1d(2, momentum=0.1)
     batches = [torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.tensor([[4.0, 5.0], [6.0, 7.0]]),
                torch.tensor([[100.0, 100.0], [100.0, 100.0]])]

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import Tensor
 
-from .checkpoint import BACKBONE_KEY, PathLike
+from .foreign import BACKBONE_KEY, PathLike
 from .detectron2 import DETECTRON2_TASKS, detectron2_export_check, write_detectron2_config, write_detectron2_pickle
 
 __all__ = ["EXPORT_TARGETS", "ExportReport", "backbone_state_dict", "export_state_dict", "export_backbone"]

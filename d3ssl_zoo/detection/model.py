@@ -30,7 +30,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference,
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from ...boxes import boxes_to_rois, region_align
+from ..boxes import boxes_to_rois, region_align
 
 __all__ = ["C4DetectorConfig", "C4Backbone", "Res5Head", "C4RoIPool", "Res5ROIHeads", "Float32BoxCoder",
            "Float32AnchorGenerator", "build_c4_detector", "box_head_losses", "detector_backbone_state_dict"]

@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from .checkpoint import BACKBONE_KEY, PathLike, resnet_arch
+from .foreign import BACKBONE_KEY, PathLike, resnet_arch
 
 __all__ = ["to_detectron2_key", "from_detectron2_key", "detectron2_state_dict", "from_detectron2_state_dict",
            "write_detectron2_pickle", "detectron2_export_check", "detectron2_r50c4_keys", "match_detectron2_keys",

@@ -15,8 +15,7 @@ from torchvision.ops import roi_align
 
 BoxesLike = Union[Tensor, Sequence[Tensor]]
 
-__all__ = ["BoxesLike", "validate_boxes", "check_rois_in_image", "boxes_to_rois", "region_align", "region_align_pooled", "xywh_to_xyxy",
-           "xyxy_to_xywh"]
+__all__ = ["BoxesLike", "validate_boxes", "check_rois_in_image", "boxes_to_rois", "region_align", "region_align_pooled"]
 
 
 def _check_box_tensor(b: Tensor, what: str, width: int) -> None:
@@ -166,11 +165,3 @@ def region_align_pooled(features: Tensor, rois: Tensor, output_size: int, stride
         weights = (wy[sel, :, None] * wx[sel, None, :]).flatten(1)  # (n_b, h * w)
         out[sel] = weights @ features[b].float().flatten(1).t()
     return out.to(features.dtype)
-
-
-def xywh_to_xyxy(b: Tensor) -> Tensor:
-    return torch.cat([b[..., :2], b[..., :2] + b[..., 2:4]], dim=-1)
-
-
-def xyxy_to_xywh(b: Tensor) -> Tensor:
-    return torch.cat([b[..., :2], b[..., 2:4] - b[..., :2]], dim=-1)

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 import yaml
 from torch import Tensor
 
 from .foreign import BACKBONE_KEY, PathLike, resnet_arch
 
-__all__ = ["to_detectron2_key", "from_detectron2_key", "detectron2_state_dict", "from_detectron2_state_dict",
+__all__ = ["to_detectron2_key", "from_detectron2_key", "detectron2_state_dict",
            "write_detectron2_pickle", "detectron2_export_check", "detectron2_r50c4_keys", "match_detectron2_keys",
            "DETECTRON2_TASKS", "detectron2_config", "write_detectron2_config", "PIXEL_MEAN_255", "PIXEL_STD_255"]
 
@@ -76,11 +75,6 @@ def detectron2_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, np.ndar
             continue
         out[to_detectron2_key(k)] = v.detach().cpu().numpy()
     return out
-
-
-def from_detectron2_state_dict(model: Mapping[str, np.ndarray]) -> Dict[str, Tensor]:
-    """Inverse of ``detectron2_state_dict`` (for arrays already in memory)."""
-    return {from_detectron2_key(k): torch.from_numpy(np.asarray(v)) for k, v in model.items()}
 
 
 def write_detectron2_pickle(state_dict: Mapping[str, Tensor], path: PathLike,

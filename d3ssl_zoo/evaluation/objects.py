@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
+from torchvision.ops import box_convert
 
-from d3ssl_zoo.boxes import xywh_to_xyxy
 from d3ssl_zoo.data.coco_json import load_coco
 
 __all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
@@ -101,7 +101,7 @@ def load_coco_objects(ann_file: str | os.PathLike, images_dir: str | os.PathLike
             if a["category_id"] not in label_of:
                 skips["boxes_unknown_category"] += 1
                 continue
-            b = xywh_to_xyxy(torch.tensor(a["bbox"], dtype=torch.float64)).numpy()
+            b = box_convert(torch.tensor(a["bbox"], dtype=torch.float64), "xywh", "xyxy").numpy()
             c = np.clip(b, 0, [w, h, w, h])
             if c[2] <= c[0] or c[3] <= c[1]:
                 skips["boxes_outside_image"] += 1

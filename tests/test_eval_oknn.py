@@ -270,3 +270,30 @@ def test_run_oknn_bad_inputs(splits, r18, tmp_path):
     json.dump(d, open(ann, "w"))
     with pytest.raises(ValueError, match="different category lists"):
         run_oknn(r18, splits[0], splits[1], ann, img_dir, progress=False)
+
+
+def test_one_decoder_and_one_orientation_rule_for_evaluation_and_detection(tmp_path):
+    # A photo whose EXIF says "rotate 90": COCO boxes refer to its stored pixels (pycocotools,
+    # torchvision's COCO reader); cv2.imread would rotate it and misplace every box.
+    from PIL import Image
+
+    from d3ssl_zoo.data import load_rgb
+    from d3ssl_zoo.detection.data import DetectionDataset, DetRecord
+    from d3ssl_zoo.evaluation.objects import ImageRecord, read_image
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    assert cv2.imread(str(path)).shape[:2] == (40, 20)  # what the old evaluation reader saw
+    rec = ImageRecord(1, str(path), 40, 20, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    img = read_image(rec, (20, 40))
+    assert img.shape == (20, 40, 3) and img[:, :15].mean() > 200 and img[:, 25:].mean() < 50
+    assert np.array_equal(img, load_rgb(path))
+    det = DetRecord(file_name=str(path), image_id=1, width=40, height=20, boxes=np.zeros((0, 4), np.float32),
+                    labels=np.zeros(0, np.int64), difficult=np.zeros(0, bool))
+    image, _ = DetectionDataset([det], train=False)[0]
+    assert tuple(image.shape) == (3, 20, 40)
+    assert torch.equal((image * 255).round().byte().permute(1, 2, 0), torch.from_numpy(load_rgb(path)))

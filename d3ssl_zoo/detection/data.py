@@ -14,9 +14,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from d3ssl_zoo.data.datasets import load_rgb
 
 __all__ = ["VOC_CLASSES", "DetRecord", "ReadStats", "read_voc", "read_voc_splits", "read_coco",
            "DetectionDataset", "hflip_sample", "collate_detection"]
@@ -224,8 +225,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[Tensor, Dict[str, Tensor]]:
         r = self.records[i]
-        with Image.open(r.file_name) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = load_rgb(r.file_name)  # the package's one decoder: stored pixels, EXIF orientation not applied
         if arr.shape[:2] != (r.height, r.width):
             raise ValueError(f"{r.file_name} is {arr.shape[1]}x{arr.shape[0]} but its annotation says "
                              f"{r.width}x{r.height}")

@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.ops import box_convert
 
 from d3ssl_zoo.data.coco_json import load_coco
+from d3ssl_zoo.data.datasets import load_rgb
 
 __all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
            "read_image", "to_tensor", "crop_object", "objects_of_min_size", "load_objects_of_min_size"]
@@ -136,14 +137,16 @@ def scale_boxes(boxes: np.ndarray, src_hw: Sequence[int], dst_hw: Sequence[int])
 
 
 def read_image(record: ImageRecord, size_hw: Sequence[int]) -> np.ndarray:
-    """Decode ``record`` as RGB uint8 and resize it to ``size_hw`` (bilinear)."""
-    img = cv2.imread(record.path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot decode image {record.path}; the file is not a readable image")
+    """Decode ``record`` as RGB uint8 and resize it to ``size_hw`` (bilinear).
+
+    The package's one decoder (:func:`d3ssl_zoo.data.load_rgb`): stored pixels, EXIF orientation not
+    applied, as COCO's boxes, pycocotools and torchvision's COCO reader take them (``cv2.imread``
+    would rotate EXIF-tagged photos and put every box on the wrong pixels).
+    """
+    img = load_rgb(record.path)
     if img.shape[:2] != (record.height, record.width):
         raise ValueError(f"image {record.path} is {img.shape[1]}x{img.shape[0]} but its annotation "
                          f"says {record.width}x{record.height}; boxes would be misplaced")
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return cv2.resize(img, (int(size_hw[1]), int(size_hw[0])), interpolation=cv2.INTER_LINEAR)
 
 

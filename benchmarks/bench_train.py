@@ -19,7 +19,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 import torch
 
-from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
+from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loader
 from d3ssl_zoo.engine import EpochShuffleSampler, build_method, load_recipe
 from d3ssl_zoo.method import LARS, lars_param_groups, nce
 from d3ssl_zoo.tags import recipes_dir
@@ -48,9 +48,8 @@ def main() -> None:
     # the sample has 16 photos: repeat them so that large batches (64 on a GPU) can be timed
     repeated = torch.utils.data.ConcatDataset([dataset] * math.ceil(2 * args.batch_size / len(dataset)))
     num_workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 0)
-    loader = torch.utils.data.DataLoader(
-        repeated, batch_size=args.batch_size, sampler=EpochShuffleSampler(len(repeated), 0), drop_last=True,
-        collate_fn=PretrainCollator(recipe.data), num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(repeated, recipe.data, args.batch_size, EpochShuffleSampler(len(repeated), 0),
+                             num_workers, pin_memory=device.type == "cuda")
 
     def batches():
         epoch = 0
@@ -81,7 +80,8 @@ def main() -> None:
         with timed("data wait"):
             batch = next(it)
         with timed("host->device"):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = prepare_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()},
+                                  recipe.data.mean, recipe.data.std)
         s, t, r, rs = method.student, method.teacher, method.roi_size, method.roi_size_small
         with autocast():
             with timed("fwd f_q x1"):
@@ -116,7 +116,8 @@ def main() -> None:
         with timed("plain: data wait"):
             batch = next(it)
         with timed("plain: step"):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = prepare_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()},
+                                  recipe.data.mean, recipe.data.std)
             with autocast():
                 out = method(batch)
             out["loss"].backward()

@@ -24,7 +24,7 @@ proposals). For each method it measures
 2. the real-data run: ``--steps`` steps (default 100) fed by a DataLoader with real workers (one
    per CPU core but one), in the faster format: the loss curve (every value must be finite), the
    share of the wall time spent waiting for the next batch (all steps, and in steady state:
-   without the warm-up steps and the first batch of each epoch, where the workers restart), and
+   without the warm-up steps and the first batch of each epoch, where the sampler starts over), and
    the images/s the step reaches with that data;
 
 and, from the compute throughput, the GPU-hour bill of each shipped COCO recipe of the same method
@@ -45,10 +45,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 import d3ssl_zoo
-from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
+from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset, prepare_batch, pretrain_loader
 from d3ssl_zoo.engine import EpochShuffleSampler, build_method, load_recipe
 from d3ssl_zoo.method import LARS, lars_param_groups, lr_at, momentum_at, scaled_lr
 from d3ssl_zoo.tags import recipe_file, recipes_dir
@@ -126,11 +124,10 @@ class Run:
         self.step_index = 0
 
     def to_device(self, batch: dict) -> dict:
-        out = {}
-        for k, v in batch.items():
-            v = v.to(self.device, non_blocking=True)
-            out[k] = v.contiguous(memory_format=self.memory_format) if v.dim() == 4 else v
-        return out
+        """The collated batch moved as the engine moves it, then prepared (normalised views, x3) there."""
+        batch = prepare_batch({k: v.to(self.device, non_blocking=True) for k, v in batch.items()},
+                              self.recipe.data.mean, self.recipe.data.std)
+        return {k: v.contiguous(memory_format=self.memory_format) if v.dim() == 4 else v for k, v in batch.items()}
 
     def step(self, batch: dict) -> torch.Tensor:
         """One training step as the engine runs it; returns the detached loss (on the device)."""
@@ -182,7 +179,7 @@ def measure_compute(recipe, batch: dict, device, memory_format, args) -> dict:
     return result
 
 
-def epochs_of_batches(loader: DataLoader, sampler: EpochShuffleSampler, dataset):
+def epochs_of_batches(loader, sampler: EpochShuffleSampler, dataset):
     """``(first_of_epoch, batch)`` forever, epoch after epoch, as the engine iterates its loader."""
     epoch = 0
     while True:
@@ -196,8 +193,7 @@ def epochs_of_batches(loader: DataLoader, sampler: EpochShuffleSampler, dataset)
 def measure_real_data(recipe, dataset, device, memory_format, args) -> dict:
     """The loss curve and data-wait share of ``args.steps`` steps fed by DataLoader workers."""
     sampler = EpochShuffleSampler(len(dataset), recipe.train.seed)
-    loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, collate_fn=PretrainCollator(recipe.data),
-                        num_workers=args.workers, drop_last=True, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(dataset, recipe.data, args.batch, sampler, args.workers, pin_memory=device.type == "cuda")
     if len(loader) == 0:
         raise SystemExit(f"gpu_check: the data source has {len(dataset)} images, fewer than one batch of "
                          f"{args.batch}; give a larger dataset.source=... or a smaller --batch")
@@ -213,7 +209,7 @@ def measure_real_data(recipe, dataset, device, memory_format, args) -> dict:
         walls.append(time.perf_counter() - tic)
         waits.append(waited)
         restarts.append(first_of_epoch)
-    del batches  # stops the workers
+    del batches, loader  # stops the (persistent) workers
     steady = [i for i in range(args.warmup, args.steps) if not restarts[i]]
     share = lambda idx: sum(waits[i] for i in idx) / max(sum(walls[i] for i in idx), 1e-12)  # noqa: E731
     finite = all(math.isfinite(v) for v in losses)

@@ -2,13 +2,17 @@
 import json
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, build_pretrain_dataset, load_rgb
-from d3ssl_zoo.data.datasets import coco_records, folder_records
+from d3ssl_zoo.data import (PretrainCollator, PretrainDataConfig, build_pretrain_dataset, load_rgb, prepare_batch,
+                            pretrain_loader, source_records)
+from d3ssl_zoo.data.datasets import coco_records, data_worker_init, decode_rgb, folder_records
+from d3ssl_zoo.data.views import make_views
+from d3ssl_zoo.engine import EpochShuffleSampler
 from d3ssl_zoo.data.proposals import ProposalEntry, ProposalStore, write_proposal_file
 from d3ssl_zoo.data.sample import SAMPLE_VERSION, default_cache_dir, get_sample_dataset
 
@@ -75,8 +79,126 @@ def test_folder_dataset_samples_and_seeds(tmp_path):
     # the engine's (epoch, index) keys carry the epoch: no set_epoch state needed (persistent workers)
     assert all(np.array_equal(ds[(1, 1)][k], c[k]) for k in c) and np.array_equal(ds[(0, 1)]["x2"], a["x2"])
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=PretrainCollator(CFG))
-    batch = next(iter(loader))
+    batch = prepare_batch(next(iter(loader)), CFG.mean, CFG.std)
     assert batch["x3"].shape == (2, 3, 64, 64) and batch["image_id"].tolist() == [0, 1]
+
+
+def _epochs(loader, sampler, epochs=2):
+    out = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        out.append(list(loader))
+    return out
+
+
+def test_persistent_workers_see_the_same_samples_as_the_main_process(tmp_path):
+    root, records, entries = make_source(tmp_path, n=4)
+    prop = tmp_path / "p.safetensors"
+    write_proposal_file(prop, entries, mode="fast", resize_long=500)
+    ds = build_pretrain_dataset(CFG, root, prop, seed=3)
+    sampler0, sampler2 = EpochShuffleSampler(4, 3), EpochShuffleSampler(4, 3)
+    loader2 = pretrain_loader(ds, CFG, 2, sampler2, 2)
+    assert loader2.persistent_workers and loader2.worker_init_fn is data_worker_init
+    inline = _epochs(pretrain_loader(ds, CFG, 2, sampler0, 0), sampler0)
+    workers = _epochs(loader2, sampler2)
+    for e in range(2):
+        for a, b in zip(inline[e], workers[e]):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the epoch reached the workers that outlived epoch 0: epoch 1 has other views
+    assert not torch.equal(workers[0][0]["x2"], workers[1][0]["x2"])
+
+
+class _Threads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return cv2.getNumThreads()
+
+
+def test_data_workers_run_one_opencv_thread():
+    # spawn: a fresh worker starts with OpenCV's default pool (all cores) unless the init sets it
+    loader = torch.utils.data.DataLoader(_Threads(), batch_size=1, num_workers=1, worker_init_fn=data_worker_init,
+                                         multiprocessing_context="spawn")
+    assert [int(t) for t in loader] == [1, 1]
+
+
+def _jpeg(path, width, height, seed=0):
+    """A smooth colour image (no detail finer than the reduced decode can keep), saved as JPEG."""
+    coarse = np.random.default_rng(seed).integers(0, 255, (6, 8, 3)).astype(np.uint8)
+    Image.fromarray(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)).save(path, quality=95)
+    return path
+
+
+def test_decode_rgb_reduces_jpegs_only(tmp_path):
+    jpg = _jpeg(tmp_path / "a.jpg", 257, 193)
+    full, half, quarter = decode_rgb(jpg), decode_rgb(jpg, 2), decode_rgb(jpg, 4)
+    assert full.image.shape == (193, 257, 3) and full.reduce == 1
+    assert half.image.shape == (97, 129, 3) and half.reduce == 2 and half.stored_size == (257, 193)
+    assert quarter.image.shape == (49, 65, 3) and quarter.reduce == 4
+    assert np.array_equal(decode_rgb(jpg, 2).image, half.image)  # deterministic
+    # the same picture: the reduced decode is close to the full one shrunk by area
+    area = cv2.resize(full.image[:192, :256], (128, 96), interpolation=cv2.INTER_AREA)
+    assert np.abs(half.image[:96, :128].astype(int) - area).mean() < 2
+    png = tmp_path / "a.png"
+    Image.fromarray(full.image).save(png)
+    assert decode_rgb(png, 4).reduce == 1 and decode_rgb(png, 4).image.shape == (193, 257, 3)
+    with pytest.raises(ValueError, match="reduce must be 1, 2, 4 or 8"):
+        decode_rgb(jpg, 3)
+
+
+def test_dataset_decodes_large_jpegs_reduced_with_scaled_proposals(tmp_path, monkeypatch):
+    cfg = PretrainDataConfig(image_size=32, small_size=16)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    sizes = {"half.jpg": (256, 192), "quarter.jpg": (512, 384), "whole.png": (512, 384)}
+    for i, (name, (w, h)) in enumerate(sizes.items()):
+        if name.endswith(".jpg"):
+            _jpeg(root / name, w, h, seed=i)
+        else:
+            Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / name)
+    records = folder_records(root)
+    # four large proposals that every x2 crop overlaps: no crop is re-drawn at either scale
+    boxes = {r.image_id: np.array([[0.05, 0.05, 0.6, 0.6], [0.4, 0.05, 0.95, 0.6], [0.05, 0.4, 0.6, 0.95],
+                                   [0.4, 0.4, 0.95, 0.95]], np.float32) * np.tile(sizes[r.file_name], 2)
+             for r in records}
+    prop = tmp_path / "p.safetensors"
+    write_proposal_file(prop, [ProposalEntry(r.image_id, r.file_name, *sizes[r.file_name], 0, boxes[r.image_id])
+                               for r in records], mode="fast", resize_long=500)
+    ds = build_pretrain_dataset(cfg, root, prop, seed=0)
+    calls = []
+
+    def spy(path, reduce=1):
+        out = decode_rgb(path, reduce)
+        calls.append((path.rsplit("/", 1)[-1], out.image.shape[:2]))
+        return out
+
+    monkeypatch.setattr("d3ssl_zoo.data.datasets.decode_rgb", spy)
+    samples = {r.file_name: ds[(0, i)] for i, r in enumerate(ds.records)}
+    monkeypatch.undo()
+    assert dict(calls) == {"half.jpg": (96, 128), "quarter.jpg": (96, 128), "whole.png": (384, 512)}
+    for i, r in enumerate(ds.records):
+        full = make_views(load_rgb(r.path), boxes[r.image_id], cfg, np.random.default_rng([0, 0, i]))
+        got = samples[r.file_name]
+        # the same relative regions, to a pixel or two of the 32 px views (crops and jitter round differently)
+        for key in ("boxes1", "boxes2", "boxes3"):
+            assert np.abs(got[key] - full[key]).max() < 0.06 * cfg.image_size, key
+        assert np.abs(got["x1"].astype(int) - full["x1"]).mean() < 4  # same picture, resampled differently
+    # the size check still reads the stored size, whatever the decode
+    write_proposal_file(prop, [ProposalEntry(r.image_id, r.file_name, 1024, 768, 0, boxes[r.image_id] * 2)
+                               for r in records], mode="fast", resize_long=500)
+    with pytest.raises(ValueError, match=r"half.jpg is 256x192 but proposal file .* was made for a 1024x768 image"):
+        build_pretrain_dataset(cfg, root, prop, seed=0)[0]
+
+
+def test_dataset_takes_records_read_elsewhere(tmp_path):
+    root, records, entries = make_source(tmp_path)
+    prop = tmp_path / "p.safetensors"
+    write_proposal_file(prop, entries, mode="fast", resize_long=500)
+    ann = tmp_path / "missing.json"  # never opened: the records come from another process
+    ds = build_pretrain_dataset(CFG, ann, prop, seed=1, records=source_records(CFG, root))
+    ref = build_pretrain_dataset(CFG, root, prop, seed=1)
+    assert ds.records == ref.records and np.array_equal(ds[(0, 2)]["x2"], ref[(0, 2)]["x2"])
 
 
 def test_dataset_errors_and_counted_skips(tmp_path):

@@ -1,13 +1,13 @@
-"""Views (Sec. 4), the per-sample pipeline and the collator's batch keys (engine contract)."""
+"""Views (Sec. 4), the per-sample pipeline, the collator's uint8 batch and prepare_batch's (engine contract)."""
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig
-from d3ssl_zoo.data.views import (boxes_to_view, draw_crop, make_views, random_resized_crop_params,
-                                  select_proposals)
+from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, composite_depositioned, prepare_batch
+from d3ssl_zoo.data.views import (boxes_to_view, decode_reduction, draw_crop, make_views,
+                                  random_resized_crop_params, select_proposals)
 
 IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
 PROPS = np.array([[4, 4, 60, 50], [50, 30, 120, 90], [10, 40, 70, 95], [0, 0, 128, 96], [70, 5, 100, 35]], np.float32)
@@ -23,6 +23,22 @@ def test_rrc_params_inside_image_and_scale():
         x, y, w, h = random_resized_crop_params(96, 128, (0.4, 1.0), (3 / 4, 4 / 3), np.random.default_rng(seed))
         assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 96
         assert w * h >= 0.4 * 96 * 128 * 0.95
+
+
+def test_decode_reduction_keeps_every_view_a_shrink():
+    r50 = PretrainDataConfig()  # the R50 recipes' 224 px views
+    assert decode_reduction(640, 480, r50) == 1  # COCO: the smallest x2 crop (~303 px) is below 2 x 224
+    assert decode_reduction(1024, 768, r50) == 2 and decode_reduction(4000, 3000, r50) == 8
+    small = cfg(image_size=32, small_size=16)
+    assert decode_reduction(256, 192, small) == 2 and decode_reduction(512, 384, small) == 4
+    assert decode_reduction(60, 2000, small) == 1  # x1 is the whole image: its short side counts
+    for w, h, c in [(256, 192, small), (512, 384, small), (1024, 768, r50), (333, 900, cfg())]:
+        f = decode_reduction(w, h, c)
+        rw, rh = -(-w // f), -(-h // f)
+        assert min(rw, rh) >= c.image_size
+        for seed in range(200):
+            _, _, cw, ch = random_resized_crop_params(rh, rw, c.crop_scale, c.crop_ratio, np.random.default_rng(seed))
+            assert min(cw, ch) >= c.image_size - 1  # the crop is shrunk to the view, never enlarged
 
 
 def test_boxes_to_view_maps_and_flips():
@@ -126,10 +142,68 @@ def batch_of(c, n=3):
     return [dict(make_views(IMG, PROPS, c, np.random.default_rng(i)), image_id=10 + i) for i in range(n)]
 
 
+def collate_and_prepare(c, samples):
+    return prepare_batch(PretrainCollator(c)(samples), c.mean, c.std)
+
+
+def normalised(x: torch.Tensor, c) -> torch.Tensor:
+    """What the views must become on the device: ``(x / 255 - mean) / std`` in fp32."""
+    mean, std = torch.tensor(c.mean).view(1, 3, 1, 1), torch.tensor(c.std).view(1, 3, 1, 1)
+    return (x.double() / 255 - mean) / std
+
+
+def composite_reference(x2, m, x_b, m_hat, t):
+    """Eq. 8 one image at a time by slicing: the collator's CPU composite before it moved to the device."""
+    h, w = x2.shape[2:]
+    moved = torch.zeros_like(x2)
+    for i in range(x2.shape[0]):
+        tx, ty = int(t[i, 0]), int(t[i, 1])
+        fg = x2[i] * m[i].to(x2.dtype)
+        moved[i, :, max(ty, 0):min(h + ty, h), max(tx, 0):min(w + tx, w)] = \
+            fg[:, max(-ty, 0):min(h - ty, h), max(-tx, 0):min(w - tx, w)]
+    return torch.where(m_hat[:, None], moved, x_b)
+
+
+def test_collator_ships_uint8_and_prepare_batch_normalises_and_composites():
+    c = cfg()
+    samples = batch_of(c, 4)
+    raw = PretrainCollator(c)(samples)
+    assert set(raw) == {"x1", "x2", "x2s", "m", "m_hat", "t", "boxes1", "boxes2", "boxes2s", "boxes3", "image_id"}
+    assert all(raw[k].dtype == torch.uint8 for k in ("x1", "x2", "x2s")) and raw["x1"].shape == (4, 3, 64, 64)
+    assert raw["m_hat"].dtype == torch.bool and raw["t"].shape == (4, 2)
+    x2 = torch.from_numpy(np.stack([s["x2"] for s in samples])).permute(0, 3, 1, 2)
+    assert torch.equal(raw["x2"], x2)
+    batch = prepare_batch(raw, c.mean, c.std)
+    for key in ("x1", "x2", "x2s"):
+        assert batch[key].dtype == torch.float32
+        assert torch.allclose(batch[key].double(), normalised(raw[key], c), atol=1e-6, rtol=0)
+    # x3: composited from the uint8 x2 with the next image's x2 as background, then normalised
+    x3 = composite_reference(x2, raw["m"], torch.roll(x2, -1, 0), raw["m_hat"], raw["t"])
+    assert torch.allclose(batch["x3"].double(), normalised(x3, c), atol=1e-6, rtol=0)
+    assert torch.equal(batch["boxes3"], raw["boxes3"]) and "m_hat" not in batch
+    with pytest.raises(ValueError, match="x1 must be a uint8 .* from PretrainCollator"):
+        prepare_batch(batch, c.mean, c.std)
+
+
+def test_composite_is_the_per_image_paste_for_any_shift():
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 6, 12, 17
+    for dtype in (torch.uint8, torch.float32):
+        x2 = torch.randint(0, 256, (b, 3, h, w), generator=g).to(dtype)
+        x_b = torch.randint(0, 256, (b, 3, h, w), generator=g).to(dtype)
+        m = torch.rand(b, h, w, generator=g) < 0.5
+        m_hat = torch.rand(b, h, w, generator=g) < 0.5  # not a subset of shift(m): the empty pixels show
+        t = torch.tensor([[0, 0], [3, -2], [-5, 4], [16, 11], [-17, 0], [40, -40]])  # on, past and beyond the edge
+        got = composite_depositioned(x2, m, x_b, m_hat, t)
+        assert got.dtype == dtype and torch.equal(got, composite_reference(x2, m, x_b, m_hat, t))
+    with pytest.raises(ValueError, match=r"t must be \(B, 2\)"):
+        composite_depositioned(x2, m, x_b, m_hat, t[:, :1])
+
+
 def test_collator_d3ssl_keys_shapes_and_composite():
     c = cfg()
     samples = batch_of(c)
-    batch = PretrainCollator(c)(samples)
+    batch = collate_and_prepare(c, samples)
     assert set(batch) == {"x1", "x2", "x2s", "x3", "boxes1", "boxes2", "boxes2s", "boxes3", "image_id"}
     assert batch["x1"].shape == (3, 3, 64, 64) and batch["x2s"].shape == (3, 3, 32, 32)
     assert batch["x3"].shape == (3, 3, 64, 64) and batch["boxes3"].shape == (3, 4, 4)
@@ -148,14 +222,21 @@ def test_collator_d3ssl_keys_shapes_and_composite():
 
 def test_collator_variants_and_batch_of_one():
     c = cfg(depositioning=False)
-    batch = PretrainCollator(c)(batch_of(c, 2))
+    batch = collate_and_prepare(c, batch_of(c, 2))
     assert set(batch) == {"x1", "x2", "x2s", "boxes1", "boxes2", "boxes2s", "image_id"}
     s = cfg(views="soco", crop_scale=(0.6, 1.0), prc=False, prm=False, rbj=False, soco_cutout=True,
             box_jitter=True, depositioning=False)
-    batch = PretrainCollator(s)(batch_of(s, 2))
+    batch = collate_and_prepare(s, batch_of(s, 2))
     assert set(batch) == {"x1", "x2", "boxes1", "boxes2", "image_id"}
-    one = PretrainCollator(cfg())(batch_of(cfg(), 1))
+    c = cfg()
+    samples = batch_of(c, 1)
+    one = collate_and_prepare(c, samples)
     assert one["x3"].shape == (1, 3, 64, 64)
+    # a batch of one pastes onto its own x2 upside down
+    x2 = torch.from_numpy(samples[0]["x2"]).permute(2, 0, 1)[None]
+    m, m_hat, t = (torch.from_numpy(samples[0][k])[None] for k in ("m", "m_hat", "t"))
+    x3 = composite_reference(x2, m, x2.flip(2), m_hat, t)
+    assert torch.allclose(one["x3"].double(), normalised(x3, c), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("row", [
@@ -164,7 +245,7 @@ def test_collator_variants_and_batch_of_one():
     dict(prc=True, prm=False, rbj=True), dict(prc=True, prm=True, rbj=True)])
 def test_every_tab5_row_is_a_config(row):
     c = cfg(depositioning=False, **row)
-    batch = PretrainCollator(c)(batch_of(c, 2))
+    batch = collate_and_prepare(c, batch_of(c, 2))
     assert batch["x1"].shape == (2, 3, 64, 64)
 
 

@@ -2,7 +2,8 @@
 
 The per-sample part (:func:`depositioning_masks`: shift ``t``, mask ``m`` of Eq. 6 and the
 PRC-cut shifted mask ``m̂`` of Eq. 7) runs in the data workers; the paste onto another image
-of the batch (:func:`composite_depositioned`, Eq. 8) runs in the collator, which has the batch.
+of the batch (:func:`composite_depositioned`, Eq. 8) runs on the device, in
+:func:`d3ssl_zoo.data.prepare_batch`, which has the batch.
 """
 from __future__ import annotations
 
@@ -65,18 +66,25 @@ def composite_depositioned(x2: Tensor, m: Tensor, x_b: Tensor, m_hat: Tensor, t:
     """Eq. 8: ``x3 = C(x2, m, x_b, m̂)``.
 
     The foreground of ``x2`` (``m``) is moved by ``t`` and pasted onto the background image
-    ``x_b`` where the shifted, PRC-cut mask ``m̂`` is set; elsewhere ``x3 = x_b``.
+    ``x_b`` where the shifted, PRC-cut mask ``m̂`` is set; elsewhere ``x3 = x_b``. What the
+    shift brings in from outside ``x2`` or from outside ``m`` is 0.
     Shapes: ``x2``, ``x_b`` ``(B, C, H, W)``; ``m``, ``m_hat`` ``(B, H, W)`` bool; ``t`` ``(B, 2)``
-    integer ``(tx, ty)``.
+    integer ``(tx, ty)``. One gather for the whole batch (no loop over images), on any device.
     """
     if x2.shape != x_b.shape or m.shape != m_hat.shape or m.shape != (x2.shape[0],) + x2.shape[2:]:
         raise ValueError(f"composite_depositioned: shapes do not match: x2 {tuple(x2.shape)}, x_b "
                          f"{tuple(x_b.shape)}, m {tuple(m.shape)}, m_hat {tuple(m_hat.shape)}")
-    h, w = x2.shape[2:]
-    moved = torch.zeros_like(x2)
-    for i in range(x2.shape[0]):
-        tx, ty = int(t[i, 0]), int(t[i, 1])
-        fg = x2[i] * m[i].to(x2.dtype)
-        moved[i, :, max(ty, 0):min(h + ty, h), max(tx, 0):min(w + tx, w)] = \
-            fg[:, max(-ty, 0):min(h - ty, h), max(-tx, 0):min(w - tx, w)]
+    if t.shape != (x2.shape[0], 2):
+        raise ValueError(f"composite_depositioned: t must be (B, 2) = {(x2.shape[0], 2)} integer shifts (tx, ty), "
+                         f"got {tuple(t.shape)}")
+    b, c, h, w = x2.shape
+    t = t.to(device=x2.device, dtype=torch.long)
+    # the pixel of x2 that lands on (y, x) is (y - ty, x - tx)
+    src_y = torch.arange(h, device=x2.device) - t[:, 1:2]  # (B, H)
+    src_x = torch.arange(w, device=x2.device) - t[:, 0:1]  # (B, W)
+    inside = (((src_y >= 0) & (src_y < h))[:, :, None] & ((src_x >= 0) & (src_x < w))[:, None, :])
+    flat = (src_y.clamp(0, h - 1)[:, :, None] * w + src_x.clamp(0, w - 1)[:, None, :]).view(b, 1, h * w)
+    moved = x2.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
+    keep = m.reshape(b, h * w).gather(1, flat.view(b, h * w)).view(b, h, w) & inside
+    moved = torch.where(keep[:, None], moved, torch.zeros((), dtype=x2.dtype, device=x2.device))
     return torch.where(m_hat[:, None], moved, x_b)

@@ -7,7 +7,8 @@ K proposals are chosen among those overlapping the x2 crop (the crop is re-drawn
 few overlap); view 2's boxes are clipped to the crop, view 1 keeps the whole proposal (SoCo),
 or, with ``whole_box_view1: false``, the clipped one, so each box covers the same region in
 every view. All work is on uint8 ``(H, W, 3)`` RGB arrays with
-OpenCV, cheap enough for data workers; normalisation happens in the collator.
+OpenCV, cheap enough for data workers; normalisation happens on the device
+(:func:`d3ssl_zoo.data.prepare_batch`).
 """
 from __future__ import annotations
 
@@ -20,9 +21,29 @@ from .composite import depositioning_masks
 from .config import PretrainDataConfig
 from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
 
-__all__ = ["random_resized_crop_params", "select_proposals", "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view",
+__all__ = ["decode_reduction", "random_resized_crop_params", "select_proposals", "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view",
            "color_augment", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views", "soco_views",
            "make_views"]
+
+
+DECODE_REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder gives for free (DCT scaling)
+
+
+def decode_reduction(width: int, height: int, cfg: PretrainDataConfig) -> int:
+    """How much smaller (1, 2, 4 or 8) an image of ``width x height`` may be decoded for ``cfg``'s views.
+
+    The largest factor at which every view is still made by shrinking: x1 (the whole image) and
+    the smallest x2 crop RandomResizedCrop can draw (``crop_scale[0]`` of the area at the most
+    elongated aspect of ``crop_ratio``) keep each side >= ``image_size``. Views are resized
+    anyway, so a reduced decode changes only the resampling filter (libjpeg's DCT scaling, then
+    the same area resize), never what a view shows, and no view is enlarged from a reduced
+    image. COCO's 640 px images at the 224 px views of the R50 recipes get 1 (their smallest
+    crop is ~303 px); views of 64-112 px, or 1024 px and larger images, get 2-8.
+    """
+    elongation = min(cfg.crop_ratio[0], 1 / cfg.crop_ratio[1], 1.0)
+    smallest_crop = math.sqrt(cfg.crop_scale[0] * width * height * elongation)
+    need = min(width, height, smallest_crop)
+    return next((f for f in DECODE_REDUCTIONS if need >= f * cfg.image_size), 1)
 
 
 def random_resized_crop_params(height: int, width: int, scale, ratio, rng: np.random.Generator):

@@ -16,13 +16,14 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_wandb_available, set_seed
+from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration,
+                              is_wandb_available, set_seed)
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 import d3ssl_zoo
-from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
+from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loader, source_records
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
 from .checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
@@ -134,6 +135,8 @@ def _accelerator(recipe: Recipe, output_dir: Path) -> Accelerator:
         # the queue is identical on every process by construction and SyncBN keeps BN statistics in step:
         # broadcasting all buffers (a 64 MB queue) before every forward would only cost time
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        # batches come from pinned memory (pin_memory on CUDA): the copy overlaps the step
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
         mixed_precision=recipe.train.mixed_precision,
         log_with=None if tracker == "none" else tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
@@ -176,17 +179,18 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
     # one process decides which checkpoint to resume from, so ranks can never pick different ones
     ckpt = decide_on_main(accelerator, resume_point)
 
-    with accelerator.main_process_first():  # the first process builds any cache (sample dataset)
+    # one process reads the image list (COCO train2017's json is 450 MB) and builds any cache (sample dataset)
+    records = decide_on_main(accelerator, lambda: source_records(recipe.data, recipe.dataset.source))
+    with accelerator.main_process_first():
         dataset = build_pretrain_dataset(recipe.data, recipe.dataset.source, recipe.dataset.proposals,
-                                         seed=recipe.train.seed)
+                                         seed=recipe.train.seed, records=records)
     nproc = accelerator.num_processes
     micro_batch = recipe.train.batch_size
     accum = accumulation_steps(recipe.train.global_batch, micro_batch, nproc)
     global_batch = micro_batch * nproc * accum
     sampler = EpochShuffleSampler(len(dataset), recipe.train.seed)
-    loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler,
-                        collate_fn=PretrainCollator(recipe.data), num_workers=recipe.train.num_workers,
-                        drop_last=True, pin_memory=accelerator.device.type == "cuda")
+    loader = pretrain_loader(dataset, recipe.data, micro_batch, sampler, recipe.train.num_workers,
+                             pin_memory=accelerator.device.type == "cuda")
 
     method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
                                                          zero_init_last=recipe.model.zero_init_last))
@@ -276,7 +280,8 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
                 for i in range(accum):
                     # gradients are all-reduced once per step, on the last micro-batch
                     with accelerator.no_sync(method) if i < accum - 1 else contextlib.nullcontext():
-                        out = method(next(batches))
+                        # uint8 views and masks -> normalised views and x3 (Eq. 8), on the device
+                        out = method(prepare_batch(next(batches), recipe.data.mean, recipe.data.std))
                         accelerator.backward(out["loss"] / accum)
                     values = torch.stack([out[k].detach().float() for k in sorted(out)]) / accum
                     if sums is None:

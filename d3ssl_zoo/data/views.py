@@ -119,7 +119,7 @@ def resize_view(image: np.ndarray, crop, size: int, flip: bool) -> np.ndarray:
     patch = image[y0:y0 + h, x0:x0 + w]
     interp = cv2.INTER_AREA if (w > size or h > size) else cv2.INTER_LINEAR
     out = cv2.resize(patch, (size, size), interpolation=interp)
-    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+    return cv2.flip(out, 1) if flip else out  # the same pixels as out[:, ::-1], several times faster
 
 
 def boxes_to_view(boxes: np.ndarray, crop, size: int, flip: bool) -> np.ndarray:

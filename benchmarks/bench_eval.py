@@ -71,13 +71,13 @@ def bench_oknn_overhead(model_name: str, num_train: int, num_val: int, short_sid
         batches = []
         for split, n_per in ((train, 1), (val, 0)):
             objs = load_coco_objects(*split)
-            sel = select_bank_objects([x.labels for x in objs.images], n_per, np.random.default_rng([0, 1]))
+            sel = select_bank_objects([x.objects.labels for x in objs.images], n_per, np.random.default_rng([0, 1]))
             ds = _ObjectImages(objs.images, sel, short_side, None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
             for b in _shard_batches(ds, np.arange(len(ds)), batch_size):
                 recs = [objs.images[i] for i in b]
                 hws = [resized_size(x.height, x.width, short_side) for x in recs]
                 x = torch.stack([to_tensor(read_image(rec, hw)) for rec, hw in zip(recs, hws)])
-                boxes = [torch.from_numpy(scale_boxes(rec.boxes[sel[i]], (rec.height, rec.width), hw))
+                boxes = [torch.from_numpy(scale_boxes(rec.objects.boxes[sel[i]], (rec.height, rec.width), hw))
                          for i, rec, hw in zip(b, recs, hws)]
                 batches.append((x, boxes_to_rois(boxes, len(boxes))))
 

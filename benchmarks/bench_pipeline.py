@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset, pretrain_loader
-from d3ssl_zoo.data.datasets import decode_rgb, folder_records, load_rgb
-from d3ssl_zoo.data.proposal_tool import make_proposals
-from d3ssl_zoo.data.proposals import ProposalStore
+from d3ssl_zoo.data.images import decode_rgb, folder_records, load_rgb
+from d3ssl_zoo.data.proposal_store import ProposalStore
+from d3ssl_zoo.data.selective_search import make_proposals
 from d3ssl_zoo.data.views import decode_reduction, make_views, random_resized_crop_params, resize_view
 from d3ssl_zoo.engine import load_recipe
 from d3ssl_zoo.tags import recipe_file

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from d3ssl_zoo.cli import main
-from d3ssl_zoo.data.proposals import ProposalStore
+from d3ssl_zoo.data.proposal_store import ProposalStore
 
 
 def test_proposals_subcommand_writes_file_and_summary(tmp_path, capsys):

@@ -10,10 +10,12 @@ from PIL import Image
 
 from d3ssl_zoo.data import (PretrainCollator, PretrainDataConfig, build_pretrain_dataset, load_rgb, prepare_batch,
                             pretrain_loader, source_records)
-from d3ssl_zoo.data.datasets import coco_records, data_worker_init, decode_rgb, folder_records
+from d3ssl_zoo.data.coco_json import coco_records
+from d3ssl_zoo.data.datasets import data_worker_init
+from d3ssl_zoo.data.images import decode_rgb, folder_records
 from d3ssl_zoo.data.views import make_views
 from d3ssl_zoo.engine import EpochShuffleSampler
-from d3ssl_zoo.data.proposals import ProposalEntry, ProposalStore, write_proposal_file
+from d3ssl_zoo.data.proposal_store import ProposalEntry, ProposalStore, write_proposal_file
 from d3ssl_zoo.data.sample import SAMPLE_VERSION, default_cache_dir, get_sample_dataset
 
 CFG = PretrainDataConfig(image_size=64, small_size=32)

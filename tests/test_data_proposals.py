@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import d3ssl_zoo.data.proposal_tool as tool
-import d3ssl_zoo.data.proposals as proposals_module
-from d3ssl_zoo.data.datasets import folder_records
-from d3ssl_zoo.data.proposals import (ProposalEntry, ProposalStore, filter_proposals, selective_search,
-                                      write_proposal_file)
+import d3ssl_zoo.data.proposal_store as proposal_store
+import d3ssl_zoo.data.selective_search as tool
+from d3ssl_zoo.data.images import folder_records
+from d3ssl_zoo.data.proposal_store import ProposalEntry, ProposalStore, write_proposal_file
+from d3ssl_zoo.data.selective_search import filter_proposals, selective_search
 from d3ssl_zoo.disk import DiskFullError
 
 
@@ -137,7 +137,7 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeyp
         Path(filename).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(proposals_module, "save_file", full_disk)
+    monkeypatch.setattr(proposal_store, "save_file", full_disk)
     with pytest.raises(DiskFullError, match=f"writing {out}; the proposal files written before are intact"):
         write_proposal_file(out, [], mode="fast", resize_long=None)
     assert ProposalStore(out).image_ids.tolist() == [0] and sorted(os.listdir(tmp_path)) == ["p.safetensors"]

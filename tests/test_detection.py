@@ -14,6 +14,7 @@ from torchvision.models.detection.image_list import ImageList
 import d3ssl_zoo
 from d3ssl_zoo.engine.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.tags import recipe_file
+from d3ssl_zoo.data import ImageObjects, ImageRecord
 from d3ssl_zoo.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
                                           coco_results, collate_detection, detector_backbone_state_dict,
                                           evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
@@ -26,8 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _rec(image_id, boxes, labels, difficult=None):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return DetRecord(f"{image_id}.jpg", image_id, 64, 64, boxes, np.asarray(labels, np.int64),
-                     np.asarray(difficult if difficult is not None else [False] * len(labels), bool))
+    difficult = np.asarray(difficult if difficult is not None else [False] * len(labels), bool)
+    return ImageRecord(image_id, f"{image_id}.jpg", file_name=f"{image_id}.jpg", width=64, height=64,
+                       objects=ImageObjects(boxes, np.asarray(labels, np.int64), difficult=difficult))
+
+
+def test_detection_records_are_the_package_record_type():
+    assert DetRecord is ImageRecord  # the old name, kept for imports
 
 
 # --- VOC evaluator ------------------------------------------------------------------------------------------------
@@ -104,8 +110,8 @@ def test_voc_reader_reads_detectron2_coordinates_and_difficult(tmp_path):
     make_voc(tmp_path, "2007", "test", {"000001": [("dog", (11, 5, 40, 30), False), ("cat", (1, 1, 8, 9), True)]})
     (r,) = read_voc(tmp_path, "2007", "test")
     assert (r.width, r.height) == (64, 48)
-    np.testing.assert_array_equal(r.boxes, [[10, 4, 40, 30], [0, 0, 8, 9]])
-    assert r.labels.tolist() == [11, 7] and r.difficult.tolist() == [False, True]
+    np.testing.assert_array_equal(r.objects.boxes, [[10, 4, 40, 30], [0, 0, 8, 9]])
+    assert r.objects.labels.tolist() == [11, 7] and r.objects.difficult.tolist() == [False, True]
     (tmp_path / "VOC2007" / "Annotations" / "000001.xml").write_text(_voc_xml([("unicorn", (1, 1, 5, 5), False)]))
     with pytest.raises(ValueError, match="unicorn"):
         read_voc(tmp_path, "2007", "test")
@@ -121,7 +127,7 @@ def test_voc_reader_counts_objects_without_finite_corners_and_names_bad_xml(tmp_
     from d3ssl_zoo.detection.data import ReadStats
     stats = ReadStats()
     (r,) = read_voc(tmp_path, "2007", "test", stats=stats)
-    np.testing.assert_array_equal(r.boxes, [[10, 4, 40, 30]])
+    np.testing.assert_array_equal(r.objects.boxes, [[10, 4, 40, 30]])
     assert stats.skipped == {"objects without 4 finite box corners": 2}
     xml.write_text("<annotation><size>")
     with pytest.raises(ValueError, match=r"000001\.xml is not valid XML"):
@@ -156,12 +162,12 @@ def test_coco_reader_and_perfect_detections_score_100(tmp_path, capsys):
     assert cats == [3, 7] and [r.image_id for r in train] == [1, 2]
     assert stats.skipped == {"crowd annotations (training)": 1, "images without objects (training)": 1}
     test, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=False)
-    np.testing.assert_array_equal(test[0].boxes, [[10, 8, 30, 24]])
+    np.testing.assert_array_equal(test[0].objects.boxes, [[10, 8, 30, 24]])
     masks = _masks(train[0])
     assert masks.shape == (1, 48, 64) and masks[0, 10:20, 12:28].all() and not masks[0, 30:].any()
 
-    preds = {r.image_id: {"boxes": r.boxes, "scores": np.ones(len(r.labels)), "labels": r.labels,
-                          "masks": _masks(r).float().unsqueeze(1).numpy()} for r in train}
+    preds = {r.image_id: {"boxes": r.objects.boxes, "scores": np.ones(len(r.objects.labels)),
+                          "labels": r.objects.labels, "masks": _masks(r).float().unsqueeze(1).numpy()} for r in train}
     results = coco_results(preds, cats)
     assert results[0]["category_id"] == 3 and results[0]["bbox"] == [10.0, 8.0, 20.0, 16.0]
     out = evaluate_coco(gt, results, ("bbox",))
@@ -192,8 +198,8 @@ def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_n
         records, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=train, stats=stats)
         assert stats.skipped["annotations of a category id not in 'categories'"] == 1
         assert stats.skipped["invalid annotations (bbox not 4 finite numbers, or no image/category id)"] == 2
-        assert all(np.isfinite(r.boxes).all() for r in records)
-        np.testing.assert_array_equal(records[0].boxes, [[10, 8, 30, 24]])
+        assert all(np.isfinite(r.objects.boxes).all() for r in records)
+        np.testing.assert_array_equal(records[0].objects.boxes, [[10, 8, 30, 24]])
         assert sorted(gt.anns) == [1, 2, 3, 10]  # the unreadable boxes are not ground truth either
     d["images"].append(dict(d["images"][0]))
     (tmp_path / "ann.json").write_text(json.dumps(d))

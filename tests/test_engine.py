@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 import d3ssl_zoo
-from d3ssl_zoo.data.proposals import ProposalEntry, write_proposal_file
+from d3ssl_zoo.data.proposal_store import ProposalEntry, write_proposal_file
 from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, list_checkpoints, load_recipe, train,
                               valid_keys)

@@ -139,7 +139,7 @@ def test_coco_reader_counts_skips_and_clips(tmp_path):
     assert objs.skips["missing_image_files"] == 1
     assert objs.clipped_boxes == 1
     first = objs.images[0]
-    assert first.boxes[:, 2].max() <= first.width and first.boxes[:, 3].max() <= first.height
+    assert first.objects.boxes[:, 2].max() <= first.width and first.objects.boxes[:, 3].max() <= first.height
 
 
 def test_coco_reader_bad_inputs(tmp_path):
@@ -221,7 +221,7 @@ def test_c5_region_features_equal_zoo_forward_regions_c5():
 def test_disturbed_equals_plain_when_replacement_is_the_image(splits, r18, tmp_path):
     train_ann, train_dir = splits[:2]
     objs = load_coco_objects(train_ann, train_dir)
-    sel = select_bank_objects([r.labels for r in objs.images], 1, np.random.default_rng(0))
+    sel = select_bank_objects([r.objects.labels for r in objs.images], 1, np.random.default_rng(0))
     kw = dict(short_side=64, batch_size=4, progress=False)
     plain = extract_object_features(r18, objs, sel, str(tmp_path), **kw)
     same = extract_object_features(r18, objs, sel, str(tmp_path),
@@ -277,9 +277,9 @@ def test_one_decoder_and_one_orientation_rule_for_evaluation_and_detection(tmp_p
     # torchvision's COCO reader); cv2.imread would rotate it and misplace every box.
     from PIL import Image
 
-    from d3ssl_zoo.data import load_rgb
-    from d3ssl_zoo.detection.data import DetectionDataset, DetRecord
-    from d3ssl_zoo.evaluation.objects import ImageRecord, read_image
+    from d3ssl_zoo.data import ImageObjects, ImageRecord, load_rgb
+    from d3ssl_zoo.detection.data import DetectionDataset
+    from d3ssl_zoo.evaluation.objects import read_image
 
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:, :20] = 255  # left half white
@@ -288,12 +288,11 @@ def test_one_decoder_and_one_orientation_rule_for_evaluation_and_detection(tmp_p
     path = tmp_path / "rotated.jpg"
     Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
     assert cv2.imread(str(path)).shape[:2] == (40, 20)  # what the old evaluation reader saw
-    rec = ImageRecord(1, str(path), 40, 20, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    no_objects = ImageObjects(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), difficult=np.zeros(0, bool))
+    rec = ImageRecord(1, str(path), width=40, height=20, objects=no_objects)
     img = read_image(rec, (20, 40))
     assert img.shape == (20, 40, 3) and img[:, :15].mean() > 200 and img[:, 25:].mean() < 50
     assert np.array_equal(img, load_rgb(path))
-    det = DetRecord(file_name=str(path), image_id=1, width=40, height=20, boxes=np.zeros((0, 4), np.float32),
-                    labels=np.zeros(0, np.int64), difficult=np.zeros(0, bool))
-    image, _ = DetectionDataset([det], train=False)[0]
+    image, _ = DetectionDataset([rec], train=False)[0]  # the same record: one record type
     assert tuple(image.shape) == (3, 20, 40)
     assert torch.equal((image * 255).round().byte().permute(1, 2, 0), torch.from_numpy(load_rgb(path)))

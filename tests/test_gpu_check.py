@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d3ssl_zoo.data.proposals import ProposalEntry, write_proposal_file
+from d3ssl_zoo.data.proposal_store import ProposalEntry, write_proposal_file
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")

@@ -6,13 +6,13 @@
 Runs OpenCV selective search (modes fast/single/quality) on each image resized to 500 px on its
 long side (boxes mapped back to original pixels), applies SoCo's filters with their fallbacks, in
 parallel worker processes with a progress bar. Killed runs resume where they stopped (rerun the
-same command). Prints a summary at the end. File format: d3ssl_zoo/data/proposals.py.
+same command). Prints a summary at the end. File format: d3ssl_zoo/data/proposal_store.py.
 Same as ``d3ssl-zoo proposals``.
 """
 import argparse
 import sys
 
-from d3ssl_zoo.data.proposal_tool import add_arguments, run
+from d3ssl_zoo.data.selective_search import add_arguments, run
 
 
 def main(argv=None) -> int:

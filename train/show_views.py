@@ -22,8 +22,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from d3ssl_zoo.data.composite import composite_depositioned  # noqa: E402
 from d3ssl_zoo.data.config import PretrainDataConfig  # noqa: E402
-from d3ssl_zoo.data.datasets import load_rgb  # noqa: E402
-from d3ssl_zoo.data.proposals import ProposalStore, image_proposals  # noqa: E402
+from d3ssl_zoo.data.images import load_rgb  # noqa: E402
+from d3ssl_zoo.data.proposal_store import ProposalStore  # noqa: E402
+from d3ssl_zoo.data.selective_search import image_proposals  # noqa: E402
 from d3ssl_zoo.data.views import make_views, resize_view  # noqa: E402
 
 

@@ -19,7 +19,7 @@ def _sample(args) -> int:
 
 
 def _proposals(args) -> int:
-    from .proposal_tool import run
+    from .selective_search import run
 
     return run(args)
 
@@ -32,7 +32,7 @@ def _oimini(args) -> int:
 
 def register(subparsers) -> None:
     from .openimages_mini import add_arguments as oimini_arguments
-    from .proposal_tool import add_arguments as proposal_arguments
+    from .selective_search import add_arguments as proposal_arguments
 
     p = subparsers.add_parser("proposals", help="selective-search proposals for pre-training (resumable)")
     proposal_arguments(p)

@@ -1,4 +1,11 @@
-"""The one reader of COCO annotation files: checks a json before pycocotools indexes it.
+"""The one reader of COCO annotation files, and the one record type of an image that every
+reader of the package returns (:class:`ImageRecord`, with its labelled objects in
+:class:`ImageObjects` where the caller needs them): pre-training (:func:`coco_records`,
+:func:`d3ssl_zoo.data.images.folder_records`), the diagnostics
+(:func:`d3ssl_zoo.evaluation.objects.load_coco_objects`) and detection
+(:func:`d3ssl_zoo.detection.data.read_coco`, :func:`~d3ssl_zoo.detection.data.read_voc`).
+
+:func:`load_coco` checks a json before pycocotools indexes it.
 
 pycocotools keys images by id in a dict, so a file that lists an id twice silently loses
 images, and a file without ``images`` reads as an empty dataset. Here both are errors naming
@@ -16,9 +23,45 @@ import json
 import math
 import os
 from collections import Counter
-from typing import Any, Sequence, Tuple
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
 
-__all__ = ["valid_bbox", "load_coco"]
+import numpy as np
+
+__all__ = ["ImageObjects", "ImageRecord", "valid_bbox", "load_coco", "coco_records"]
+
+
+@dataclass(frozen=True, eq=False)  # arrays: records compare and hash their objects by identity
+class ImageObjects:
+    """The labelled objects of one image, one row per object."""
+
+    boxes: np.ndarray  # (n, 4) float32 xyxy pixels of the stored image (COCO's xywh converted by the reader)
+    labels: np.ndarray  # (n,) int64 class index, 0-based and contiguous (the reader's sorted category ids)
+    difficult: Optional[np.ndarray] = None  # (n,) bool: VOC's flag (all False for detection's COCO); None: not read
+    segmentations: Optional[List[object]] = None  # COCO polygons / RLE, one per object (Mask R-CNN); None: not read
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a dataset, as every reader returns it.
+
+    ``image_id`` keys the image: COCO's id, the position in the sorted file list of an image
+    folder, VOC's image name (a string such as ``"000005"``). ``path`` is the file to decode
+    (with :func:`d3ssl_zoo.data.load_rgb`: stored pixels, the pixels ``objects`` refer to).
+    ``file_name`` is the path relative to the images folder (the key of proposal files).
+    ``width``/``height`` are the stored image's size as the annotation file states it (``None``
+    where no file states it: image folders). ``objects`` are its labelled objects, read by the
+    diagnostics and detection (``None`` for pre-training, which reads no annotation).
+    """
+
+    image_id: int | str
+    path: str
+    _: KW_ONLY
+    file_name: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    objects: Optional[ImageObjects] = None
 
 
 def valid_bbox(bbox: Any) -> bool:
@@ -91,3 +134,32 @@ def load_coco(path: str | os.PathLike, image_keys: Sequence[str] = ("id", "file_
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco, dropped
+
+
+def _int_or_none(v: Any) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def coco_records(ann_file: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> list[ImageRecord]:
+    """The images of a COCO annotation file, for pre-training (no annotation is read).
+
+    ``images_dir`` defaults to the first existing of ``<ann dir>/images``,
+    ``<ann dir>/<split>`` and ``<ann dir>/../<split>`` (``instances_train2017.json`` -> ``train2017``).
+    """
+    ann_file = Path(ann_file)
+    coco, _ = load_coco(ann_file)  # checked first: a bad json is not blamed on the images folder
+    if not coco.imgs:
+        raise ValueError(f"{ann_file} lists no images; pre-training needs at least one")
+    if images_dir is None:
+        split = ann_file.stem.split("_")[-1]
+        tried = [ann_file.parent / "images", ann_file.parent / split, ann_file.parent.parent / split]
+        found = [p for p in tried if p.is_dir()]
+        if not found:
+            raise FileNotFoundError(
+                f"no images folder found for {ann_file} (tried {[str(p) for p in tried]}); "
+                f"set PretrainDataConfig.images_dir or pass --images")
+        images_dir = found[0]
+    images_dir = Path(images_dir)
+    return [ImageRecord(int(i), str(images_dir / info["file_name"]), file_name=info["file_name"],
+                        width=_int_or_none(info.get("width")), height=_int_or_none(info.get("height")))
+            for i, info in sorted(coco.imgs.items())]

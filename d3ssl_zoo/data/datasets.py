@@ -1,6 +1,7 @@
-"""Pre-training datasets (COCO via pycocotools, an image folder, the embedded sample), the
-collator that turns samples into a uint8 batch, and :func:`prepare_batch`, which finishes the
-batch of the engine contract (SPEC Sec. 3) on the device: normalisation and the Eq. 8 composite.
+"""Pre-training datasets (the images of a COCO json, an image folder, the embedded sample or the
+generated scene set, as :class:`~d3ssl_zoo.data.coco_json.ImageRecord`), the collator that turns
+samples into a uint8 batch, and :func:`prepare_batch`, which finishes the batch of the engine
+contract (SPEC Sec. 3) on the device: normalisation and the Eq. 8 composite.
 The collator ships 1 byte per pixel (4x less than fp32 through /dev/shm, pinned memory and the
 host-to-device copy) and the composite runs where the batch is.
 
@@ -14,102 +15,24 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .coco_json import load_coco
+from .coco_json import ImageRecord, coco_records
 from .composite import composite_depositioned
 from .config import PretrainDataConfig
-from .proposals import ProposalStore
+from .images import decode_rgb, folder_records
+from .proposal_store import ProposalStore
+from .sample import get_sample_dataset
+from .scenes import SceneConfig, get_scene_dataset
 from .views import decode_reduction, make_views
 
-__all__ = ["ImageRecord", "Decoded", "decode_rgb", "load_rgb", "coco_records", "folder_records", "source_records", "PretrainDataset",
-           "PretrainCollator", "prepare_batch", "data_worker_init", "pretrain_loader", "build_pretrain_dataset",
-           "IMAGE_EXTENSIONS"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image_id: int
-    path: str
-    file_name: str  # relative to the images folder; identifies the image in proposal files
-
-
-class Decoded(NamedTuple):
-    image: np.ndarray  # RGB uint8 (h, w, 3)
-    reduce: int  # the factor applied: 1, or the ``reduce`` asked for
-    stored_size: tuple[int, int]  # (width, height) of the stored image
-
-
-def decode_rgb(path: str | os.PathLike, reduce: int = 1) -> Decoded:
-    """Decode an image to RGB uint8, at ``1 / reduce`` of its size where the decoder can do it cheaply.
-
-    ``reduce`` (1, 2, 4 or 8): a JPEG is decoded at ``ceil(W / reduce) x ceil(H / reduce)`` by
-    libjpeg's DCT scaling (a fraction of the cost of a full decode and resize; deterministic);
-    other formats come whole, and ``Decoded.reduce`` says which. Pixel ``(i, j)`` of a reduced
-    image covers stored pixels ``[i * reduce, (i + 1) * reduce)``: divide coordinates by ``reduce``.
-    Grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit/float images are converted.
-    EXIF orientation is not applied: proposals and COCO boxes refer to the stored pixels.
-    Unreadable or truncated files raise ``ValueError`` naming the file.
-    """
-    if reduce not in (1, 2, 4, 8):
-        raise ValueError(f"decode_rgb: reduce must be 1, 2, 4 or 8 (the JPEG decoder's scales), got {reduce}")
-    try:
-        with Image.open(path) as im:
-            stored = im.size
-            if reduce > 1 and im.format == "JPEG" and min(stored) >= reduce:
-                im.draft(None, (stored[0] // reduce, stored[1] // reduce))  # picks exactly 1/reduce
-            applied = reduce if im.size != stored else 1
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                a = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-                g = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return Decoded(np.repeat(g[:, :, None], 3, axis=2), applied, stored)
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return Decoded(np.asarray(im), applied, stored)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e} (unreadable or truncated file; remove or "
-                         f"replace it, or rerun make_proposals which records it as skipped)") from e
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """The whole image as RGB uint8 ``(H, W, 3)`` (:func:`decode_rgb` without reduction)."""
-    return decode_rgb(path).image
-
-
-def coco_records(ann_file: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> list[ImageRecord]:
-    """Images of a COCO annotation file (annotations are not used for pre-training).
-
-    ``images_dir`` defaults to the first existing of ``<ann dir>/images``,
-    ``<ann dir>/<split>`` and ``<ann dir>/../<split>`` (``instances_train2017.json`` -> ``train2017``).
-    """
-    ann_file = Path(ann_file)
-    coco, _ = load_coco(ann_file)  # checked first: a bad json is not blamed on the images folder
-    if not coco.imgs:
-        raise ValueError(f"{ann_file} lists no images; pre-training needs at least one")
-    if images_dir is None:
-        split = ann_file.stem.split("_")[-1]
-        tried = [ann_file.parent / "images", ann_file.parent / split, ann_file.parent.parent / split]
-        found = [p for p in tried if p.is_dir()]
-        if not found:
-            raise FileNotFoundError(
-                f"no images folder found for {ann_file} (tried {[str(p) for p in tried]}); "
-                f"set PretrainDataConfig.images_dir or pass --images")
-        images_dir = found[0]
-    images_dir = Path(images_dir)
-    return [ImageRecord(int(i), str(images_dir / coco.imgs[i]["file_name"]), coco.imgs[i]["file_name"])
-            for i in sorted(coco.imgs)]
+__all__ = ["source_records", "PretrainDataset", "PretrainCollator", "prepare_batch", "data_worker_init",
+           "pretrain_loader", "build_pretrain_dataset"]
 
 
 def source_records(cfg: PretrainDataConfig, source: str | os.PathLike) -> list[ImageRecord]:
@@ -133,26 +56,10 @@ def _records(cfg: PretrainDataConfig, source: str | os.PathLike, builtin) -> lis
 def _builtin(source: str | os.PathLike):
     """The embedded sample / generated scene set named by ``source``, or ``None``."""
     if str(source) == "sample":
-        from .sample import get_sample_dataset
-
         return get_sample_dataset()
     if str(source).partition(":")[0] == "scenes":
-        from .scenes import SceneConfig, get_scene_dataset
-
         return get_scene_dataset(SceneConfig.from_source(str(source)))
     return None
-
-
-def folder_records(images_dir: str | os.PathLike) -> list[ImageRecord]:
-    """Every image under ``images_dir`` (recursive), ids = position in sorted relative paths."""
-    root = Path(images_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    rel = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not rel:
-        raise ValueError(f"image folder {root} holds no images with extensions {IMAGE_EXTENSIONS}")
-    return [ImageRecord(i, str(root / r), r) for i, r in enumerate(rel)]
 
 
 class PretrainDataset(Dataset):

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 
 from .cache import build_atomically, cache_base
+from .coco_json import coco_records
+from .selective_search import make_proposals
 
 __all__ = ["SampleDataset", "get_sample_dataset", "default_cache_dir", "SAMPLE_VERSION"]
 
@@ -77,9 +79,6 @@ def _shrink(a: np.ndarray, long_side: int) -> np.ndarray:
 
 def _write_pretrain(ds: SampleDataset, photos: dict[str, np.ndarray]) -> None:
     """The unlabelled pre-training set: the photos and the labelled train split's images (no boxes)."""
-    from .datasets import coco_records
-    from .proposal_tool import make_proposals
-
     images = []
     for name, a in photos.items():
         file_name = f"{name}.png" if a.ndim == 3 and a.shape[2] == 4 else f"{name}.jpg"  # keep the RGBA one

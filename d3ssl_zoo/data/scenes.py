@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image
 
 from .cache import build_atomically, cache_base
+from .coco_json import coco_records
+from .selective_search import make_proposals
 
 __all__ = ["SHAPES", "SceneConfig", "SceneDataset", "render_scene", "shape_mask", "get_scene_dataset"]
 
@@ -281,9 +283,6 @@ def _write_split(root: Path, split: str, count: int, photos, cfg: SceneConfig, l
 
 
 def _build(root: Path, cfg: SceneConfig, workers: int, progress: bool) -> None:
-    from .datasets import coco_records
-    from .proposal_tool import make_proposals
-
     photos = _photos()
     _write_split(root, "train", cfg.num_train, photos, cfg, labelled=True)
     _write_split(root, "val", cfg.num_val, photos, cfg, labelled=True)

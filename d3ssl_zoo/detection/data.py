@@ -1,4 +1,6 @@
-"""Readers for the transfer datasets (paper §5 "Setting"): PASCAL VOC XML and COCO json.
+"""Readers for the transfer datasets (paper §5 "Setting"): PASCAL VOC XML and COCO json, into the
+package's one record type (:class:`~d3ssl_zoo.data.coco_json.ImageRecord`, objects with VOC's
+difficult flags and COCO's segmentations in ``record.objects``; ``DetRecord`` is its old name).
 
 Boxes follow the package convention (xyxy float pixels). VOC's 1-based inclusive corners are
 read as detectron2 reads them (``xmin - 1, ymin - 1, xmax, ymax``); the VOC evaluator converts
@@ -17,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from d3ssl_zoo.data.datasets import load_rgb
+from d3ssl_zoo.data.coco_json import ImageObjects, ImageRecord, load_coco
+from d3ssl_zoo.data.images import load_rgb
 
 __all__ = ["VOC_CLASSES", "DetRecord", "ReadStats", "read_voc", "read_voc_splits", "read_coco",
            "DetectionDataset", "hflip_sample", "collate_detection"]
@@ -29,18 +32,7 @@ VOC_CLASSES = (
 )
 
 
-@dataclass
-class DetRecord:
-    """One image with its objects (boxes xyxy float pixels, labels 0-based class indices)."""
-
-    file_name: str
-    image_id: object
-    height: int
-    width: int
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    segmentations: Optional[List[object]] = None   # COCO polygons / RLE, one per object
+DetRecord = ImageRecord  # the old name of detection's records: one image with its objects
 
 
 @dataclass
@@ -60,7 +52,7 @@ class ReadStats:
 
 
 def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC_CLASSES,
-             stats: Optional[ReadStats] = None) -> List[DetRecord]:
+             stats: Optional[ReadStats] = None) -> List[ImageRecord]:
     """Read ``root/VOC<year>/ImageSets/Main/<split>.txt`` and its ``Annotations/*.xml``.
 
     Difficult objects are kept and flagged: detectron2 trains on them and its evaluator ignores
@@ -100,27 +92,27 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
             boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
             labels.append(index[name])
             difficult.append(int(obj.findtext("difficult", "0") or 0) == 1)
-        records.append(DetRecord(
-            file_name=str(base / "JPEGImages" / f"{image_id}.jpg"), image_id=image_id,
+        records.append(ImageRecord(
+            image_id, str(base / "JPEGImages" / f"{image_id}.jpg"), file_name=f"{image_id}.jpg",
             height=int(size.findtext("height")), width=int(size.findtext("width")),
-            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
-            difficult=np.asarray(difficult, bool)))
+            objects=ImageObjects(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
+                                 difficult=np.asarray(difficult, bool))))
         stats.images += 1
         stats.objects += len(boxes)
     return records
 
 
 def read_voc_splits(root: Path, splits: Sequence[Tuple[str, str]],
-                    stats: Optional[ReadStats] = None) -> List[DetRecord]:
+                    stats: Optional[ReadStats] = None) -> List[ImageRecord]:
     """Concatenate VOC splits, e.g. ``[("2007", "trainval"), ("2012", "trainval")]`` (VOC07+12)."""
-    out: List[DetRecord] = []
+    out: List[ImageRecord] = []
     for year, split in splits:
         out += read_voc(root, year, split, stats=stats)
     return out
 
 
 def read_coco(ann_file: Path, image_root: Path, *, train: bool,
-              stats: Optional[ReadStats] = None) -> Tuple[List[DetRecord], List[int], object]:
+              stats: Optional[ReadStats] = None) -> Tuple[List[ImageRecord], List[int], object]:
     """Read a COCO instances json with pycocotools.
 
     Returns records, the sorted category ids (label i <-> ``category_ids[i]``) and the COCO api
@@ -129,8 +121,6 @@ def read_coco(ann_file: Path, image_root: Path, *, train: bool,
     each is counted in ``stats``, as are (always) annotations with a bbox that is not 4 finite
     numbers (dropped from the ground truth too), without a bbox, or of an unknown category id.
     """
-    from d3ssl_zoo.data.coco_json import load_coco
-
     stats = stats if stats is not None else ReadStats()
     coco, invalid = load_coco(ann_file, image_keys=("id", "file_name", "width", "height"))
     if invalid:
@@ -163,22 +153,23 @@ def read_coco(ann_file: Path, image_root: Path, *, train: bool,
         if train and not boxes:
             stats.skip("images without objects (training)")
             continue
-        records.append(DetRecord(
-            file_name=str(Path(image_root) / info["file_name"]), image_id=img_id,
+        records.append(ImageRecord(
+            img_id, str(Path(image_root) / info["file_name"]), file_name=info["file_name"],
             height=int(info["height"]), width=int(info["width"]),
-            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
-            difficult=np.zeros(len(boxes), bool), segmentations=segs))
+            objects=ImageObjects(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
+                                 difficult=np.zeros(len(boxes), bool), segmentations=segs)))
         stats.images += 1
         stats.objects += len(boxes)
     return records, cat_ids, coco
 
 
-def _masks(record: DetRecord) -> Tensor:
+def _masks(record: ImageRecord) -> Tensor:
     from pycocotools import mask as mask_utils
 
     h, w = record.height, record.width
-    out = np.zeros((len(record.segmentations or []), h, w), np.uint8)
-    for i, seg in enumerate(record.segmentations or []):
+    segmentations = record.objects.segmentations or []
+    out = np.zeros((len(segmentations), h, w), np.uint8)
+    for i, seg in enumerate(segmentations):
         if seg is None:
             raise ValueError(f"image {record.image_id}: object {i} has no segmentation, needed for Mask R-CNN")
         if isinstance(seg, list):
@@ -210,7 +201,7 @@ class DetectionDataset(Dataset):
     Labels become 1-based (torchvision's 0 is the background).
     """
 
-    def __init__(self, records: Sequence[DetRecord], *, train: bool, mask_on: bool = False, seed: int = 0):
+    def __init__(self, records: Sequence[ImageRecord], *, train: bool, mask_on: bool = False, seed: int = 0):
         self.records = list(records)
         self.train = train
         self.mask_on = mask_on
@@ -225,13 +216,13 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[Tensor, Dict[str, Tensor]]:
         r = self.records[i]
-        arr = load_rgb(r.file_name)  # the package's one decoder: stored pixels, EXIF orientation not applied
+        arr = load_rgb(r.path)  # the package's one decoder: stored pixels, EXIF orientation not applied
         if arr.shape[:2] != (r.height, r.width):
-            raise ValueError(f"{r.file_name} is {arr.shape[1]}x{arr.shape[0]} but its annotation says "
+            raise ValueError(f"{r.path} is {arr.shape[1]}x{arr.shape[0]} but its annotation says "
                              f"{r.width}x{r.height}")
         image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-        target = {"boxes": torch.from_numpy(r.boxes).float(),
-                  "labels": torch.from_numpy(r.labels) + 1,
+        target = {"boxes": torch.from_numpy(r.objects.boxes).float(),
+                  "labels": torch.from_numpy(r.objects.labels) + 1,
                   "index": torch.tensor(i)}
         if self.mask_on:
             target["masks"] = _masks(r)

@@ -19,7 +19,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .data import VOC_CLASSES, DetRecord
+from d3ssl_zoo.data.coco_json import ImageRecord
+
+from .data import VOC_CLASSES
 
 __all__ = ["voc_ap", "voc_precision_recall", "evaluate_voc", "coco_results", "evaluate_coco"]
 
@@ -91,7 +93,7 @@ def voc_precision_recall(dets: Sequence[tuple], gts: Mapping[object, tuple], iou
     return recall, precision, npos
 
 
-def evaluate_voc(predictions: Mapping[object, Mapping[str, object]], records: Sequence[DetRecord],
+def evaluate_voc(predictions: Mapping[object, Mapping[str, object]], records: Sequence[ImageRecord],
                  class_names: Sequence[str] = VOC_CLASSES, use_07_metric: bool = True) -> Dict[str, object]:
     """VOC AP / AP50 / AP75 (percent) of ``predictions`` (image_id -> boxes/scores/labels).
 
@@ -117,7 +119,8 @@ def evaluate_voc(predictions: Mapping[object, Mapping[str, object]], records: Se
     per_class: Dict[str, float] = {}
     empty = []
     for c, name in enumerate(class_names):
-        gts = {r.image_id: (r.boxes[r.labels == c], r.difficult[r.labels == c]) for r in records}
+        gts = {r.image_id: (r.objects.boxes[r.objects.labels == c], r.objects.difficult[r.objects.labels == c])
+               for r in records}
         if sum(int((~d).sum()) for _, d in gts.values()) == 0:
             empty.append(name)
             continue

@@ -100,12 +100,12 @@ def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_
         raise ValueError(f"object_size ({object_size}) and gap ({gap}) must be multiples of 32 (the C5 "
                          f"stride) so every box lies on each stage's grid")
     objects, candidates = load_objects_of_min_size(ann, images, min_object_size)
-    labels = [int(objects.images[i].labels[j]) for i, j in candidates]
+    labels = [int(objects.images[i].objects.labels[j]) for i, j in candidates]
     pairs = sample_pairs(labels, num_pairs, np.random.default_rng(seed))
 
     def crop(c):
         i, j = candidates[c]
-        return crop_object(objects.images[i], objects.images[i].boxes[j], object_size)
+        return crop_object(objects.images[i], objects.images[i].objects.boxes[j], object_size)
 
     with eval_mode(model):
         rates = pair_coupling_rates(model, [crop(a) for a, _ in pairs], [crop(b) for _, b in pairs],

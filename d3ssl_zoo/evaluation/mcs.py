@@ -77,8 +77,10 @@ def run_mcs(model: nn.Module, ann, images, *, num_crops: int = 100, tile_size: i
     objects, candidates = load_objects_of_min_size(ann, images, min_object_size)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(candidates), size=num_crops, replace=num_crops > len(candidates))
-    crops = [crop_object(objects.images[candidates[c][0]], objects.images[candidates[c][0]].boxes[candidates[c][1]],
-                         tile_size) for c in picks]
+    crops = []
+    for c in picks:
+        i, j = candidates[c]
+        crops.append(crop_object(objects.images[i], objects.images[i].objects.boxes[j], tile_size))
     with eval_mode(model):
         mcs = crop_mcs(model, crops, batch_size=batch_size, device=device, progress=progress)
     return {

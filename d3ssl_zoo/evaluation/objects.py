@@ -1,4 +1,6 @@
-"""COCO-format reader of the diagnostics (pycocotools): labelled objects per image.
+"""The diagnostics' objects: labelled objects per image of a COCO-format json, read with the
+package's checked reader into its one record type
+(:class:`~d3ssl_zoo.data.coco_json.ImageRecord`, objects in ``record.objects``), and crops of them.
 
 Boxes are converted at this edge from COCO ``xywh`` to the package's ``xyxy`` float pixels of
 the original image; ``scale_boxes`` maps them to the resized image. Bad input is a clear error
@@ -17,29 +19,20 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torchvision.ops import box_convert
 
-from d3ssl_zoo.data.coco_json import load_coco
-from d3ssl_zoo.data.datasets import load_rgb
+from d3ssl_zoo.data.coco_json import ImageObjects, ImageRecord, load_coco
+from d3ssl_zoo.data.images import load_rgb
 
-__all__ = ["ImageRecord", "CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
+__all__ = ["CocoObjects", "load_coco_objects", "resized_size", "scale_boxes",
            "read_image", "to_tensor", "crop_object", "objects_of_min_size", "load_objects_of_min_size"]
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's
 
 
 @dataclass
-class ImageRecord:
-    """One image and its kept objects; ``boxes`` are xyxy float pixels of the original image."""
-    image_id: int
-    path: str
-    width: int
-    height: int
-    boxes: np.ndarray   # (n, 4) float32
-    labels: np.ndarray  # (n,) int64, contiguous class index
-
-
-@dataclass
 class CocoObjects:
-    """Labelled objects of one split; ``skips`` counts everything not used and why."""
+    """Labelled objects of one split; ``skips`` counts everything not used and why. Every record
+    has its ``width``, ``height`` and ``objects`` (boxes xyxy float pixels of the original image,
+    labels the contiguous class index of ``category_ids``)."""
     images: List[ImageRecord]
     class_names: List[str]
     category_ids: List[int]
@@ -48,7 +41,7 @@ class CocoObjects:
 
     @property
     def num_objects(self) -> int:
-        return int(sum(len(r.labels) for r in self.images))
+        return int(sum(len(r.objects.labels) for r in self.images))
 
 
 def load_coco_objects(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *,
@@ -116,8 +109,8 @@ def load_coco_objects(ann_file: str | os.PathLike, images_dir: str | os.PathLike
         if not boxes:
             skips["images_without_objects"] += 1
             continue
-        records.append(ImageRecord(int(img_id), path, w, h, np.asarray(boxes, np.float32),
-                                   np.asarray(labels, np.int64)))
+        records.append(ImageRecord(int(img_id), path, file_name=info["file_name"], width=w, height=h,
+                                   objects=ImageObjects(np.asarray(boxes, np.float32), np.asarray(labels, np.int64))))
     if not records:
         raise ValueError(f"no usable image in {ann_file} with images under {images_dir} "
                          f"(skips: {skips}); check that the images directory matches the json")
@@ -167,7 +160,7 @@ def crop_object(record: ImageRecord, box: np.ndarray, size: int) -> np.ndarray:
 
 def objects_of_min_size(objects: CocoObjects, min_size: float) -> List[Tuple[int, int]]:
     """(image index, object index) of every object whose shorter box side is >= ``min_size``."""
-    return [(i, j) for i, r in enumerate(objects.images) for j, b in enumerate(r.boxes)
+    return [(i, j) for i, r in enumerate(objects.images) for j, b in enumerate(r.objects.boxes)
             if min(b[2] - b[0], b[3] - b[1]) >= min_size]
 
 

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from d3ssl_zoo.boxes import boxes_to_rois
-from d3ssl_zoo.evaluation.objects import (CocoObjects, ImageRecord, load_coco_objects, read_image,
-                                       resized_size, scale_boxes, to_tensor)
+from d3ssl_zoo.data.coco_json import ImageRecord
+from d3ssl_zoo.evaluation.objects import (CocoObjects, load_coco_objects, read_image, resized_size, scale_boxes,
+                                       to_tensor)
 from d3ssl_zoo.evaluation.features import (c5_region_features, eval_mode, model_device, model_fingerprint,
                                           model_mean_std)
 
@@ -146,10 +147,10 @@ class _ObjectImages(Dataset):
     def __getitem__(self, i: int):
         r, sel, hw = self.records[i], self.selection[i], self.size(i)
         img = read_image(r, hw)
-        boxes = scale_boxes(r.boxes[sel], (r.height, r.width), hw)
+        boxes = scale_boxes(r.objects.boxes[sel], (r.height, r.width), hw)
         if self.replacements is not None:
             img = disturb(img, boxes, read_image(self.records[int(self.replacements[i])], hw))
-        return to_tensor(img, self.mean, self.std), torch.from_numpy(boxes), torch.from_numpy(r.labels[sel])
+        return to_tensor(img, self.mean, self.std), torch.from_numpy(boxes), torch.from_numpy(r.objects.labels[sel])
 
 
 def _collate(items):
@@ -168,7 +169,7 @@ def _cache_key(model: nn.Module, objects: CocoObjects, selection: List[np.ndarra
                replacements: Optional[np.ndarray], short_side: int) -> str:
     h = hashlib.sha256(f"v{_CACHE_VERSION}:{model_fingerprint(model)}:{short_side}".encode())
     for r, sel in zip(objects.images, selection):
-        h.update(f"{r.path}:{r.width}x{r.height}:{r.boxes[sel].tobytes().hex()}:{r.labels[sel].tolist()}".encode())
+        h.update(f"{r.path}:{r.width}x{r.height}:{r.objects.boxes[sel].tobytes().hex()}:{r.objects.labels[sel].tolist()}".encode())
     if replacements is not None:
         h.update(replacements.tobytes())
     return h.hexdigest()[:20]
@@ -258,9 +259,9 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
     if train.category_ids != val.category_ids:
         raise ValueError(f"{train_ann} and {val_ann} have different category lists; O-KNN labels "
                          f"must mean the same classes in bank and queries")
-    bank_sel = select_bank_objects([r.labels for r in train.images], objects_per_image,
+    bank_sel = select_bank_objects([r.objects.labels for r in train.images], objects_per_image,
                                    np.random.default_rng([seed, 1]))
-    query_sel = [np.arange(len(r.labels)) for r in val.images]
+    query_sel = [np.arange(len(r.objects.labels)) for r in val.images]
     rep_train = rep_val = None
     if disturbed:
         rep_train = replacement_indices(len(train.images), np.random.default_rng([seed, 2]))

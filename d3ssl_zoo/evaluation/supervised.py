@@ -53,13 +53,13 @@ def train_roi_classifier(model: nn.Module, ann, images, *, steps: int = 120, bat
         xs, rois, labels = [], [], []
         for n, r in enumerate(objects.images[i] for i in idx):
             img = read_image(r, resized_size(r.height, r.width, short_side))
-            boxes = scale_boxes(r.boxes, (r.height, r.width), img.shape[:2])
+            boxes = scale_boxes(r.objects.boxes, (r.height, r.width), img.shape[:2])
             if rng.random() < 0.5:
                 img = np.ascontiguousarray(img[:, ::-1])
                 boxes = np.stack([img.shape[1] - boxes[:, 2], boxes[:, 1], img.shape[1] - boxes[:, 0], boxes[:, 3]], 1)
             xs.append(to_tensor(img, mean, std))
             rois.append(np.concatenate([np.full((len(boxes), 1), n, np.float32), boxes], 1))
-            labels.append(r.labels)
+            labels.append(r.objects.labels)
         x = torch.stack(xs).to(device)
         rois_t = torch.from_numpy(np.concatenate(rois)).float().to(device)
         y = torch.from_numpy(np.concatenate(labels)).to(device)

@@ -1,4 +1,5 @@
-"""Selective-search proposals (Sec. 4.1), SoCo's filters, and the compact proposal file.
+"""The proposal file: selective-search proposals (Sec. 4.1) of a dataset, written once by
+:mod:`d3ssl_zoo.data.selective_search` and read lazily by :class:`ProposalStore` during pre-training.
 
 Proposal file format (``d3ssl_zoo.proposals/1``): one safetensors file holding
 
@@ -6,7 +7,8 @@ Proposal file format (``d3ssl_zoo.proposals/1``): one safetensors file holding
   image's file name relative to the images folder: detects a file made for another dataset);
 * ``sizes`` int32 ``(N, 2)`` = (width, height) of the image the boxes refer to;
 * ``offsets`` int64 ``(N + 1,)``: image ``r``'s boxes are rows ``offsets[r]:offsets[r+1]``;
-* ``fallback`` uint8 ``(N,)``: filter level that produced them (see :data:`FALLBACK_LEVELS`);
+* ``fallback`` uint8 ``(N,)``: filter level that produced them (see
+  :data:`d3ssl_zoo.data.selective_search.FALLBACK_LEVELS`);
 * ``boxes`` int16 (int32 if an image is wider than 32767 px) ``(M, 4)``: xyxy original pixels,
   rounded (selective search is pixel-accurate at best).
 
@@ -24,73 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
 
-__all__ = ["FORMAT", "FALLBACK_LEVELS", "ProposalEntry", "name_hash", "selective_search",
-           "filter_proposals", "image_proposals", "write_proposal_file", "ProposalStore"]
+__all__ = ["FORMAT", "ProposalEntry", "name_hash", "write_proposal_file", "ProposalStore"]
 
 FORMAT = "d3ssl_zoo.proposals/1"
-FALLBACK_LEVELS = ("size+ratio+scale", "size+ratio", "size", "whole_image")
-MODES = ("fast", "single", "quality")
 
 
 def name_hash(file_name: str) -> int:
     """Signed 64-bit blake2b hash of a file name (stable across processes and machines)."""
     return int.from_bytes(hashlib.blake2b(file_name.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
-
-
-def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> np.ndarray:
-    """OpenCV selective search on an RGB uint8 image resized to ``resize_long`` px on its long
-    side (``None``: as is); returns ``(N, 4)`` float32 xyxy boxes in the original image's pixels."""
-    if mode not in MODES:
-        raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
-    h, w = image.shape[:2]
-    scale = 1.0 if not resize_long else resize_long / max(h, w)
-    work = image if scale == 1.0 else cv2.resize(
-        image, (max(1, round(w * scale)), max(1, round(h * scale))),
-        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
-    ss.setBaseImage(cv2.cvtColor(work, cv2.COLOR_RGB2BGR))
-    {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
-     "single": ss.switchToSingleStrategy}[mode]()
-    rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)
-    boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / scale
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-    return boxes
-
-
-def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: float = 32,
-                     max_ratio: float = 3.0, scale_range=(0.3, 0.8)) -> tuple[np.ndarray, int]:
-    """SoCo's filters with fallbacks (SPEC Sec. 3); returns ``(boxes, level)``.
-
-    Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8 (SoCo's
-    ``ratio3size0308``). Images left with none fall back to the ratio filter (1: size + aspect,
-    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), then the whole-image
-    box (3). Sizes are in original image pixels. Duplicate boxes are removed.
-    """
-    b = np.unique(np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), axis=0)
-    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    valid = (bw > 0) & (bh > 0)
-    size_ok = valid & (bw >= min_size) & (bh >= min_size)
-    ratio_ok = valid & (bw <= max_ratio * bh) & (bh <= max_ratio * bw)
-    rel = np.sqrt(bw.clip(0) * bh.clip(0)) / np.sqrt(width * height)
-    scale_ok = (rel >= scale_range[0]) & (rel <= scale_range[1])
-    for level, keep in enumerate((size_ok & ratio_ok & scale_ok, size_ok & ratio_ok, size_ok)):
-        if keep.any():
-            return b[keep], level
-    return np.array([[0, 0, width, height]], dtype=np.float32), 3
-
-
-def image_proposals(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> tuple[np.ndarray, int]:
-    """Selective search + filters for one image: ``(boxes, fallback_level)``."""
-    h, w = image.shape[:2]
-    return filter_proposals(selective_search(image, mode, resize_long), w, h)
 
 
 @dataclass

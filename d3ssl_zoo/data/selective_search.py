@@ -1,5 +1,8 @@
-"""The proposal tool behind ``train/make_proposals.py``: selective search over a dataset in
-parallel worker processes, resumable, with atomic writes.
+"""Selective-search proposals (Sec. 4.1): OpenCV's selective search and SoCo's filters on one
+image (:func:`image_proposals`), and the tool behind ``train/make_proposals.py`` and
+``d3ssl-zoo proposals`` (:func:`make_proposals`), which runs them over a dataset in parallel
+worker processes, resumable, with atomic writes, into one proposal file
+(:mod:`d3ssl_zoo.data.proposal_store`).
 
 Resume: finished images are flushed every ``flush_every`` images / ``flush_seconds`` seconds
 (defaults 64 / 10 s; Ctrl-C flushes too) into ``<out>.parts/part-NNNNN.safetensors``, each
@@ -30,11 +33,64 @@ import numpy as np
 
 from d3ssl_zoo.disk import DiskFullError
 
-from .datasets import ImageRecord, coco_records, folder_records, load_rgb
-from .proposals import (FALLBACK_LEVELS, ProposalEntry, ProposalStore, image_proposals, name_hash,
-                        write_proposal_file)
+from .coco_json import ImageRecord, coco_records
+from .images import folder_records, load_rgb
+from .proposal_store import ProposalEntry, ProposalStore, name_hash, write_proposal_file
 
-__all__ = ["process_image", "read_entries", "make_proposals", "format_summary", "add_arguments", "run"]
+__all__ = ["FALLBACK_LEVELS", "MODES", "selective_search", "filter_proposals", "image_proposals", "process_image",
+           "read_entries", "make_proposals", "format_summary", "add_arguments", "run"]
+
+FALLBACK_LEVELS = ("size+ratio+scale", "size+ratio", "size", "whole_image")
+MODES = ("fast", "single", "quality")
+
+
+def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> np.ndarray:
+    """OpenCV selective search on an RGB uint8 image resized to ``resize_long`` px on its long
+    side (``None``: as is); returns ``(N, 4)`` float32 xyxy boxes in the original image's pixels."""
+    if mode not in MODES:
+        raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
+    h, w = image.shape[:2]
+    scale = 1.0 if not resize_long else resize_long / max(h, w)
+    work = image if scale == 1.0 else cv2.resize(
+        image, (max(1, round(w * scale)), max(1, round(h * scale))),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(cv2.cvtColor(work, cv2.COLOR_RGB2BGR))
+    {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
+     "single": ss.switchToSingleStrategy}[mode]()
+    rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)
+    boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    return boxes
+
+
+def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: float = 32,
+                     max_ratio: float = 3.0, scale_range=(0.3, 0.8)) -> tuple[np.ndarray, int]:
+    """SoCo's filters with fallbacks (SPEC Sec. 3); returns ``(boxes, level)``.
+
+    Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8 (SoCo's
+    ``ratio3size0308``). Images left with none fall back to the ratio filter (1: size + aspect,
+    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), then the whole-image
+    box (3). Sizes are in original image pixels. Duplicate boxes are removed.
+    """
+    b = np.unique(np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), axis=0)
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    valid = (bw > 0) & (bh > 0)
+    size_ok = valid & (bw >= min_size) & (bh >= min_size)
+    ratio_ok = valid & (bw <= max_ratio * bh) & (bh <= max_ratio * bw)
+    rel = np.sqrt(bw.clip(0) * bh.clip(0)) / np.sqrt(width * height)
+    scale_ok = (rel >= scale_range[0]) & (rel <= scale_range[1])
+    for level, keep in enumerate((size_ok & ratio_ok & scale_ok, size_ok & ratio_ok, size_ok)):
+        if keep.any():
+            return b[keep], level
+    return np.array([[0, 0, width, height]], dtype=np.float32), 3
+
+
+def image_proposals(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> tuple[np.ndarray, int]:
+    """Selective search + filters for one image: ``(boxes, fallback_level)``."""
+    h, w = image.shape[:2]
+    return filter_proposals(selective_search(image, mode, resize_long), w, h)
 
 
 def process_image(record: ImageRecord, mode: str, resize_long: int | None, min_side: int):
@@ -221,7 +277,7 @@ def add_arguments(p) -> None:
     p.add_argument("--images", help="image folder (with --coco: the folder the json's file_names refer to)")
     p.add_argument("--coco", help="COCO annotation json; its image ids key the proposal file")
     p.add_argument("--out", required=True, help="output proposal file (.safetensors)")
-    p.add_argument("--mode", choices=("fast", "single", "quality"), default="fast", help="selective search mode")
+    p.add_argument("--mode", choices=MODES, default="fast", help="selective search mode")
     p.add_argument("--resize-long", type=int, default=500, help="long side the search runs at (0: original size)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (1: in process)")
     p.add_argument("--min-side", type=int, default=32, help="images with a shorter side are skipped and reported")

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from d3ssl_zoo.evaluation.objects import load_coco_objects, resized_size, scale_boxes
-from d3ssl_zoo.evaluation.features import c5_region_features, stage_maps
+from d3ssl_zoo.evaluation.features import c4_head_region_features, c5_region_features, stage_maps
 from d3ssl_zoo.evaluation.oknn import (disturb, extract_object_features, iter_shards, knn_topk,
                                        replacement_indices, run_oknn, select_bank_objects,
                                        topk_accuracy, weighted_vote)
@@ -216,6 +216,36 @@ def test_c5_region_features_equal_zoo_forward_regions_c5():
         ours = c5_region_features(model, x, rois)
         ref = torch.nn.functional.normalize(model.forward_regions_c5(x, boxes), dim=1)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_c4_head_features_are_the_pretraining_path_and_keyed_apart(splits, tmp_path):
+    import d3ssl_zoo
+
+    model = d3ssl_zoo.create_model("d3ssl_r18c4").eval()
+    x = torch.randn(2, 3, 96, 128)
+    boxes = [torch.tensor([[4.0, 8.0, 60.0, 70.0]]), torch.tensor([[0.0, 0.0, 128.0, 96.0], [30, 20, 90, 50.0]])]
+    rois = d3ssl_zoo.boxes_to_rois(boxes, 2)
+    with torch.no_grad():  # roi size 14 is the zoo's forward_regions (RoIAlign 14x14 on C4 -> res5 -> pool)
+        ours = c4_head_region_features(model, x, rois, 14)
+        ref = torch.nn.functional.normalize(model.forward_regions(x, boxes), dim=1)
+        c5 = c5_region_features(model, x, rois)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, c5, atol=1e-3)
+    with pytest.raises(TypeError, match="no C4 region head"):
+        c4_head_region_features(timm.create_model("resnet18", num_classes=0), x, rois)
+
+    train_ann, train_dir = splits[:2]
+    objs = load_coco_objects(train_ann, train_dir)
+    sel = select_bank_objects([r.objects.labels for r in objs.images], 1, np.random.default_rng(0))
+    kw = dict(short_side=64, batch_size=4, progress=False)
+    c5_dir = extract_object_features(model, objs, sel, str(tmp_path), **kw)
+    head_dir = extract_object_features(model, objs, sel, str(tmp_path), features="c4_head:7", **kw)
+    assert c5_dir != head_dir  # a cache never serves one read for the other
+    f5 = torch.cat([f for f, _ in iter_shards(c5_dir)])
+    fh = torch.cat([f for f, _ in iter_shards(head_dir)])
+    assert f5.shape == fh.shape == (len(objs.images), 512) and not torch.equal(f5, fh)
+    with pytest.raises(ValueError, match=r"unknown O-KNN features 'c4'.*c4_head:14"):
+        run_oknn(model, *splits, features="c4")
 
 
 def test_disturbed_equals_plain_when_replacement_is_the_image(splits, r18, tmp_path):

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--k", type=_at_least(1), default=20, help="neighbours of the weighted vote (default 20)")
     p.add_argument("--temperature", type=_positive_float, default=0.07, help="temperature of the vote (default 0.07)")
     p.add_argument("--num-workers", type=_at_least(0), default=0, help="image-loading worker processes (default 0)")
+    p.add_argument("--features", default="c5",
+                   help="object features: c5 (the paper's read: RoIAlign 7x7 on C5, default) or c4_head:<roi size> "
+                        "(the pre-training path: RoIAlign on C4 -> res5, a diagnostic; SoCo's head uses 14)")
     p.set_defaults(func=_cmd_oknn)
 
     p = sub.add_parser("coupling", help="coupling rate per stage (paper Sec. 3.1, Fig. 3b)")
@@ -187,7 +190,8 @@ def _oknn(args) -> int:
                          objects_per_image=args.objects_per_image, short_side=args.short_side, k=args.k,
                          temperature=args.temperature, disturbed=disturbed, seed=args.seed,
                          batch_size=args.batch_size, cache_dir=os.path.join(args.out, "feature_cache"),
-                         device=_device(args), progress=not args.no_progress, num_workers=args.num_workers)
+                         device=_device(args), progress=not args.no_progress, num_workers=args.num_workers,
+                         features=args.features)
             r["wall_s"] = time.perf_counter() - t0
             results[label][r["metric"]] = r
     table = oknn_table(results)

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from d3ssl_zoo.boxes import region_align_pooled
+from d3ssl_zoo.boxes import region_align, region_align_pooled
 from d3ssl_zoo.factory import load_backbone
 from d3ssl_zoo.evaluation.objects import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
+__all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features", "c4_head_region_features",
            "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -94,6 +94,19 @@ def c5_region_features(model: nn.Module, x: Tensor, rois: Tensor) -> Tensor:
     c5 = stage_maps(model, x, ("layer4",))["layer4"]
     feats = region_features(c5, rois, _stride(x.shape[-2:], c5), 7)
     return F.normalize(feats.float(), dim=1)
+
+
+def c4_head_region_features(model: nn.Module, x: Tensor, rois: Tensor, roi_size: int = 14) -> Tensor:
+    """Object features through the pre-training path instead: RoIAlign ``roi_size`` on C4, res5 on
+    the RoI, average pool, L2-normalise (``forward_c4`` + ``forward_region_head`` of a C4 model;
+    SoCo's head uses 14 on 224 px views). A diagnostic: it tells whether the full-image C5 read of
+    O-KNN sees less than the region head that pre-training optimised."""
+    if not (hasattr(model, "forward_c4") and hasattr(model, "forward_region_head")):
+        raise TypeError(f"{type(model).__name__} has no C4 region head (forward_c4, forward_region_head); "
+                        f"the c4_head features need a d3ssl_zoo C4 model, use the c5 features otherwise")
+    c4 = model.forward_c4(x)
+    roi = region_align(c4, rois, roi_size, _stride(x.shape[-2:], c4))
+    return F.normalize(model.forward_region_head(roi).float(), dim=1)
 
 
 def model_mean_std(model: nn.Module):

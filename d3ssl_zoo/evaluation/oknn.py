@@ -30,13 +30,25 @@ from d3ssl_zoo.boxes import boxes_to_rois
 from d3ssl_zoo.data.coco_json import ImageRecord
 from d3ssl_zoo.evaluation.objects import (CocoObjects, load_coco_objects, read_image, resized_size, scale_boxes,
                                        to_tensor)
-from d3ssl_zoo.evaluation.features import (c5_region_features, eval_mode, model_device, model_fingerprint,
-                                          model_mean_std)
+from d3ssl_zoo.evaluation.features import (c4_head_region_features, c5_region_features, eval_mode, model_device,
+                                          model_fingerprint, model_mean_std)
 
 __all__ = ["select_bank_objects", "replacement_indices", "disturb", "knn_topk", "weighted_vote",
            "topk_accuracy", "extract_object_features", "iter_shards", "run_oknn"]
 
 _CACHE_VERSION = 1
+# Object features: "c5" is the paper's O-KNN read (Sec. 5.3); "c4_head:<roi size>" the pre-training
+# path (RoIAlign on C4 -> res5), a diagnostic.
+FEATURES = ("c5", "c4_head:<roi size>")
+
+
+def _feature_fn(features: str):
+    if features == "c5":
+        return c5_region_features
+    name, _, size = features.partition(":")
+    if name == "c4_head" and size.isdigit() and int(size) > 0:
+        return lambda model, x, rois: c4_head_region_features(model, x, rois, int(size))
+    raise ValueError(f"unknown O-KNN features {features!r}; use one of {', '.join(FEATURES)} (e.g. c4_head:14)")
 
 
 def select_bank_objects(labels: Sequence[np.ndarray], objects_per_image: int,
@@ -166,8 +178,9 @@ def _shard_batches(ds: _ObjectImages, indices: np.ndarray, batch_size: int) -> L
 
 
 def _cache_key(model: nn.Module, objects: CocoObjects, selection: List[np.ndarray],
-               replacements: Optional[np.ndarray], short_side: int) -> str:
-    h = hashlib.sha256(f"v{_CACHE_VERSION}:{model_fingerprint(model)}:{short_side}".encode())
+               replacements: Optional[np.ndarray], short_side: int, features: str = "c5") -> str:
+    tag = "" if features == "c5" else f":{features}"  # c5 keys stay as they were
+    h = hashlib.sha256(f"v{_CACHE_VERSION}:{model_fingerprint(model)}:{short_side}{tag}".encode())
     for r, sel in zip(objects.images, selection):
         h.update(f"{r.path}:{r.width}x{r.height}:{r.objects.boxes[sel].tobytes().hex()}:{r.objects.labels[sel].tolist()}".encode())
     if replacements is not None:
@@ -179,17 +192,18 @@ def extract_object_features(model: nn.Module, objects: CocoObjects, selection: L
                             out_dir: str, *, short_side: int = 512,
                             replacements: Optional[np.ndarray] = None, batch_size: int = 8,
                             shard_images: int = 256, device=None, progress: bool = True,
-                            num_workers: int = 0, desc: str = "O-KNN features") -> str:
+                            num_workers: int = 0, desc: str = "O-KNN features", features: str = "c5") -> str:
     """Write the O-KNN features of the ``selection`` of each image to shards under ``out_dir``.
 
     Images are sorted by resized size so batches hold equal-size images (no padding changes
     the features). Shards already on disk are kept, so a killed run resumes. Returns the shard
     folder (keyed by model weights, data, selection and replacements).
     """
+    feature_fn = _feature_fn(features)
     device = model_device(model, device)
     mean, std = model_mean_std(model)
     ds = _ObjectImages(objects.images, selection, short_side, replacements, mean, std)
-    folder = os.path.join(out_dir, _cache_key(model, objects, selection, replacements, short_side))
+    folder = os.path.join(out_dir, _cache_key(model, objects, selection, replacements, short_side, features))
     os.makedirs(folder, exist_ok=True)
     order = np.array(sorted(range(len(ds)), key=lambda i: (ds.size(i), i)), np.int64)
     shards = [order[s:s + shard_images] for s in range(0, len(order), shard_images)]
@@ -208,7 +222,7 @@ def extract_object_features(model: nn.Module, objects: CocoObjects, selection: L
                                       disable=not progress) as bar:
         for n, (images, boxes, lab) in enumerate(loader):
             rois = boxes_to_rois(boxes, len(boxes), device=device)
-            feats.append(c5_region_features(model, images.to(device), rois).half().cpu())
+            feats.append(feature_fn(model, images.to(device), rois).half().cpu())
             labels.append(lab)
             bar.update(len(boxes))
             s = batch_shard[n]
@@ -242,13 +256,15 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
              objects_per_image: int = 1, short_side: int = 512, k: int = 20,
              temperature: float = 0.07, disturbed: bool = False, seed: int = 0,
              batch_size: int = 8, cache_dir: Optional[str] = None, device=None,
-             progress: bool = True, num_workers: int = 0) -> dict:
+             progress: bool = True, num_workers: int = 0, features: str = "c5") -> dict:
     """O-KNN (or disturbed O-KNN) top-1/top-5 accuracy in percent of ``model`` (Sec. 5.3, Tab. 4).
 
     ``train_*`` give the bank (``objects_per_image`` per image, balanced; 0 = all), ``val_*`` the
     queries (all objects). ``cache_dir`` keeps the extracted features (a rerun or a killed run
-    reuses them); without it they live in a temporary folder for the call.
+    reuses them); without it they live in a temporary folder for the call. ``features``: ``"c5"``
+    (the paper's read) or ``"c4_head:<roi size>"`` (the pre-training path, a diagnostic).
     """
+    _feature_fn(features)  # a bad name fails before any work
     if k < 1 or temperature <= 0:
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     if short_side < 1 or batch_size < 1:
@@ -270,7 +286,7 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
     root = tmp.name if tmp is not None else os.fspath(cache_dir)
     try:
         with eval_mode(model):
-            common = dict(short_side=short_side, batch_size=batch_size, device=device,
+            common = dict(short_side=short_side, batch_size=batch_size, device=device, features=features,
                           progress=progress, num_workers=num_workers)
             bank_dir = extract_object_features(model, train, bank_sel, root, replacements=rep_train,
                                                desc="O-KNN bank", **common)
@@ -288,7 +304,7 @@ def run_oknn(model: nn.Module, train_ann, train_images, val_ann, val_images, *,
     acc = topk_accuracy(weighted_vote(sims, labels, num_classes, temperature), q_labels, (1, 5))
     present = np.unique(q_labels.numpy())
     return {
-        "metric": "disturbed_oknn" if disturbed else "oknn",
+        "metric": "disturbed_oknn" if disturbed else "oknn", "features": features,
         "top1": acc[1], "top5": acc[5],
         "num_bank": int(bank_counts.sum()), "num_queries": int(q_labels.numel()),
         "num_classes": num_classes, "k": k, "temperature": temperature,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from d3ssl_zoo.data.composite import composite_depositioned, depositioning_masks, foreground_mask
-from d3ssl_zoo.data.region_aug import box_jitter, box_pixels, prc, prc_cut_mask, prc_cutouts, prm, rbj, soco_cutout
+from d3ssl_zoo.data.region_aug import (box_jitter, box_pixels, boxes_pixels, fill_where, prc, prc_cut_mask, prc_cutouts,
+                                      prm, rbj, soco_cutout)
 
 
 def random_boxes(rng, n, size):
@@ -148,3 +149,114 @@ def test_composite_pastes_shifted_foreground_on_background():
     assert (x3.permute(1, 0, 2, 3)[:, outside] == -1).all()
     with pytest.raises(ValueError, match="shapes"):
         composite_depositioned(x2, m[:1], x_b, m_hat, t)
+
+
+# --- the fast implementations against straightforward references (issue 10.6: same draws, same pixels) ---
+
+def prc_cutouts_reference(boxes, height, width, rng, side_range=(0.2, 0.5), max_cover=0.5, area_reading=False):
+    """PRC as first written: one full plane per proposal, every smaller proposal's coverage counted."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    parts = np.zeros((boxes.shape[0], height, width), dtype=bool)
+    cut = np.zeros((height, width), dtype=bool)
+    order = np.argsort(-((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), kind="stable")
+    pix = [box_pixels(b, height, width) for b in boxes]
+    for n, i in enumerate(order):
+        x1, y1, x2, y2 = boxes[i]
+        w, h = x2 - x1, y2 - y1
+        s = rng.uniform(*side_range)
+        s = np.sqrt(s) if area_reading else s
+        wc, hc = s * w, s * h
+        cx = x1 + rng.uniform(0.0, w - wc)
+        cy = y1 + rng.uniform(0.0, h - hc)
+        cx0, cy0, cx1, cy1 = box_pixels((cx, cy, cx + wc, cy + hc), height, width)
+        new = parts[i]
+        new[cy0:cy1, cx0:cx1] = True
+        for j in order[n + 1:]:
+            jx0, jy0, jx1, jy1 = pix[j]
+            area_j = (jx1 - jx0) * (jy1 - jy0)
+            if area_j and np.count_nonzero(cut[jy0:jy1, jx0:jx1] | new[jy0:jy1, jx0:jx1]) > max_cover * area_j:
+                new[jy0:jy1, jx0:jx1] = False
+        cut |= new
+    return parts
+
+
+def jitter_reference(boxes, rng, ratio, p):
+    """SoCo's jitter box by box in float64, the draws in the documented order: p tests, x shifts,
+    y shifts, w scales, h scales (N each)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    n = len(b)
+    apply, sx, sy = rng.random(n) < p, rng.uniform(-ratio, ratio, n), rng.uniform(-ratio, ratio, n)
+    kw, kh = rng.uniform(1 - ratio, 1 + ratio, n), rng.uniform(1 - ratio, 1 + ratio, n)
+    out = b.copy()
+    for k in range(n):
+        if apply[k]:
+            w, h = b[k, 2] - b[k, 0], b[k, 3] - b[k, 1]
+            cx, cy = (b[k, 0] + b[k, 2]) / 2 + sx[k] * w, (b[k, 1] + b[k, 3]) / 2 + sy[k] * h
+            nw, nh = w * kw[k], h * kh[k]
+            out[k] = cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2
+    return b, out
+
+
+def scattered_boxes(rng, n, height, width):
+    """Boxes of any size, partly outside the image, some degenerate, some on .5 pixel ties."""
+    xy = rng.uniform(-5, [width * 0.7, height * 0.7], (n, 2))
+    b = np.concatenate([xy, xy + rng.uniform(0, [width * 0.6, height * 0.6], (n, 2))], 1)
+    if n:
+        b[0, :2] = np.minimum(np.floor(b[0, :2]) + 0.5, b[0, 2:])
+        b[-1, 2] = b[-1, 0]
+    return b.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_prc_equals_the_reference_plane_per_proposal(seed):
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(16, 120)), int(rng.integers(16, 120))
+    boxes = scattered_boxes(rng, int(rng.integers(1, 9)), h, w)
+    for max_cover, area_reading in ((0.5, False), (0.2, True), (1.0, False)):
+        kw = dict(max_cover=max_cover, area_reading=area_reading)
+        ref = prc_cutouts_reference(boxes, h, w, np.random.default_rng(seed), **kw)
+        assert np.array_equal(prc_cutouts(boxes, h, w, np.random.default_rng(seed), **kw), ref)
+        assert np.array_equal(prc_cut_mask(boxes, h, w, np.random.default_rng(seed), **kw), ref.any(0))
+        cut = ref.any(0)
+        for img, fill in ((rng.integers(0, 256, (h, w, 3)).astype(np.uint8), np.array([124, 116, 104], np.uint8)),
+                          (rng.integers(0, 256, (h, w)).astype(np.uint8), 7), (rng.random((h, w)) < 0.5, False),
+                          (rng.random((h, w, 3)).astype(np.float32), 0.25)):
+            want = img.copy()
+            want[cut] = fill
+            got = prc(img, boxes, np.random.default_rng(seed), fill=fill, **kw)
+            assert got.dtype == img.dtype and np.array_equal(got, want)
+            assert np.array_equal(fill_where(img, cut, fill), want)
+
+
+def test_boxes_pixels_is_box_pixels_row_by_row():
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([scattered_boxes(rng, 50, 40, 60), [[-3.5, 2.5, 1e9, 3.5], [0.5, 1.5, 2.5, 3.5]]])
+    assert boxes_pixels(boxes, 40, 60) == [box_pixels(b, 40, 60) for b in boxes]
+    with pytest.raises((ValueError, OverflowError)):
+        boxes_pixels(np.array([[0, 0, np.nan, 4]]), 40, 60)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_jitters_equal_the_box_by_box_reference(seed):
+    boxes = scattered_boxes(np.random.default_rng(seed), 9, 100, 120)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    for ratio, p in ((0.1, 0.5), (0.4, 1.0)):
+        b, j = jitter_reference(boxes, np.random.default_rng(seed), ratio, p)
+        lo, hi = np.maximum(j[:, :2], b[:, :2]), np.minimum(j[:, 2:], b[:, 2:])
+        want = np.where((hi <= lo).any(1, keepdims=True), b, np.concatenate([lo, hi], 1)).astype(np.float32)
+        assert np.array_equal(rbj(boxes, np.random.default_rng(seed), ratio=ratio, p=p), want)
+        b, j = jitter_reference(boxes, np.random.default_rng(seed), ratio, p)
+        j[:, 0::2], j[:, 1::2] = j[:, 0::2].clip(0, 120), j[:, 1::2].clip(0, 100)
+        empty = (j[:, 2] <= j[:, 0]) | (j[:, 3] <= j[:, 1])
+        j[empty] = b[empty]
+        assert np.array_equal(box_jitter(boxes, np.random.default_rng(seed), 100, 120, ratio=ratio, p=p),
+                              j.astype(np.float32))
+
+
+def test_foreground_mask_is_the_union_of_box_pixels():
+    boxes = scattered_boxes(np.random.default_rng(3), 6, 50, 70)
+    want = np.zeros((50, 70), bool)
+    for b in boxes:
+        x0, y0, x1, y1 = box_pixels(b, 50, 70)
+        want[y0:y1, x0:x1] = True
+    assert np.array_equal(foreground_mask(boxes, 50, 70), want)

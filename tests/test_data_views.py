@@ -1,13 +1,15 @@
 """Views (Sec. 4), the per-sample pipeline, the collator's uint8 batch and prepare_batch's (engine contract)."""
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, composite_depositioned, prepare_batch
-from d3ssl_zoo.data.views import (boxes_to_view, decode_reduction, draw_crop, make_views,
-                                  random_resized_crop_params, select_proposals)
+from d3ssl_zoo.data.views import (_adjust_hue, _gray_mean, boxes_to_view, chw_batch, color_augment, decode_reduction,
+                                  draw_crop, gaussian_blur, gaussian_ksize, make_views, random_resized_crop_params,
+                                  select_proposals, solarize)
 
 IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
 PROPS = np.array([[4, 4, 60, 50], [50, 30, 120, 90], [10, 40, 70, 95], [0, 0, 128, 96], [70, 5, 100, 35]], np.float32)
@@ -261,3 +263,148 @@ def test_config_errors_name_the_problem():
     c = PretrainDataConfig.from_dict({"crop_scale": [0.6, 1.0], "views": "soco", "depositioning": False})
     assert c.crop_scale == (0.6, 1.0)
     assert PretrainDataConfig.from_dict(dataclasses.asdict(c)) == c
+
+
+# --- the colour ops against straightforward references (issue 10.6: same draws; same pixels, or within
+# the documented tolerance where a faster primitive rounds differently) ---
+
+def photo_like(seed, size=96):
+    """A smooth colour image with edges and noise (blur and hue act on both)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6 * xx + seed), np.cos(5 * yy), np.sin(4 * (xx + yy))], -1) * 90 + 128
+    base[size // 3: size // 2, size // 4:] = rng.uniform(0, 255, 3)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+IMAGES = [photo_like(s) for s in range(3)] + [IMG, np.full((40, 50, 3), 128, np.uint8)]
+
+
+def hue_reference(img, factor):
+    """Hue in OpenCV's 8-bit HSV (H in 0..179), shifted with integer arithmetic."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(round(factor * 180))) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def blur_reference(img, sigma):
+    """Exact Gaussian convolution in float64: OpenCV's uint8 kernel size rule (round(6 sigma + 1) | 1),
+    weights exp(-x^2 / 2 sigma^2) normalised, reflect-101 border, rounded once at the end."""
+    k = int(round(6 * sigma + 1)) | 1
+    x = np.arange(k) - (k - 1) / 2
+    w = np.exp(-x ** 2 / (2 * sigma ** 2))
+    w /= w.sum()
+    r = k // 2
+    a = np.pad(img.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="reflect")  # numpy's reflect = reflect-101
+    a = sum(w[i] * a[i:i + img.shape[0]] for i in range(k))
+    a = sum(w[i] * a[:, i:i + img.shape[1]] for i in range(k))
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def color_augment_reference(img, rng, c, view):
+    """SoCo's colour augmentation with the first implementation's primitives, the draws in the documented
+    order: jitter test, op order, 4 factors, grayscale test, blur test, sigma, solarize test."""
+    bj, cj, sj, hj = c.color_jitter
+    do_jitter = rng.random() < c.color_jitter_p
+    order = rng.permutation(4)
+    factors = (rng.uniform(max(0.0, 1 - bj), 1 + bj), rng.uniform(max(0.0, 1 - cj), 1 + cj),
+               rng.uniform(max(0.0, 1 - sj), 1 + sj), rng.uniform(-hj, hj))
+    do_gray, do_blur = rng.random() < c.grayscale_p, rng.random() < c.blur_p[view]
+    sigma = rng.uniform(*c.blur_sigma)
+    do_solarize = rng.random() < c.solarize_p[view]
+    assert 1 - bj <= factors[0] <= 1 + bj and 1 - cj <= factors[1] <= 1 + cj and 1 - sj <= factors[2] <= 1 + sj
+    assert -hj <= factors[3] <= hj and c.blur_sigma[0] <= sigma <= c.blur_sigma[1]
+    out = img
+    if do_jitter:
+        for op in order:
+            f = factors[op]
+            gray = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+            if op == 0:
+                out = cv2.convertScaleAbs(out, alpha=f, beta=0)
+            elif op == 1:
+                out = cv2.convertScaleAbs(out, alpha=f, beta=(1 - f) * float(gray.mean()))
+            elif op == 2:
+                out = cv2.addWeighted(out, f, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), 1 - f, 0)
+            elif f != 0:
+                out = hue_reference(out, f)
+    if do_gray:
+        out = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    if do_blur:
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma)
+    if do_solarize:
+        out = np.where(out >= 128, 255 - out, out).astype(np.uint8)
+    return out, do_blur
+
+
+def test_hue_contrast_mean_and_solarize_equal_their_references():
+    for img in IMAGES:
+        for shift in range(-18, 19):  # every shift U(-0.1, 0.1) of a turn can round to
+            assert np.array_equal(_adjust_hue(img, shift / 180), hue_reference(img, shift / 180)), shift
+        assert _gray_mean(img) == float(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean())
+    x = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(solarize(np.dstack([x, x[::-1], x.T])),
+                          np.where(np.dstack([x, x[::-1], x.T]) >= 128, 255 - np.dstack([x, x[::-1], x.T]),
+                                   np.dstack([x, x[::-1], x.T])))
+
+
+def test_blur_is_within_one_grey_level_of_the_exact_gaussian():
+    """The documented tolerance: gaussian_blur (float separable filter) is within 1 of the exact float64
+    convolution; cv2.GaussianBlur's fixed-point path, which it replaces, within 2; so they differ by <= 2."""
+    rng = np.random.default_rng(0)
+    worst_new = worst_cv = 0
+    for img in IMAGES:
+        for sigma in np.concatenate([[0.1, 0.5, 1.0, 2.0], rng.uniform(0.1, 2.0, 6)]):
+            k = gaussian_ksize(sigma)
+            assert np.array_equal(cv2.GaussianBlur(img, (0, 0), sigma), cv2.GaussianBlur(img, (k, k), sigma))
+            ref = blur_reference(img, sigma).astype(int)
+            new, old = gaussian_blur(img, sigma), cv2.GaussianBlur(img, (0, 0), sigmaX=sigma)
+            assert new.dtype == np.uint8 and new.shape == img.shape
+            worst_new = max(worst_new, np.abs(new - ref).max())
+            worst_cv = max(worst_cv, np.abs(old - ref).max())
+            assert np.abs(new.astype(int) - old).max() <= 2
+    assert worst_new <= 1 and worst_cv <= 2
+    assert gaussian_ksize(0.1) == 3 and gaussian_ksize(1.0) == 7 and gaussian_ksize(2.0) == 13
+
+
+@pytest.mark.parametrize("view", [0, 1])
+def test_color_augment_is_the_reference_with_the_same_draws(view):
+    """Bit-exact unless the blur fires (then within 2 grey levels); the generator ends in the same state."""
+    c = PretrainDataConfig(solarize_p=(0.3, 0.5), grayscale_p=0.3, blur_p=(0.5, 0.5))
+    exact = 0
+    for seed in range(60):
+        img = IMAGES[seed % len(IMAGES)]
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        got = color_augment(img, rng_a, c, view)
+        want, blurred = color_augment_reference(img, rng_b, c, view)
+        assert rng_a.random() == rng_b.random()  # the same number of draws
+        diff = np.abs(got.astype(int) - want).max()
+        assert diff <= (2 if blurred else 0), (seed, diff)
+        exact += not blurred
+    assert exact > 0
+
+
+def test_views_without_blur_are_unchanged_by_the_fast_ops():
+    """With the blur off, a whole sample (colour, PRC, PRM, RBJ, masks) is the reference pipeline's bit
+    for bit: the colour ops are checked above, the region ops in test_data_region_aug.py."""
+    c = cfg(blur_p=(0.0, 0.0), solarize_p=(0.5, 0.5), grayscale_p=0.5)
+    for seed in range(6):
+        s = make_views(IMG, PROPS, c, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        crop = draw_crop(PROPS, 96, 128, c, rng)
+        _, clipped = select_proposals(PROPS, crop, c.num_proposals, c.min_crop_overlap, rng)
+        flip1, flip2 = rng.random(2) < c.flip_p
+        color_augment_reference(np.zeros((2, 2, 3), np.uint8), rng, c, 0)  # x1's draws
+        x2 = cv2.resize(IMG[crop[1]:crop[1] + crop[3], crop[0]:crop[0] + crop[2]], (64, 64), interpolation=cv2.INTER_AREA)
+        want, _ = color_augment_reference(x2[:, ::-1] if flip2 else x2, rng, c, 1)
+        assert np.array_equal(s["x2"], want)
+
+
+def test_chw_batch_is_the_transpose():
+    rng = np.random.default_rng(0)
+    for ch in (1, 3, 4, 5):
+        ims = [rng.integers(0, 256, (7, 9, ch)).astype(np.uint8) for _ in range(3)]
+        ims[1] = ims[1][:, ::-1]  # not contiguous
+        out = chw_batch(ims)
+        assert out.flags["C_CONTIGUOUS"] and np.array_equal(out, np.stack(ims).transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="image 1"):
+        chw_batch([ims[0], ims[0][:5]])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .region_aug import box_pixels, prc_cut_mask
+from .region_aug import boxes_pixels, prc_cut_mask
 
 __all__ = ["foreground_mask", "depositioning_shift", "shift_mask", "depositioning_masks",
            "composite_depositioned"]
@@ -20,8 +20,7 @@ __all__ = ["foreground_mask", "depositioning_shift", "shift_mask", "depositionin
 def foreground_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Eq. 6: ``m(i, j) = 1`` inside the union of the boxes, 0 elsewhere."""
     m = np.zeros((height, width), dtype=bool)
-    for b in np.asarray(boxes).reshape(-1, 4):
-        x0, y0, x1, y1 = box_pixels(b, height, width)
+    for x0, y0, x1, y1 in boxes_pixels(boxes, height, width):
         m[y0:y1, x0:x1] = True
     return m
 
@@ -58,7 +57,8 @@ def depositioning_masks(boxes: np.ndarray, height: int, width: int, rng: np.rand
     shifted_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.tile(t, 2)
     cut = prc_cut_mask(shifted_boxes, height, width, rng, side_range=side_range,
                        max_cover=max_cover, area_reading=area_reading)
-    m_hat = shift_mask(m, t) & ~cut
+    m_hat = shift_mask(m, t)
+    np.greater(m_hat, cut, out=m_hat)  # m_hat & ~cut, in place
     return m, m_hat, t
 
 

@@ -29,7 +29,7 @@ from .images import decode_rgb, folder_records
 from .proposal_store import ProposalStore
 from .sample import get_sample_dataset
 from .scenes import SceneConfig, get_scene_dataset
-from .views import decode_reduction, make_views
+from .views import chw_batch, decode_reduction, make_views
 
 __all__ = ["source_records", "PretrainDataset", "PretrainCollator", "prepare_batch", "data_worker_init",
            "pretrain_loader", "build_pretrain_dataset"]
@@ -142,7 +142,7 @@ class PretrainCollator:
 
     @staticmethod
     def _images(arrays) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(chw_batch(arrays))
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = {"image_id": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64)}

@@ -17,9 +17,8 @@ import timm
 from timm.models import split_model_name_tag
 from torch import nn
 
-from . import models as _models  # noqa: F401  (registers the architectures in timm)
 from .hub import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_file
-from .models.d3ssl_resnet import D3SSLResNet
+from .models.d3ssl_resnet import D3SSLResNet  # importing it registers the architectures in timm
 from .tags import TAGS, get_tag
 
 __all__ = ["create_model", "list_models", "list_pretrained", "get_pretrained_cfg", "load_backbone"]

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset  # noqa: E402
@@ -31,13 +33,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="oknn_read.json")
     args = p.parse_args(argv)
 
-    recipe = ladder.yaml.safe_load((ladder.RECIPES / "d3ssl.yaml").read_text())
+    recipe = yaml.safe_load((ladder.RECIPES / "d3ssl.yaml").read_text())
     scenes = get_scene_dataset(SceneConfig.from_source(recipe["dataset"]["source"]))
     run = Path(args.runs_dir) / f"{args.rung}_s{args.seed}"
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise SystemExit(f"{run} has no checkpoints; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
-    final = max(ckpts, key=lambda c: json.loads((c / "trainer_state.json").read_text())["step"])
+    final = max(ckpts, key=ladder.checkpoint_step)
     models = {"random init": ladder.initial_backbone(recipe, args.seed),
               "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}
     out = Path(args.out)

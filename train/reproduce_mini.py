@@ -86,6 +86,11 @@ def evaluate(model: torch.nn.Module, scenes, settings: dict, seed: int, full: bo
     return out
 
 
+def checkpoint_step(ckpt: Path) -> int:
+    """The optimiser step a checkpoint folder was written at (its ``trainer_state.json``)."""
+    return json.loads((ckpt / "trainer_state.json").read_text())["step"]
+
+
 def backbone_from_checkpoint(ckpt: Path, model_name: str) -> torch.nn.Module:
     """The student backbone of a training checkpoint (Accelerate's ``model.safetensors``)."""
     state = load_file(str(ckpt / "model.safetensors"))
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # evaluated to the end already (checkpoints are evaluated in step order)
             run = run_rung(rung, seed, runs_dir, args.override, out / "logs")
             ckpts = list_checkpoints(run)
-            final = max(ckpts, key=lambda c: json.loads((c / "trainer_state.json").read_text())["step"])
+            final = max(ckpts, key=checkpoint_step)
             for ckpt in ckpts:
                 state = json.loads((ckpt / "trainer_state.json").read_text())
                 is_final = ckpt == final

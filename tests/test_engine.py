@@ -163,6 +163,21 @@ def test_temperature_must_be_positive(tau, capsys):
     assert "method.tau must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["method.bn_groups=0"], "method.bn_groups must be >= 1"),
+    (["method.bn_groups=64"], r"method.bn_groups=64 is more than the micro-batch train.batch_size=32"),
+    (["method.bn_groups=2"], None),
+])
+def test_bn_groups_are_checked_against_method_and_batch(overrides, message):
+    if message is None:
+        assert load_recipe(RECIPES / "demo.yaml", overrides).method.bn_groups == 2
+    else:
+        with pytest.raises(ValueError, match=message):
+            load_recipe(RECIPES / "demo.yaml", overrides)
+    with pytest.raises(ValueError, match="SoCo's BYOL loss has no negatives"):
+        load_recipe(RECIPES / "mini" / "soco.yaml", ["method.bn_groups=2"])
+
+
 def test_malformed_recipe_yaml_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method:\n  tau: 0.2\ntrain: [epochs: 1\n")

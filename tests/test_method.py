@@ -241,6 +241,50 @@ def test_d3ssl_dp_on_the_first_proposals_only():
     assert m.student.backbone.conv1.weight.grad.abs().sum() > 0
 
 
+def test_d3ssl_shuffling_bn_normalises_query_and_key_over_different_images():
+    # MoCo's shuffling BN (method.bn_groups): BN statistics per group of images, contiguous groups
+    # for the student, a seeded random permutation for the teacher; rows come back in input order
+    b, groups = 6, 3
+    m = D3SSL(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, tau=0.2, queue_size=64,
+              depositioning=True, queue_seed=5, bn_groups=groups)
+    batch = synthetic_batch(b=b)
+    g = torch.Generator().manual_seed(5 * 1_000_003)  # the first call's shuffle: seed, call 0
+    perm = torch.randperm(b, generator=g)
+    assert not torch.equal(perm, torch.arange(b))
+    negatives = m.queue.keys.clone()
+
+    def grouped(enc, x, boxes, roi, order):
+        out = torch.empty(b, K, 16)
+        for idx in order.tensor_split(groups):
+            out[idx] = enc(x[idx], boxes[idx], roi).view(len(idx), K, 16)
+        return out.view(b * K, 16)
+
+    with torch.no_grad():
+        ident = torch.arange(b)
+        z_s1 = grouped(m.student, batch["x1"], batch["boxes1"], 14, ident)
+        z_s2 = grouped(m.student, batch["x2s"], batch["boxes2s"], 7, ident)
+        z_s3 = grouped(m.student, batch["x3"], batch["boxes3"], 14, ident)
+        z_t1 = grouped(m.teacher, batch["x1"], batch["boxes1"], 14, perm)
+        z_t2 = grouped(m.teacher, batch["x2"], batch["boxes2"], 14, perm)
+        one_batch = m.teacher(batch["x2"], batch["boxes2"], 14)
+    assert (z_t2 - one_batch).abs().max() > 1e-3  # the key depends on which images share its BN batch
+    l_dc = nce(z_s1, z_t2, negatives, 0.2) + nce(z_s2, z_t1, negatives, 0.2)
+    l_dp = nce(z_s3, z_t2, negatives, 0.2) + nce(z_s3, z_t1, negatives, 0.2)
+    out = m(batch)
+    assert out["l_dc"].item() == pytest.approx(l_dc.mean().item(), rel=1e-4)
+    assert out["l_dp"].item() == pytest.approx(l_dp.mean().item(), rel=1e-4)
+    assert torch.allclose(m.queue.keys[:2 * b * K], F.normalize(torch.cat([z_t1, z_t2]), dim=1), atol=1e-5)
+    # the shuffle counter is state (checkpointed with the model): the next call draws the next permutation
+    assert int(m.state_dict()["bn_shuffle_calls"]) == 1
+    _, second = m._bn_orders(b)
+    assert torch.equal(second, torch.randperm(b, generator=torch.Generator().manual_seed(5 * 1_000_003 + 1)))
+    with pytest.raises(ValueError, match="cannot be split into method.bn_groups=3"):
+        m(synthetic_batch(b=2))
+    with pytest.raises(ValueError, match="bn_groups must be >= 1"):
+        D3SSL(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, tau=0.2, queue_size=8,
+              depositioning=False, bn_groups=0)
+
+
 def test_d3ssl_gradients_reach_student_only_and_dp_switch():
     m = tiny_d3ssl(depositioning=False)
     batch = synthetic_batch(depositioning=False)  # no x3 / boxes3 needed without L_dp

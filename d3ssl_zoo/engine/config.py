@@ -48,6 +48,7 @@ class MethodConfig:
     roi_size: int = 14  # SoCo: RoIAlign on C4 for the 224 views
     roi_size_small: int = 7  # SoCo: RoIAlign on C4 for the 112 view x2-s
     sync_bn: bool = True  # SoCo: SyncBN across processes (GPU only)
+    bn_groups: int = 1  # MoCo: shuffling BN over this many groups of each micro-batch (d3ssl only; 1 = off)
 
 
 @dataclass
@@ -106,6 +107,15 @@ class Recipe:
         if not self.method.tau > 0:  # Eq. 5 divides by tau: 0 gives inf/NaN, < 0 inverts the contrast
             raise ValueError(f"method.tau must be > 0 (the temperature of Eq. 5; the recipes use 0.2), "
                              f"got {self.method.tau}")
+        if self.method.bn_groups < 1:
+            raise ValueError(f"method.bn_groups must be >= 1 (1 = one BN batch; > 1 = MoCo's shuffling BN), "
+                             f"got {self.method.bn_groups}")
+        if self.method.name == "soco" and self.method.bn_groups != 1:
+            raise ValueError("method.bn_groups applies to d3ssl's memory-bank InfoNCE; SoCo's BYOL loss has no "
+                             "negatives to leak batch statistics to: set method.bn_groups=1")
+        if self.method.bn_groups > self.train.batch_size:
+            raise ValueError(f"method.bn_groups={self.method.bn_groups} is more than the micro-batch "
+                             f"train.batch_size={self.train.batch_size}: every BN group needs images")
         if self.train.global_batch is not None and self.train.global_batch < 1:
             raise ValueError(f"train.global_batch must be >= 1 or null, got {self.train.global_batch}")
         for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "keep_last"):

@@ -103,7 +103,8 @@ def build_method(recipe: Recipe, backbone: nn.Module) -> nn.Module:
     if m.name == "d3ssl":
         return D3SSL(backbone, proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim, tau=m.tau,
                      queue_size=m.queue_size, depositioning=recipe.data.depositioning,
-                     roi_size=m.roi_size, roi_size_small=m.roi_size_small, queue_seed=recipe.train.seed)
+                     roi_size=m.roi_size, roi_size_small=m.roi_size_small, queue_seed=recipe.train.seed,
+                     bn_groups=m.bn_groups)
     return SoCo(backbone, proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim,
                 pred_hidden_dim=m.pred_hidden_dim, roi_size=m.roi_size)
 

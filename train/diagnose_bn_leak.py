@@ -93,13 +93,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     run = Path(args.run)
-    recipe = recipe_from_dict(yaml.safe_load((run / "recipe.yaml").read_text()))
-    if recipe.method.name != "d3ssl":
-        raise SystemExit(f"{run} is a {recipe.method.name} run; the leak needs d3ssl's memory bank")
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise SystemExit(f"{run} has no checkpoints")
     final = max(ckpts, key=ladder.checkpoint_step)
+    recipe = recipe_from_dict(yaml.safe_load((final / "recipe.yaml").read_text()))  # as the run resolved it
+    if recipe.method.name != "d3ssl":
+        raise SystemExit(f"{run} is a {recipe.method.name} run; the leak needs d3ssl's memory bank")
 
     dataset = build_pretrain_dataset(recipe.data, recipe.dataset.source, recipe.dataset.proposals,
                                      seed=recipe.train.seed)

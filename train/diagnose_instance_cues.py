@@ -90,9 +90,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     run = Path(args.run)
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise SystemExit(f"{run} has no checkpoints")
+    final = max(ckpts, key=ladder.checkpoint_step)
+    recipe = yaml.safe_load((final / "recipe.yaml").read_text())  # as the run resolved it
     scenes = gen.get_scene_dataset(gen.SceneConfig.from_source(recipe["dataset"]["source"]))
-    final = max(list_checkpoints(run), key=ladder.checkpoint_step)
     models = {"random init": ladder.initial_backbone(recipe, recipe["train"]["seed"]),
               "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}
     splits = {}

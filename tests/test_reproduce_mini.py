@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +77,51 @@ def test_other_settings_are_refused(ladder):
     root, argv = ladder
     with pytest.raises(ValueError, match="other settings"):
         reproduce_mini.main([a if a != "4" else "5" for a in argv])
+
+
+def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
+    import diagnose_bn_leak
+    import diagnose_instance_cues
+
+    root, _ = ladder
+    run = root / "runs" / "d3ssl_s0"
+    assert diagnose_bn_leak.main(["--run", str(run), "--batches", "1", "--out", str(tmp_path / "leak.json")]) == 0
+    leak = json.loads((tmp_path / "leak.json").read_text())
+    assert leak["step"] == 6 and leak["bn_groups"] == 1
+    for model in ("random init", "trained"):
+        for mode in ("train", "eval"):
+            r = leak[f"{model}/{mode}"]
+            assert -1 <= r["cos_bank"] <= 1 and 0 <= r["p_above_bank"] <= 1 and 0 <= r["p_above_same_batch"] <= 1
+    # the two models are different networks: their statistics differ
+    assert leak["random init/train"] != leak["trained/train"]
+    with pytest.raises(SystemExit, match="soco run"):
+        diagnose_bn_leak.main(["--run", str(root / "runs" / "soco_s0")])
+
+    assert diagnose_instance_cues.main(["--run", str(run), "--short-side", "96",
+                                        "--out", str(tmp_path / "cues.json")]) == 0
+    cues = json.loads((tmp_path / "cues.json").read_text())
+    assert set(cues["classes"]) == {"shape", "photo", "fill", "hue", "size"}
+    for attr, gain in cues["gain"].items():
+        assert gain == pytest.approx(cues["top1"]["trained"][attr] - cues["top1"]["random init"][attr])
+    assert "trained - random init" in capsys.readouterr().out
+
+
+def test_replayed_attributes_match_the_stored_split(tmp_path):
+    import diagnose_instance_cues
+    from d3ssl_zoo.data import scenes
+    from d3ssl_zoo.evaluation.objects import load_coco_objects
+
+    cfg = scenes.SceneConfig(num_pretrain=2, num_train=3, num_val=5, image_size=96, object_size=(32, 48), seed=2)
+    ds = scenes.get_scene_dataset(cfg, tmp_path / "s", workers=1, progress=False)
+    original = scenes._texture
+    attrs = diagnose_instance_cues.replay_attributes(cfg, "val", 5)
+    assert scenes._texture is original  # the generator is left as it was
+    stored = np.concatenate([r.objects.labels for r in load_coco_objects(ds.val_ann, ds.val_images).images])
+    assert np.array_equal(attrs["shape"], stored)
+    # another seed's stream gives other objects: the check above is the replay's, not a coincidence
+    other = diagnose_instance_cues.replay_attributes(scenes.SceneConfig(**{**cfg.__dict__, "seed": 3}), "val", 5)
+    assert not np.array_equal(other["shape"], stored)
+    n = len(stored)
+    assert all(len(v) == n for v in attrs.values())
+    assert attrs["photo"].max() < len(scenes.PHOTOS) and set(attrs["fill"]) <= {0, 1}
+    assert attrs["hue"].max() < diagnose_instance_cues.HUE_BINS and set(attrs["size"]) <= {0, 1, 2}

@@ -276,6 +276,7 @@ def test_d3ssl_shuffling_bn_normalises_query_and_key_over_different_images():
     assert torch.allclose(m.queue.keys[:2 * b * K], F.normalize(torch.cat([z_t1, z_t2]), dim=1), atol=1e-5)
     # the shuffle counter is state (checkpointed with the model): the next call draws the next permutation
     assert int(m.state_dict()["bn_shuffle_calls"]) == 1
+    assert "bn_shuffle_calls" not in tiny_d3ssl().state_dict()  # one BN batch: checkpoints keep their old keys
     _, second = m._bn_orders(b)
     assert torch.equal(second, torch.randperm(b, generator=torch.Generator().manual_seed(5 * 1_000_003 + 1)))
     with pytest.raises(ValueError, match="cannot be split into method.bn_groups=3"):

@@ -30,15 +30,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_mini as ladder  # noqa: E402  (checkpoint_step)
+import reproduce_mini as ladder  # noqa: E402  (final_checkpoint, checkpoint_step)
 import d3ssl_zoo  # noqa: E402
 from d3ssl_zoo.data.datasets import build_pretrain_dataset, prepare_batch, pretrain_loader  # noqa: E402
-from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
 from d3ssl_zoo.engine.config import recipe_from_dict  # noqa: E402
 from d3ssl_zoo.engine.trainer import EpochShuffleSampler, build_method  # noqa: E402
 
@@ -49,9 +47,7 @@ def build(recipe, state: dict | None):
     method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
                                                          zero_init_last=recipe.model.zero_init_last))
     if state is not None:
-        missing, unexpected = method.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if k != "bn_shuffle_calls"]:
-            raise ValueError(f"checkpoint does not fit the run's recipe: missing {missing}, unexpected {unexpected}")
+        method.load_state_dict(state, strict=True)
     return method
 
 
@@ -93,11 +89,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     run = Path(args.run)
-    ckpts = list_checkpoints(run)
-    if not ckpts:
-        raise SystemExit(f"{run} has no checkpoints")
-    final = max(ckpts, key=ladder.checkpoint_step)
-    recipe = recipe_from_dict(yaml.safe_load((final / "recipe.yaml").read_text()))  # as the run resolved it
+    final, resolved = ladder.final_checkpoint(run)
+    recipe = recipe_from_dict(resolved)
     if recipe.method.name != "d3ssl":
         raise SystemExit(f"{run} is a {recipe.method.name} run; the leak needs d3ssl's memory bank")
 

@@ -26,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (checkpoint and random-init loaders)
 from d3ssl_zoo.data import scenes as gen  # noqa: E402
-from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
 from d3ssl_zoo.evaluation.features import eval_mode  # noqa: E402
 from d3ssl_zoo.evaluation.objects import load_coco_objects  # noqa: E402
 from d3ssl_zoo.evaluation.oknn import extract_object_features, iter_shards, knn_topk, topk_accuracy, weighted_vote  # noqa: E402
@@ -90,11 +88,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     run = Path(args.run)
-    ckpts = list_checkpoints(run)
-    if not ckpts:
-        raise SystemExit(f"{run} has no checkpoints")
-    final = max(ckpts, key=ladder.checkpoint_step)
-    recipe = yaml.safe_load((final / "recipe.yaml").read_text())  # as the run resolved it
+    final, recipe = ladder.final_checkpoint(run)
     scenes = gen.get_scene_dataset(gen.SceneConfig.from_source(recipe["dataset"]["source"]))
     models = {"random init": ladder.initial_backbone(recipe, recipe["train"]["seed"]),
               "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}

@@ -19,7 +19,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset  # noqa: E402
-from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
 from d3ssl_zoo.evaluation.oknn import run_oknn  # noqa: E402
 
 
@@ -36,10 +35,7 @@ def main(argv=None) -> int:
     recipe = yaml.safe_load((ladder.RECIPES / "d3ssl.yaml").read_text())
     scenes = get_scene_dataset(SceneConfig.from_source(recipe["dataset"]["source"]))
     run = Path(args.runs_dir) / f"{args.rung}_s{args.seed}"
-    ckpts = list_checkpoints(run)
-    if not ckpts:
-        raise SystemExit(f"{run} has no checkpoints; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
-    final = max(ckpts, key=ladder.checkpoint_step)
+    final, _ = ladder.final_checkpoint(run, f"; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
     models = {"random init": ladder.initial_backbone(recipe, args.seed),
               "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}
     out = Path(args.out)

@@ -35,6 +35,7 @@ import d3ssl_zoo
 from d3ssl_zoo.data.composite import depositioning_shift
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset
 from d3ssl_zoo.engine import list_checkpoints
+from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
 from d3ssl_zoo.evaluation.coupling import run_coupling
 from d3ssl_zoo.evaluation.features import STAGES
 from d3ssl_zoo.evaluation.mcs import run_mcs
@@ -89,6 +90,15 @@ def evaluate(model: torch.nn.Module, scenes, settings: dict, seed: int, full: bo
 def checkpoint_step(ckpt: Path) -> int:
     """The optimiser step a checkpoint folder was written at (its ``trainer_state.json``)."""
     return json.loads((ckpt / "trainer_state.json").read_text())["step"]
+
+
+def final_checkpoint(run: Path, hint: str = "") -> tuple[Path, dict]:
+    """The newest checkpoint of a run folder and the recipe it was written with (as the run resolved it)."""
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise SystemExit(f"{run} has no checkpoints{hint}")
+    final = max(ckpts, key=checkpoint_step)
+    return final, yaml.safe_load((final / RECIPE_FILE).read_text())
 
 
 def backbone_from_checkpoint(ckpt: Path, model_name: str) -> torch.nn.Module:

@@ -53,7 +53,8 @@ class D3SSL(StudentTeacher):
         self.shuffle_seed = queue_seed
         # forward calls so far: the BN shuffle of each call is a pure function of (seed, call), and
         # the counter is a buffer, so it is checkpointed with the model and a resumed run continues it
-        self.register_buffer("bn_shuffle_calls", torch.zeros((), dtype=torch.long))
+        # (only when shuffling: with one BN batch the state dict stays as it was, and old checkpoints load)
+        self.register_buffer("bn_shuffle_calls", torch.zeros((), dtype=torch.long), persistent=bn_groups > 1)
 
     def _encode(self, encoder: nn.Module, images: Tensor, boxes: Tensor, roi_size: int,
                 order: Tensor | None) -> Tensor:

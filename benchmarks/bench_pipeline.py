@@ -1,14 +1,17 @@
 """Data pipeline speed, measured side by side on the same images (issue 10.6 and issue 3 targets in brackets).
 
 1. Per-sample CPU cost, one thread (as a data worker runs), of a full sample of the R50 recipes'
-   views (d3ssl_r50c4.coco_800ep: x1, x2 224 px, x2-s 112 px; decode at the reduction
-   ``decode_reduction`` picks, views, colour, PRC/PRM/RBJ, Eq. 6-7 masks, its share of the uint8
-   collator) vs. the floor measured in the same run: decode + the three resizes [<= 1.3x]; and the
-   lower floor of a reduced (1/2) decode. The normalisation and the Eq. 8 composite run on the GPU
-   (``prepare_batch``) and are not in this cost. The three are timed in interleaved rounds (floor,
-   1/2 floor, full sample, again), best of ``--rounds``, as CPU time of this process: on an idle
-   core that is the wall time; on a loaded machine it leaves out the time other processes hold
-   the core (they still slow it through shared caches: ratios are then approximate).
+   views (d3ssl_r50c4.coco_800ep: x1, x2 224 px, x2-s 112 px) through the dataset's own path
+   (``PretrainDataset[(epoch, index)]``: the x2 crop drawn first, the JPEG decoded at the reduction
+   that crop allows, views, colour, PRC/PRM/RBJ, Eq. 6-7 masks, then its share of the uint8 collator)
+   vs. the floor measured in the same run: a full decode + the three resizes with OpenCV's area
+   filter, the plain library way [<= 1.3x]. Also timed: the lower floor of a 1/2 decode, and the
+   package's own decode + resizes (the reduction each crop allows, :func:`resize_view`'s two-step
+   area filter), so that what the augmentations themselves cost is visible. The normalisation and
+   the Eq. 8 composite run on the GPU (``prepare_batch``) and are not in this cost. All are timed
+   in interleaved rounds, best of ``--rounds``, as CPU time of this process: on an idle core that
+   is the wall time; on a loaded machine it leaves out the time other processes hold the core
+   (they still slow it through shared caches: ratios are then approximate).
 2. samples/s of the pre-training DataLoader with 1 and 2 workers [2 workers >= 1.8x one, on idle
    cores], and how many cores one GPU needs at an assumed R50-C4 step rate (no GPU measured yet).
 3. Proposals: images/s of the bare OpenCV call (decode, resize to 500 px, selective search) vs.
@@ -43,9 +46,8 @@ from PIL import Image
 
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset, pretrain_loader
 from d3ssl_zoo.data.images import decode_rgb, folder_records, load_rgb
-from d3ssl_zoo.data.proposal_store import ProposalStore
 from d3ssl_zoo.data.selective_search import make_proposals
-from d3ssl_zoo.data.views import decode_reduction, make_views, random_resized_crop_params, resize_view
+from d3ssl_zoo.data.views import crop_reduction, plan_crop, random_resized_crop_params, reduce_crop, resize_view
 from d3ssl_zoo.engine import load_recipe
 from d3ssl_zoo.tags import recipe_file
 
@@ -69,50 +71,64 @@ def coco_like_images(folder: Path) -> Path:
 
 
 def floor_sample(path, cfg, rng, reduce=1):
+    """The library floor: decode, then x1, x2 and x2-s with ``cv2.resize(..., INTER_AREA)``."""
     image = decode_rgb(path, reduce).image
     h, w = image.shape[:2]
-    crop = random_resized_crop_params(h, w, cfg.crop_scale, cfg.crop_ratio, rng)
-    resize_view(image, (0, 0, w, h), cfg.image_size, False)
-    x2 = resize_view(image, crop, cfg.image_size, False)
+    x0, y0, cw, ch = random_resized_crop_params(h, w, cfg.crop_scale, cfg.crop_ratio, rng)
+    size = (cfg.image_size, cfg.image_size)
+    cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    x2 = cv2.resize(image[y0:y0 + ch, x0:x0 + cw], size, interpolation=cv2.INTER_AREA)
     cv2.resize(x2, (cfg.small_size, cfg.small_size), interpolation=cv2.INTER_AREA)
 
 
-def timed_per_sample(fns: dict, paths, rounds: int) -> dict:
-    """CPU seconds per call of each ``fn(i, path)``, best of ``rounds`` interleaved passes (load only slows)."""
+def own_floor_sample(dataset, key):
+    """The package's decode + resizes for the sample ``key``: the reduction its crop allows, ``resize_view``."""
+    cfg, rec = dataset.cfg, dataset.records[key[1]]
+    w, h = dataset.proposals.image_size(rec.image_id)
+    rng = np.random.default_rng([dataset.seed, *key])
+    crop, _ = plan_crop(dataset.proposals[rec.image_id], h, w, cfg, rng)
+    image, reduce, _ = decode_rgb(rec.path, crop_reduction(w, h, crop, cfg))
+    resize_view(image, (0, 0, image.shape[1], image.shape[0]), cfg.image_size, False)
+    x2 = resize_view(image, reduce_crop(crop, reduce, *image.shape[:2]), cfg.image_size, False)
+    cv2.resize(x2, (cfg.small_size, cfg.small_size), interpolation=cv2.INTER_AREA)
+    return reduce
+
+
+def timed_per_sample(fns: dict, keys, rounds: int) -> dict:
+    """CPU seconds per call of each ``fn(i, key)``, best of ``rounds`` interleaved passes (load only slows)."""
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
             t0 = time.process_time()
-            for i, p in enumerate(paths):
-                fn(i, p)
-            best[name] = min(best[name], (time.process_time() - t0) / len(paths))
+            for i, k in enumerate(keys):
+                fn(i, k)
+            best[name] = min(best[name], (time.process_time() - t0) / len(keys))
     return best
 
 
-def bench_samples(records, store, cfg, n, batch, rounds):
-    """(floor, reduced floor, full sample) CPU seconds per sample, and the reductions the rule picked."""
+def bench_samples(dataset, cfg, n, batch, rounds):
+    """CPU seconds per sample: library floor, its 1/2-decode version, the package's own decode + resizes,
+    the full sample; and how often each decode reduction was picked."""
     collate = PretrainCollator(cfg)
-    recs = [records[i % len(records)] for i in range(n)]
-    props = {r.image_id: store[r.image_id] for r in records}
-    factors = sorted({decode_reduction(*store.image_size(r.image_id), cfg) for r in records})
-    for r in recs[:4]:  # warm caches (file system, OpenCV)
-        floor_sample(r.path, cfg, np.random.default_rng(0))
+    keys = [(0, i % len(dataset)) for i in range(n)]
+    path = {k: dataset.records[k[1]].path for k in keys}
+    for k in keys[:4]:  # warm caches (file system, OpenCV)
+        floor_sample(path[k], cfg, np.random.default_rng(0))
+    reductions = np.bincount([own_floor_sample(dataset, k) for k in keys], minlength=9)
     pending = []
 
-    def full(i, r):
-        w, h = store.image_size(r.image_id)
-        image, reduce, _ = decode_rgb(r.path, decode_reduction(w, h, cfg))
-        s = make_views(image, props[r.image_id] / np.float32(reduce), cfg, np.random.default_rng(i))
-        s["image_id"] = r.image_id
-        pending.append(s)
+    def full(i, key):
+        pending.append(dataset[key])
         if len(pending) == batch:
             collate(pending)
             pending.clear()
 
-    t = timed_per_sample({"floor": lambda i, r: floor_sample(r.path, cfg, np.random.default_rng(i)),
-                          "reduced": lambda i, r: floor_sample(r.path, cfg, np.random.default_rng(i), 2),
-                          "full": full}, recs, rounds)
-    return t["floor"], t["reduced"], t["full"], factors
+    t = timed_per_sample({"floor": lambda i, k: floor_sample(path[k], cfg, np.random.default_rng(i)),
+                          "reduced": lambda i, k: floor_sample(path[k], cfg, np.random.default_rng(i), 2),
+                          "own": lambda i, k: own_floor_sample(dataset, k),
+                          "full": full}, keys, rounds)
+    picked = {f: int(c) for f, c in enumerate(reductions) if c}
+    return t["floor"], t["reduced"], t["own"], t["full"], picked
 
 
 def loader_rate(dataset, cfg, n, batch, workers) -> float:
@@ -224,9 +240,8 @@ def main():
             bare = max(bare, bare_opencv(paths))
             one = max(one, tool_rates(tool_images, tmp / f"one{r}.safetensors", 1))
             many = max(many, tool_rates(tool_images, tmp / f"many{r}.safetensors", args.workers))
-        store = ProposalStore(tmp / "props.safetensors")
-        floor, reduced, full, factors = bench_samples(records, store, cfg, args.samples, args.batch, args.rounds)
         dataset = build_pretrain_dataset(cfg, folder, tmp / "props.safetensors", seed=0, records=records)
+        floor, reduced, own, full, picked = bench_samples(dataset, cfg, args.samples, args.batch, args.rounds)
         rate1 = loader_rate(dataset, cfg, args.samples, args.batch, 1)
         rate_n = loader_rate(dataset, cfg, args.samples, args.batch, args.workers)
     load_after = os.getloadavg()
@@ -236,12 +251,16 @@ def main():
           f"views of {RECIPE}: {cfg.image_size}/{cfg.image_size}/{cfg.small_size} px")
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {os.cpu_count()} cores: "
           f"{'NOT idle, ratios below are lower bounds' if max(load_before[0], load_after[0]) > 0.5 else 'idle'}")
-    print(f"per-sample floor (decode + 3 resizes):   {floor * 1e3:7.2f} ms CPU (best of {args.rounds} interleaved rounds)")
+    share = ", ".join(f"1/{f}: {c / args.samples:.0%}" for f, c in picked.items())
+    print(f"per-sample floor (decode + 3 INTER_AREA resizes): {floor * 1e3:7.2f} ms CPU "
+          f"(best of {args.rounds} interleaved rounds)")
     print(f"per-sample floor, 1/2 decode:           {reduced * 1e3:7.2f} ms   ({reduced / floor:4.2f}x the floor; "
-          f"decode_reduction picks {factors} for these views: a 1/2 decode would enlarge crops below "
-          f"{2 * cfg.image_size} px)")
+          f"a 1/2 decode would enlarge x1 or x2 below {2 * cfg.image_size} px in most samples)")
+    print(f"package's decode + resizes:             {own * 1e3:7.2f} ms   ({own / floor:4.2f}x the floor; decodes "
+          f"picked per crop: {share}; two-step area resize)")
     print(f"per-sample full sample + uint8 collate:  {full * 1e3:7.2f} ms   ratio {full / floor:5.2f}x  "
-          f"[target <= 1.3x]")
+          f"[target <= 1.3x]; the augmentations, masks and collate cost {(full - own) * 1e3:.2f} ms over the "
+          f"package's own decode + resizes ({full / own:.2f}x)")
     print(f"samples/s per core (one thread):         {per_core:7.1f}")
     print(f"cores per GPU at an assumed {lo}-{hi} images/s (R50-C4 D3SSL, bf16; not measured, no GPU): "
           f"{lo / per_core:.0f}-{hi / per_core:.0f}")

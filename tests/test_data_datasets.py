@@ -13,7 +13,7 @@ from d3ssl_zoo.data import (PretrainCollator, PretrainDataConfig, build_pretrain
 from d3ssl_zoo.data.coco_json import coco_records
 from d3ssl_zoo.data.datasets import data_worker_init
 from d3ssl_zoo.data.images import decode_rgb, folder_records
-from d3ssl_zoo.data.views import make_views
+from d3ssl_zoo.data.views import crop_reduction, decode_reduction, make_views, plan_crop
 from d3ssl_zoo.engine import EpochShuffleSampler
 from d3ssl_zoo.data.proposal_store import ProposalEntry, ProposalStore, write_proposal_file
 from d3ssl_zoo.data.sample import SAMPLE_VERSION, default_cache_dir, get_sample_dataset
@@ -149,7 +149,7 @@ def test_decode_rgb_reduces_jpegs_only(tmp_path):
         decode_rgb(jpg, 3)
 
 
-def test_dataset_decodes_large_jpegs_reduced_with_scaled_proposals(tmp_path, monkeypatch):
+def test_dataset_decodes_jpegs_as_reduced_as_each_crop_allows_with_scaled_proposals(tmp_path, monkeypatch):
     cfg = PretrainDataConfig(image_size=32, small_size=16)
     root = tmp_path / "imgs"
     root.mkdir()
@@ -178,7 +178,15 @@ def test_dataset_decodes_large_jpegs_reduced_with_scaled_proposals(tmp_path, mon
     monkeypatch.setattr("d3ssl_zoo.data.datasets.decode_rgb", spy)
     samples = {r.file_name: ds[(0, i)] for i, r in enumerate(ds.records)}
     monkeypatch.undo()
-    assert dict(calls) == {"half.jpg": (96, 128), "quarter.jpg": (96, 128), "whole.png": (384, 512)}
+    want = {}
+    for i, r in enumerate(ds.records):  # the factor each sample's own x2 crop allows (a JPEG only)
+        w, h = sizes[r.file_name]
+        crop, _ = plan_crop(boxes[r.image_id], h, w, cfg, np.random.default_rng([0, 0, i]))
+        f = crop_reduction(w, h, crop, cfg) if r.file_name.endswith(".jpg") else 1
+        assert f >= decode_reduction(w, h, cfg) or f == 1
+        want[r.file_name] = (-(-h // f), -(-w // f))
+    assert dict(calls) == want
+    assert want["half.jpg"] == (96, 128) and want["quarter.jpg"] == (48, 64)  # the image-level rule: 1/4 (96, 128)
     for i, r in enumerate(ds.records):
         full = make_views(load_rgb(r.path), boxes[r.image_id], cfg, np.random.default_rng([0, 0, i]))
         got = samples[r.file_name]

@@ -106,3 +106,33 @@ def test_source_spec_parsing():
         SceneConfig.from_source("scenes:object_size=big")
     with pytest.raises(ValueError, match="not a scene-set source"):
         SceneConfig.from_source("coco")
+
+
+def test_cue_free_twin_keeps_the_layouts_and_drops_instance_appearance(photos):
+    twin = SceneConfig(**{**TINY.__dict__, "instance_cues": 0})
+    assert twin == SceneConfig.from_source("scenes:object_size=32-48,image_size=96,seed=3,num_pretrain=6,"
+                                           "num_train=5,num_val=4,instance_cues=0")
+    for seed in range(4):
+        img, boxes, labels = render_scene(photos, TINY, np.random.default_rng(seed))
+        flat, flat_boxes, flat_labels = render_scene(photos, twin, np.random.default_rng(seed))
+        assert np.array_equal(boxes, flat_boxes) and np.array_equal(labels, flat_labels)  # same shapes, same places
+        assert not np.array_equal(img, flat)
+        # grey: background, fill and clutter carry no colour, and the fill is one value for every instance
+        assert (flat[..., 0] == flat[..., 1]).all() and (flat[..., 1] == flat[..., 2]).all()
+        for x0, y0, x1, y1 in flat_boxes.astype(int):
+            patch = flat[y0:y1, x0:x1, 0]
+            assert (patch == scenes_mod.FLAT_FILL[0]).mean() > 0.3  # the fill itself, wherever the shape is opaque
+
+
+def test_the_default_set_keeps_its_key_and_old_builds_stay_valid(tmp_path):
+    assert SceneConfig().key() == "0bbe8b0a65"  # the cache folder of sets built before instance_cues existed
+    assert SceneConfig(instance_cues=0).key() != SceneConfig().key()
+    a = get_scene_dataset(TINY, tmp_path / "a", workers=1, progress=False)
+    marker = a.root / "complete.json"
+    saved = json.loads(marker.read_text())
+    del saved["config"]["instance_cues"]  # as written before the field existed
+    marker.write_text(json.dumps(saved))
+    assert get_scene_dataset(TINY, tmp_path / "a", workers=1, progress=False) == a
+    with pytest.raises(RuntimeError, match="no complete scene dataset"):
+        get_scene_dataset(SceneConfig(**{**TINY.__dict__, "instance_cues": 0}), tmp_path / "a", workers=1,
+                          progress=False)

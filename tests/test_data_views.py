@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, composite_depositioned, prepare_batch
-from d3ssl_zoo.data.views import (_adjust_hue, _gray_mean, boxes_to_view, chw_batch, color_augment, decode_reduction,
-                                  draw_crop, gaussian_blur, gaussian_ksize, make_views, random_resized_crop_params,
-                                  select_proposals, solarize)
+from d3ssl_zoo.data.views import (_adjust_hue, _gray_mean, boxes_to_view, chw_batch, color_augment, crop_reduction,
+                                  decode_reduction, draw_crop, gaussian_blur, gaussian_ksize, make_views, plan_crop,
+                                  random_resized_crop_params, reduce_crop, resize_view, select_proposals, solarize)
 
 IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
 PROPS = np.array([[4, 4, 60, 50], [50, 30, 120, 90], [10, 40, 70, 95], [0, 0, 128, 96], [70, 5, 100, 35]], np.float32)
@@ -41,6 +41,57 @@ def test_decode_reduction_keeps_every_view_a_shrink():
         for seed in range(200):
             _, _, cw, ch = random_resized_crop_params(rh, rw, c.crop_scale, c.crop_ratio, np.random.default_rng(seed))
             assert min(cw, ch) >= c.image_size - 1  # the crop is shrunk to the view, never enlarged
+
+
+def test_crop_reduction_keeps_x1_and_the_drawn_crop_shrinks():
+    r50 = PretrainDataConfig()
+    assert crop_reduction(640, 480, (10, 20, 460, 450), r50) == 2  # both crop sides >= 448, short side 480
+    assert crop_reduction(640, 480, (10, 20, 460, 447), r50) == 1
+    assert crop_reduction(640, 427, (0, 0, 640, 427), r50) == 1  # x1's short side 427 < 448
+    assert crop_reduction(4000, 3000, (0, 0, 1800, 1800), r50) == 8 and crop_reduction(4000, 3000, (0, 0, 900, 1800), r50) == 4
+    for w, h in [(640, 480), (1024, 768), (333, 900)]:
+        for seed in range(100):
+            crop = random_resized_crop_params(h, w, r50.crop_scale, r50.crop_ratio, np.random.default_rng(seed))
+            f = crop_reduction(w, h, crop, r50)
+            assert f >= decode_reduction(w, h, r50) or min(crop[2:]) < f * r50.image_size + 1  # rounding of the draw
+            c = reduce_crop(crop, f, -(-h // f), -(-w // f))
+            assert min(c[2], c[3], -(-h // f), -(-w // f)) >= r50.image_size  # every view still a shrink
+
+
+def test_reduce_crop_rounds_outward_inside_the_decoded_image():
+    assert reduce_crop((10, 21, 460, 450), 2, 240, 320) == (5, 10, 230, 226)  # x 5..235, y 10.5..235.5 -> 10..236
+    assert reduce_crop((3, 5, 637, 475), 2, 240, 320) == (1, 2, 319, 238)  # 640 / 2 = 320: clipped to the image
+    assert reduce_crop((8, 8, 16, 16), 1, 96, 128) == (8, 8, 16, 16)
+
+
+def test_a_planned_crop_gives_the_same_views_at_full_size():
+    c = cfg()
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        crop, ok = plan_crop(PROPS, 96, 128, c, rng)
+        planned = make_views(IMG, PROPS, c, rng, plan=(crop, ok))
+        plain = make_views(IMG, PROPS, c, np.random.default_rng(seed))
+        assert planned.keys() == plain.keys()
+        for k in plain:
+            assert np.array_equal(planned[k], plain[k]), (seed, k)
+
+
+def test_resize_view_is_close_to_the_area_filter_and_fast_paths_are_exact():
+    rng = np.random.default_rng(1)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3)).astype(np.uint8), (0, 0), 3)
+    for crop, size in [((0, 0, 640, 480), 224), ((37, 11, 301, 260), 224), ((5, 5, 230, 300), 224), ((0, 0, 600, 350), 96)]:
+        x0, y0, w, h = crop
+        want = cv2.resize(smooth[y0:y0 + h, x0:x0 + w], (size, size), interpolation=cv2.INTER_AREA).astype(int)
+        got = resize_view(smooth, crop, size, False)
+        assert got.shape == (size, size, 3) and np.abs(got - want).mean() < 0.5, crop
+        assert np.abs(got - want).max() <= 3, crop
+        assert np.array_equal(resize_view(smooth, crop, size, True), got[:, ::-1])
+    exact = smooth[:448, :448]  # an integer factor is OpenCV's area filter itself
+    assert np.array_equal(resize_view(exact, (0, 0, 448, 448), 224, False),
+                          cv2.resize(exact, (224, 224), interpolation=cv2.INTER_AREA))
+    small = smooth[:50, :60]  # enlarging: bilinear
+    assert np.array_equal(resize_view(small, (0, 0, 60, 50), 64, False),
+                          cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR))
 
 
 def test_boxes_to_view_maps_and_flips():
@@ -394,8 +445,7 @@ def test_views_without_blur_are_unchanged_by_the_fast_ops():
         _, clipped = select_proposals(PROPS, crop, c.num_proposals, c.min_crop_overlap, rng)
         flip1, flip2 = rng.random(2) < c.flip_p
         color_augment_reference(np.zeros((2, 2, 3), np.uint8), rng, c, 0)  # x1's draws
-        x2 = cv2.resize(IMG[crop[1]:crop[1] + crop[3], crop[0]:crop[0] + crop[2]], (64, 64), interpolation=cv2.INTER_AREA)
-        want, _ = color_augment_reference(x2[:, ::-1] if flip2 else x2, rng, c, 1)
+        want, _ = color_augment_reference(resize_view(IMG, crop, 64, flip2), rng, c, 1)
         assert np.array_equal(s["x2"], want)
 
 

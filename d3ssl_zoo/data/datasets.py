@@ -29,7 +29,7 @@ from .images import decode_rgb, folder_records
 from .proposal_store import ProposalStore
 from .sample import get_sample_dataset
 from .scenes import SceneConfig, get_scene_dataset
-from .views import chw_batch, decode_reduction, make_views
+from .views import chw_batch, crop_reduction, make_views, plan_crop, reduce_crop
 
 __all__ = ["source_records", "PretrainDataset", "PretrainCollator", "prepare_batch", "data_worker_init",
            "pretrain_loader", "build_pretrain_dataset"]
@@ -65,8 +65,10 @@ def _builtin(source: str | os.PathLike):
 class PretrainDataset(Dataset):
     """Images + their proposals -> one view sample (:func:`d3ssl_zoo.data.views.make_views`).
 
-    JPEGs are decoded at the reduced size :func:`d3ssl_zoo.data.views.decode_reduction` allows
-    for the views (the proposals scaled with them), so small views do not pay for full decodes.
+    A sample's x2 crop is drawn before its image is decoded (:func:`~d3ssl_zoo.data.views.plan_crop`),
+    and a JPEG is decoded at the reduced size that crop and the whole-image x1 allow
+    (:func:`~d3ssl_zoo.data.views.crop_reduction`: every view still a shrink), the proposals and the
+    crop scaled with it, so small views and large crops do not pay for full decodes.
     Images the proposal file recorded as skipped (unreadable, too small) and images with a side
     below ``cfg.min_image_side`` are left out with a warning and listed in ``self.skipped``;
     images the file lacks are an error.
@@ -107,13 +109,15 @@ class PretrainDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rec = self.records[index]
         w, h = self.proposals.image_size(rec.image_id)
-        image, reduce, stored = decode_rgb(rec.path, decode_reduction(w, h, self.cfg))
+        rng = np.random.default_rng([self.seed, epoch, index])
+        proposals = self.proposals[rec.image_id]
+        crop, qualifying = plan_crop(proposals, h, w, self.cfg, rng)
+        image, reduce, stored = decode_rgb(rec.path, crop_reduction(w, h, crop, self.cfg))
         if stored != (w, h):
             raise ValueError(f"image {rec.path} is {stored[0]}x{stored[1]} but proposal file "
                              f"{self.proposals.path} was made for a {w}x{h} image; remake the proposals")
-        rng = np.random.default_rng([self.seed, epoch, index])
-        proposals = self.proposals[rec.image_id] / np.float32(reduce)  # stored pixels -> decoded pixels
-        sample = make_views(image, proposals, self.cfg, rng)
+        plan = (reduce_crop(crop, reduce, *image.shape[:2]), qualifying)  # stored pixels -> decoded pixels
+        sample = make_views(image, proposals / np.float32(reduce), self.cfg, rng, plan)
         sample["image_id"] = rec.image_id
         return sample
 

@@ -59,6 +59,10 @@ class SceneConfig:
     max_rotation: int = 30  # degrees either way
     background_contrast: int = 25  # percent: the photo is blended toward its mean colour (100 = as is)
     seed: int = 0
+    # 1: every instance has its own colours on its own photo crop (the set). 0: a diagnostic twin, the same
+    # layouts (same seed, same shapes, sizes, poses, places, occlusion) drawn in one grey background, one
+    # fill and one clutter colour, so that shape and pose are all that tells one instance from another.
+    instance_cues: int = 1
 
     @classmethod
     def from_source(cls, source: str) -> "SceneConfig":
@@ -83,8 +87,19 @@ class SceneConfig:
                                  f"{' range lo-hi' if known[key] is tuple else ''}") from None
         return cls(**values)
 
+    def identity(self) -> dict:
+        """The fields that name the set: fields added after v4 only where they differ from their default,
+        so the sets built before they existed keep their cache folder and their ``complete.json``."""
+        d = json.loads(json.dumps(asdict(self)))
+        return {k: v for k, v in d.items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+_LATER_FIELDS = {"instance_cues": 1}  # field -> default
+# The cue-free twin's appearance (instance_cues=0): RGB
+FLAT_BACKGROUND, FLAT_FILL, FLAT_CLUTTER = (110.0, 110.0, 110.0), (215.0, 215.0, 215.0), (35.0, 35.0, 35.0)
 
 
 @dataclass(frozen=True)
@@ -153,36 +168,44 @@ def shape_mask(name: str, size: int, rng: np.random.Generator, max_rotation: flo
     return mask.astype(np.float32) / 255.0
 
 
-def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
+def _texture(size: int, rng: np.random.Generator, cues: bool = True) -> np.ndarray:
     """A random fill ``(size, size, 3)`` float: a solid colour or a linear gradient between two.
 
     (Two-tone stripes were tried in v1: their inner edges hid the outline, and a label-trained
     ResNet-18 stayed near chance on O-KNN within the ladder's budget.)
     """
     c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    if rng.random() < 0.5:
+    solid = rng.random() < 0.5
+    a = 0.0 if solid else rng.uniform(0, 2 * math.pi)  # drawn whatever ``cues`` says: the twin keeps the layouts
+    if not cues:
+        return np.broadcast_to(np.float32(FLAT_FILL), (size, size, 3)).astype(np.float32)
+    if solid:
         return np.broadcast_to(c1, (size, size, 3)).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    a = rng.uniform(0, 2 * math.pi)
     u = xx * math.cos(a) + yy * math.sin(a)
     w = ((u - u.min()) / max(float(np.ptp(u)), 1e-6))[..., None]
     return (c1 * (1 - w) + c2 * w).astype(np.float32)
 
 
-def _background(photos: list[np.ndarray], size: int, rng: np.random.Generator, contrast: float = 1.0) -> np.ndarray:
+def _background(photos: list[np.ndarray], size: int, rng: np.random.Generator, contrast: float = 1.0,
+                cues: bool = True) -> np.ndarray:
     photo = photos[int(rng.integers(len(photos)))]
     h, w = photo.shape[:2]
     side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     bg = cv2.resize(photo[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     bg = bg.mean(axis=(0, 1)) + contrast * (bg - bg.mean(axis=(0, 1)))
-    return bg[:, ::-1].copy() if rng.random() < 0.5 else bg
+    flip = rng.random() < 0.5
+    if not cues:
+        return np.full((size, size, 3), FLAT_BACKGROUND, np.float32)
+    return bg[:, ::-1].copy() if flip else bg
 
 
-def _clutter(img: np.ndarray, n: int, rng: np.random.Generator) -> None:
+def _clutter(img: np.ndarray, n: int, rng: np.random.Generator, cues: bool = True) -> None:
     size = img.shape[0]
     for _ in range(n):
-        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        drawn = tuple(float(c) for c in rng.uniform(0, 255, 3))  # drawn either way: the twin keeps the layouts
+        colour = drawn if cues else FLAT_CLUTTER
         if rng.random() < 0.5:
             p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
             cv2.line(img, tuple(int(v) for v in p1), tuple(int(v) for v in p2), colour, int(rng.integers(1, 3)),
@@ -200,9 +223,10 @@ def render_scene(photos: list[np.ndarray], cfg: SceneConfig, rng: np.random.Gene
     later shape); a placement that would leave an earlier shape below ``MIN_VISIBLE`` is redrawn.
     """
     size = cfg.image_size
-    img = _background(photos, size, rng, cfg.background_contrast / 100)
+    cues = bool(cfg.instance_cues)
+    img = _background(photos, size, rng, cfg.background_contrast / 100, cues)
     num_clutter = int(rng.integers(cfg.clutter[0], cfg.clutter[1] + 1))
-    _clutter(img, num_clutter - num_clutter // 2, rng)  # under the shapes
+    _clutter(img, num_clutter - num_clutter // 2, rng, cues)  # under the shapes
     n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
     owner = np.full((size, size), -1, np.int32)  # which shape is visible at each pixel
     areas, labels = [], []
@@ -219,13 +243,13 @@ def render_scene(photos: list[np.ndarray], cfg: SceneConfig, rng: np.random.Gene
                 break
         else:
             continue
-        tex = _texture(s, rng)
+        tex = _texture(s, rng, cues)
         region = img[y:y + s, x:x + s]
         img[y:y + s, x:x + s] = region * (1 - alpha[..., None]) + tex * alpha[..., None]
         owner = new_owner
         areas.append(int(solid.sum()))
         labels.append(label)
-    _clutter(img, num_clutter // 2, rng)  # over them: small, so boxes and classes stay true
+    _clutter(img, num_clutter // 2, rng, cues)  # over them: small, so boxes and classes stay true
     out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     boxes = []
     for k in range(len(labels)):
@@ -306,7 +330,9 @@ def get_scene_dataset(cfg: SceneConfig | None = None, cache_dir: str | os.PathLi
     marker = root / "complete.json"
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        if saved.get("version") == SCENES_VERSION and saved.get("config") == json.loads(json.dumps(asdict(cfg))):
+        saved_cfg = saved.get("config")
+        if saved.get("version") == SCENES_VERSION and isinstance(saved_cfg, dict) and \
+                SceneConfig(**{**asdict(SceneConfig()), **saved_cfg}).identity() == cfg.identity():
             return _layout(root, cfg)
     if root.exists() and any(root.iterdir()):
         raise RuntimeError(f"{root} exists but holds no complete scene dataset of version {SCENES_VERSION} "

@@ -27,7 +27,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py [--images DIR] [--samples 200] [--proposal-images 8]
 
-Default images: scikit-image's bundled photos resized to COCO's 640 px long side, saved as JPEG.
+Default images: scikit-image's bundled photos at COCO's common sizes (640x480, 640x427, portrait too), as JPEG.
 Ratios need idle cores: the load average is printed; on a shared machine the worker speed-ups are
 lower bounds. Proposal timings are interleaved and repeated (best of ``--repeats``).
 """
@@ -60,13 +60,21 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "h
 ASSUMED_GPU_IMAGES_PER_S = (400, 1000)
 
 
+COCO_SHAPES = ((640, 480), (640, 427), (480, 640), (427, 640))  # COCO's most common image sizes (w, h)
+
+
 def coco_like_images(folder: Path) -> Path:
-    for name in PHOTOS:
+    """The photos at COCO's common sizes (640x480, 640x427 and their portrait forms, in turn): resized to
+    cover, centre-cropped, saved as JPEG at quality 90."""
+    for i, name in enumerate(PHOTOS):
         a = getattr(skimage.data, name)()
-        s = 640 / max(a.shape[:2])
-        a = cv2.resize(a, (round(a.shape[1] * s), round(a.shape[0] * s)),
+        a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+        w, h = COCO_SHAPES[i % len(COCO_SHAPES)]
+        s = max(w / a.shape[1], h / a.shape[0])
+        a = cv2.resize(a, (max(w, round(a.shape[1] * s)), max(h, round(a.shape[0] * s))),
                        interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-        Image.fromarray(a).save(folder / f"{name}.jpg", quality=90)
+        y, x = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+        Image.fromarray(np.ascontiguousarray(a[y:y + h, x:x + w])).save(folder / f"{name}.jpg", quality=90)
     return folder
 
 
@@ -247,7 +255,7 @@ def main():
     load_after = os.getloadavg()
     per_core = 1 / full
     lo, hi = ASSUMED_GPU_IMAGES_PER_S
-    print(f"images: {len(records)} from {folder if args.images else 'scikit-image photos at 640 px (JPEG)'}; "
+    print(f"images: {len(records)} from {folder if args.images else 'scikit-image photos at COCO sizes 640x480 / 640x427 (JPEG)'}; "
           f"views of {RECIPE}: {cfg.image_size}/{cfg.image_size}/{cfg.small_size} px")
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {os.cpu_count()} cores: "
           f"{'NOT idle, ratios below are lower bounds' if max(load_before[0], load_after[0]) > 0.5 else 'idle'}")

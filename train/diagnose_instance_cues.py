@@ -55,8 +55,8 @@ def replay_attributes(cfg: gen.SceneConfig, split: str, count: int) -> dict[str,
     fills: list[tuple[int, int]] = []
     original = gen._texture
 
-    def texture(size, rng):
-        tex = original(size, rng)
+    def texture(size, rng, cues=True):
+        tex = original(size, rng, cues)
         solid = bool((tex == tex[0, 0]).all())
         r, g, b = tex.reshape(-1, 3).mean(0) / 255.0
         fills.append((0 if solid else 1, int(colorsys.rgb_to_hsv(r, g, b)[0] * HUE_BINS) % HUE_BINS))

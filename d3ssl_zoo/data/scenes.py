@@ -17,6 +17,10 @@ Three splits from disjoint random streams, one seed:
 Every split draws its backgrounds from every photo, with its own random crops: the shapes, not
 the photos, are what the labelled splits test.
 
+``instance_cues=0`` (``scenes:instance_cues=0``) gives the set's cue-free twin: the same random
+draws, so the same layouts and boxes, in one grey background, fill and clutter colour, where shape
+and pose are all that tells one instance from another (the demo's data; see the README's mini ladder).
+
 Built on first use into ``$D3SSL_ZOO_CACHE/scenes-v<VERSION>-<key>`` (``key`` hashes the
 parameters), in a temp folder renamed into place when complete; the same parameters give the
 same bytes (images are PNG, so no encoder varies between machines).

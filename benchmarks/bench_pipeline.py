@@ -219,7 +219,7 @@ def tool_rates(records, out: Path, workers: int):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", help="image folder (default: scikit-image photos at 640 px, JPEG)")
+    p.add_argument("--images", help="image folder (default: scikit-image photos at COCO sizes, JPEG)")
     p.add_argument("--samples", type=int, default=200, help="samples timed for the per-sample cost")
     p.add_argument("--batch", type=int, default=32, help="collator batch size")
     p.add_argument("--proposal-images", type=int, default=8,

@@ -47,7 +47,7 @@ from PIL import Image
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset, pretrain_loader
 from d3ssl_zoo.data.images import decode_rgb, folder_records, load_rgb
 from d3ssl_zoo.data.selective_search import make_proposals
-from d3ssl_zoo.data.views import crop_reduction, plan_crop, random_resized_crop_params, reduce_crop, resize_view
+from d3ssl_zoo.data.views import random_resized_crop_params, resize_view
 from d3ssl_zoo.engine import load_recipe
 from d3ssl_zoo.tags import recipe_file
 
@@ -91,13 +91,10 @@ def floor_sample(path, cfg, rng, reduce=1):
 
 def own_floor_sample(dataset, key):
     """The package's decode + resizes for the sample ``key``: the reduction its crop allows, ``resize_view``."""
-    cfg, rec = dataset.cfg, dataset.records[key[1]]
-    w, h = dataset.proposals.image_size(rec.image_id)
-    rng = np.random.default_rng([dataset.seed, *key])
-    crop, _ = plan_crop(dataset.proposals[rec.image_id], h, w, cfg, rng)
-    image, reduce, _ = decode_rgb(rec.path, crop_reduction(w, h, crop, cfg))
+    cfg = dataset.cfg
+    _, image, reduce, _, (crop, _) = dataset.decode(*key)
     resize_view(image, (0, 0, image.shape[1], image.shape[0]), cfg.image_size, False)
-    x2 = resize_view(image, reduce_crop(crop, reduce, *image.shape[:2]), cfg.image_size, False)
+    x2 = resize_view(image, crop, cfg.image_size, False)
     cv2.resize(x2, (cfg.small_size, cfg.small_size), interpolation=cv2.INTER_AREA)
     return reduce
 

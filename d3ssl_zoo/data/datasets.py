@@ -107,6 +107,15 @@ class PretrainDataset(Dataset):
         """``index`` (views of the epoch last set with :meth:`set_epoch`) or ``(epoch, index)`` (what the
         engine's sampler yields, so that data workers need no epoch state)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng, image, _, proposals, plan = self.decode(epoch, index)
+        sample = make_views(image, proposals, self.cfg, rng, plan)
+        sample["image_id"] = self.records[index].image_id
+        return sample
+
+    def decode(self, epoch: int, index: int):
+        """The decode half of a sample: ``(rng, image, reduce, proposals, plan)``. The sample's x2 crop is
+        drawn first (``rng`` continues after it), the image decoded at the reduction ``reduce`` that crop
+        allows, ``proposals`` and the crop (``plan``, for :func:`make_views`) in decoded pixels."""
         rec = self.records[index]
         w, h = self.proposals.image_size(rec.image_id)
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -117,9 +126,7 @@ class PretrainDataset(Dataset):
             raise ValueError(f"image {rec.path} is {stored[0]}x{stored[1]} but proposal file "
                              f"{self.proposals.path} was made for a {w}x{h} image; remake the proposals")
         plan = (reduce_crop(crop, reduce, *image.shape[:2]), qualifying)  # stored pixels -> decoded pixels
-        sample = make_views(image, proposals / np.float32(reduce), self.cfg, rng, plan)
-        sample["image_id"] = rec.image_id
-        return sample
+        return rng, image, reduce, proposals / np.float32(reduce), plan
 
 
 def _check_view_boxes(boxes: np.ndarray, key: str, image_ids: torch.Tensor) -> None:

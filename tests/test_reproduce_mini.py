@@ -51,9 +51,28 @@ def test_report_and_figures(ladder):
     md = (root / "results" / "results.md").read_text()
     assert "| random init (floor) | 1 |" in md and "| SoCo | 1 |" in md and "| D3SSL (L_dc + L_dp) | 1 |" in md
     assert "D3SSL above SoCo on O-KNN top-1 (Tab. 4): **" in md
+    assert f"Data: `{SOURCE}`" in md and "D3SSL trained >= random init + 10 points O-KNN top-1, rising with training: **" in md
     assert "L_dp lowers CR (layer4) (Tab. 7): not measured yet" in md  # no w/o-L_dp rung in this run
     for fig in ("oknn_vs_steps.png", "cr_mcs_per_stage.png"):
         assert (root / "results" / fig).stat().st_size > 5000
+
+
+def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_curve():
+    def evals(inits, curves):
+        out = {f"random_init/s{s}": {"step": 0, "oknn": {"top1": v}} for s, v in enumerate(inits)}
+        for s, pts in enumerate(curves):
+            out.update({f"d3ssl/s{s}/step{step}": {"step": step, "oknn": {"top1": v}} for step, v in pts})
+        return out
+
+    curves = reproduce_mini.learning_curves(evals([20.0, 25.0], [[(20, 26.0), (10, 24.0)], [(10, 36.0), (20, 35.5)]]))
+    assert curves["d3ssl"] == {"s0": [(0, 20.0), (10, 24.0), (20, 26.0)], "s1": [(0, 25.0), (10, 36.0), (20, 35.5)]}
+    line = reproduce_mini.gain_line(curves)
+    # mean gain +8.25: s0 rises but gains +6.0; s1 gains +10.5 but falls at its last checkpoint
+    assert "**no** (+8.2 points on the mean; s0 +6.0, rising at every checkpoint; " in line
+    assert "s1 +10.5, not rising at every checkpoint (25.0 → 36.0 → 35.5)" in line
+    met = reproduce_mini.gain_line(reproduce_mini.learning_curves(evals([20.0], [[(10, 25.0), (20, 31.0)]])))
+    assert "**yes** (+11.0 points on the mean; s0 +11.0, rising at every checkpoint)" in met
+    assert reproduce_mini.gain_line({}) is None  # nothing trained yet: no verdict
 
 
 def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeypatch):

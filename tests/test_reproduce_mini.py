@@ -75,6 +75,20 @@ def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_c
     assert reproduce_mini.gain_line({}) is None  # nothing trained yet: no verdict
 
 
+def test_directions_compare_two_rungs_on_the_seeds_both_have():
+    rows = {"d3ssl": {"oknn_top1": {"s0": 30.0, "s1": 20.0}, "disturbed_oknn_top1": {"s0": 29.0, "s1": 19.0}},
+            "soco": {"oknn_top1": {"s0": 27.0}, "disturbed_oknn_top1": {"s0": 23.0}}}
+    lines = reproduce_mini.directions(rows)
+    # on the mean over both seeds D3SSL (25.0) would be below SoCo (27.0); paired on s0 it is above
+    assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes (1 seed: no spread to compare with)** "
+            "(d3ssl 30.0 vs soco 27.0; on the seeds both have: s0)") in lines
+    assert "- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **yes** (+3.0 vs +6.0; on the seeds both have: s0)" in lines
+    rows["soco"] = {"oknn_top1": {"s0": 27.0, "s1": 21.0}, "disturbed_oknn_top1": {"s0": 23.0, "s1": 18.0}}
+    assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes on the mean, within the seed-to-seed spread** "
+            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0)") in reproduce_mini.directions(rows)
+    assert "- L_dp raises MCS (layer4) (Tab. 7): not measured yet" in lines
+
+
 def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeypatch):
     root, argv = ladder
     path = root / "results" / "results.json"

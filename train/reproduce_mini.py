@@ -281,17 +281,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------- report
-def _final_evals(results: Results, prefix: str) -> list[dict]:
-    return [v for k, v in results.data["evals"].items() if k.startswith(prefix + "/") and
-            (v.get("final") or prefix in ("random_init", "supervised"))]
+def _final_evals(results: Results, prefix: str) -> dict[str, dict]:
+    """``{"s<seed>": evaluation}`` of a row's final checkpoints (the floor and ceiling: their only one)."""
+    return {k.split("/")[1]: v for k, v in results.data["evals"].items() if k.startswith(prefix + "/") and
+            (v.get("final") or prefix in ("random_init", "supervised"))}
 
 
-def _stat(values: list[float]) -> tuple[float, float, int]:
-    a = np.asarray(values, np.float64)
+def _stat(values: dict[str, float]) -> tuple[float, float, int]:
+    """Mean, range and count of one metric's per-seed values."""
+    a = np.asarray(list(values.values()), np.float64)
     return float(a.mean()), float(a.max() - a.min()) if len(a) > 1 else float("nan"), len(a)
 
 
-def _fmt(values: list[float], digits: int = 1) -> str:
+def _fmt(values: dict[str, float], digits: int = 1) -> str:
     if not values:
         return "–"
     mean, spread, n = _stat(values)
@@ -299,7 +301,7 @@ def _fmt(values: list[float], digits: int = 1) -> str:
 
 
 def summary(results: Results) -> dict:
-    """Per row (floor, ceiling, rungs): the values of every seed, for the table and the directions."""
+    """Per row (floor, ceiling, rungs) and metric: ``{"s<seed>": value}``, for the table and the directions."""
     rows = {}
     for name in ["random_init", "supervised", *RUNGS]:
         evals = _final_evals(results, name)
@@ -308,10 +310,10 @@ def summary(results: Results) -> dict:
         row = {"seeds": len(evals)}
         for metric in ("oknn", "disturbed_oknn"):
             for k in ("top1", "top5"):
-                row[f"{metric}_{k}"] = [e[metric][k] for e in evals if metric in e]
+                row[f"{metric}_{k}"] = {seed: e[metric][k] for seed, e in evals.items() if metric in e}
         for metric in ("cr", "mcs"):
             for s in STAGES:
-                row[f"{metric}_{s}"] = [e[metric][s] for e in evals if metric in e]
+                row[f"{metric}_{s}"] = {seed: e[metric][s] for seed, e in evals.items() if metric in e}
         rows[name] = row
     return rows
 
@@ -349,40 +351,52 @@ def gain_line(curves: dict, rung: str = "d3ssl", target: float = 10.0) -> str | 
 
 
 def directions(rows: dict, curves: dict | None = None) -> list[str]:
-    """Each paper direction: reproduced or not, with the numbers (mean over seeds, half-range)."""
-    def m(row, key):
-        return _stat(rows[row][key])[0] if row in rows and rows[row].get(key) else None
+    """Each paper direction: reproduced or not, with the numbers (mean over seeds, half-range). Two rows are
+    compared on the seeds both have, so a rung whose second seed has not run yet is not held against the
+    other rung's mean over two seeds (each seed has its own random initialisation)."""
+    def paired(keys: list[tuple[str, str]]) -> list[dict] | None:
+        values = [rows.get(row, {}).get(key, {}) for row, key in keys]
+        common = set.intersection(*(set(v) for v in values))
+        return [{s: v[s] for s in sorted(common)} for v in values] if common else None
+
+    def restricted(rungs: tuple[str, ...], key: str, common: dict) -> str:
+        every = set.union(*(set(rows[r][key]) for r in rungs))
+        return f"; on the seeds both have: {', '.join(common)}" if set(common) != every else ""
 
     lines = []
 
     def check(text, a, b, higher_is_better, key):
-        va, vb = m(a, key), m(b, key)
-        if va is None or vb is None:
+        pair = paired([(a, key), (b, key)])
+        if pair is None:
             lines.append(f"- {text}: not measured yet")
             return
+        xa, xb = pair
+        va, vb = _stat(xa)[0], _stat(xb)[0]
         ok = va > vb if higher_is_better else va < vb
-        xa, xb = rows[a][key], rows[b][key]
-        if len(xa) < 2 or len(xb) < 2:
+        xa_, xb_ = list(xa.values()), list(xb.values())
+        if len(xa) < 2:
             verdict = f"{'yes' if ok else 'no'} (1 seed: no spread to compare with)"
-        elif ok and (min(xa) > max(xb) if higher_is_better else max(xa) < min(xb)):
+        elif ok and (min(xa_) > max(xb_) if higher_is_better else max(xa_) < min(xb_)):
             verdict = "yes (every seed)"
         elif ok:
             verdict = "yes on the mean, within the seed-to-seed spread"
         else:
             verdict = "no"
         digits = 3 if key.startswith(("cr", "mcs")) else 1
-        lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)})")
+        lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}"
+                     f"{restricted((a, b), key, xa)})")
 
     line = gain_line(curves or {})
     if line:
         lines.append(line)
     check("D3SSL above SoCo on O-KNN top-1 (Tab. 4)", "d3ssl", "soco", True, "oknn_top1")
     check("D3SSL above SoCo on disturbed O-KNN top-1 (Tab. 4)", "d3ssl", "soco", True, "disturbed_oknn_top1")
-    if all(m(r, k) is not None for r in ("d3ssl", "soco") for k in ("oknn_top1", "disturbed_oknn_top1")):
-        g1 = m("d3ssl", "oknn_top1") - m("soco", "oknn_top1")
-        g2 = m("d3ssl", "disturbed_oknn_top1") - m("soco", "disturbed_oknn_top1")
+    pair = paired([(r, k) for k in ("oknn_top1", "disturbed_oknn_top1") for r in ("d3ssl", "soco")])
+    if pair is not None:
+        d, s, dd, sd = (_stat(v)[0] for v in pair)
+        g1, g2 = d - s, dd - sd
         lines.append(f"- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): {'**yes**' if g2 > g1 else '**no**'}"
-                     f" ({g1:+.1f} vs {g2:+.1f})")
+                     f" ({g1:+.1f} vs {g2:+.1f}{restricted(('d3ssl', 'soco'), 'oknn_top1', pair[0])})")
     check("SoCo + Aug_D3SSL above SoCo on O-KNN top-1 (Tab. 6 direction)", "soco_d3aug", "soco", True, "oknn_top1")
     check("SoCo + Aug_D3SSL lower CR (layer4) than SoCo (Tab. 6)", "soco_d3aug", "soco", False, "cr_layer4")
     check("L_dp lowers CR (layer4) (Tab. 7)", "d3ssl", "d3ssl_dconly", False, "cr_layer4")

@@ -1,6 +1,6 @@
 """The mini ladder: a small-scale reproduction of the paper's directions that runs on 2 CPU cores.
 
-    python train/reproduce_mini.py                       # every rung, 2 seeds, all evaluations (~2 h on 2 cores)
+    python train/reproduce_mini.py                       # every rung, 2 seeds, all evaluations (~2 h on 2 cores at 1.75 s per mini step; ~6 h at 8 s)
     python train/reproduce_mini.py --rungs d3ssl soco --seeds 0
 
 Rungs (one recipe each in ``d3ssl_zoo/recipes/mini/``, same data, model, resolution, batch and steps):

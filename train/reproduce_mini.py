@@ -1,6 +1,6 @@
 """The mini ladder: a small-scale reproduction of the paper's directions that runs on 2 CPU cores.
 
-    python train/reproduce_mini.py                       # every rung, 2 seeds, all evaluations (~2 h on 2 cores at 1.75 s per mini step; ~6 h at 8 s)
+    python train/reproduce_mini.py                       # every rung, 2 seeds, all evaluations (2 cores: ~2 h at 1.75 s/step)
     python train/reproduce_mini.py --rungs d3ssl soco --seeds 0
 
 Rungs (one recipe each in ``d3ssl_zoo/recipes/mini/``, same data, model, resolution, batch and steps):
@@ -373,10 +373,10 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
         xa, xb = pair
         va, vb = _stat(xa)[0], _stat(xb)[0]
         ok = va > vb if higher_is_better else va < vb
-        xa_, xb_ = list(xa.values()), list(xb.values())
+        lo_a, hi_a, lo_b, hi_b = min(xa.values()), max(xa.values()), min(xb.values()), max(xb.values())
         if len(xa) < 2:
             verdict = f"{'yes' if ok else 'no'} (1 seed: no spread to compare with)"
-        elif ok and (min(xa_) > max(xb_) if higher_is_better else max(xa_) < min(xb_)):
+        elif ok and (lo_a > hi_b if higher_is_better else hi_a < lo_b):
             verdict = "yes (every seed)"
         elif ok:
             verdict = "yes on the mean, within the seed-to-seed spread"

@@ -106,6 +106,32 @@ def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeyp
     assert json.loads(path.read_text())["evals"]["soco/s0/step6"] == before["evals"]["soco/s0/step6"]
 
 
+def with_ceiling_steps(argv: list[str], steps: str) -> list[str]:
+    i = argv.index("--ceiling-steps") + 1
+    return argv[:i] + [steps] + argv[i + 1:]
+
+
+def test_ceiling_steps_zero_skips_the_ceiling_and_a_negative_count_is_refused(ladder, monkeypatch, capsys):
+    root, argv = ladder
+    path = root / "results" / "results.json"
+    before = path.read_text()
+    data = json.loads(before)
+    del data["evals"]["supervised/s0"]
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    try:
+        assert reproduce_mini.main(with_ceiling_steps(argv, "0")) == 0
+        assert "supervised/s0" not in json.loads(path.read_text())["evals"]
+        md = (root / "results" / "results.md").read_text()
+        assert "| random init (floor) | 1 |" in md and "supervised RoI classifier" not in md
+        with pytest.raises(SystemExit):
+            reproduce_mini.main(with_ceiling_steps(argv, "-1"))
+        assert "--ceiling-steps must be >= 0 (0 skips the supervised ceiling), got -1" in capsys.readouterr().err
+    finally:
+        path.write_text(before)
+        assert reproduce_mini.main(argv) == 0  # the report again from the untouched results
+
+
 def test_other_settings_are_refused(ladder):
     root, argv = ladder
     with pytest.raises(ValueError, match="other settings"):

@@ -221,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-crops", type=int, default=100, help="positional-MCS crops")
     p.add_argument("--object-size", type=int, default=128, help="CR / MCS object crop side (multiple of 32)")
     p.add_argument("--min-object-size", type=float, default=32)
-    p.add_argument("--ceiling-steps", type=int, default=300, help="supervised ceiling: SGD steps of 16 images")
+    p.add_argument("--ceiling-steps", type=int, default=300,
+                   help="supervised ceiling: SGD steps of 16 images (0: no ceiling, e.g. for a one-rung diagnostic)")
     p.add_argument("--intermediate", action=argparse.BooleanOptionalAction, default=True,
                    help="O-KNN of every intermediate checkpoint (the learning curves)")
     args = p.parse_args(argv)
+    if args.ceiling_steps < 0:
+        p.error(f"--ceiling-steps must be >= 0 (0 skips the supervised ceiling), got {args.ceiling_steps}")
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out)
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if not results.has(key):
             results.put(key, {"step": 0, **evaluate(initial_backbone(base, seed), scenes, settings, seed, True)})
             write_report(results, out)
-    if not results.has("supervised/s0"):  # the ceiling: the same backbone trained with the labels
+    if args.ceiling_steps > 0 and not results.has("supervised/s0"):  # the ceiling: the same backbone trained with the labels
         model = d3ssl_zoo.create_model(base["model"]["name"], pretrained=False)
         torch.manual_seed(0)
         info = train_roi_classifier(model, scenes.train_ann, scenes.train_images, steps=args.ceiling_steps,

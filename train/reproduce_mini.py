@@ -457,14 +457,15 @@ def _figures(results: Results, rows: dict, out: Path) -> None:
     curves = learning_curves(results.data["evals"])
     for i, rung in enumerate(RUNGS):
         for j, (seed, pts) in enumerate(sorted(curves.get(rung, {}).items())):
-            ax.plot(*zip(*pts), marker="o", color=f"C{i}", linestyle="-" if j == 0 else "--",
+            ax.plot(*zip(*pts), marker="o", color=f"C{i}", linestyle="-" if seed == "s0" else "--",
                     label=f"{rung}" if j == 0 else None)
     if "supervised" in rows:
         ax.axhline(_stat(rows["supervised"]["oknn_top1"])[0], color="k", linestyle=":", label="supervised ceiling")
     ax.set_xlabel("training step")
     ax.set_ylabel("O-KNN top-1 (%)")
-    ax.set_title("O-KNN top-1 vs training (solid seed 0, dashed seed 1)")
-    ax.legend(fontsize=8)
+    ax.set_title("O-KNN top-1 vs training (solid seed 0, dashed other seeds)")
+    if ax.get_legend_handles_labels()[0]:  # nothing to label before the first rung or ceiling is evaluated
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "oknn_vs_steps.png", dpi=110)
     plt.close(fig)

@@ -51,7 +51,7 @@ def test_report_and_figures(ladder):
     md = (root / "results" / "results.md").read_text()
     assert "| random init (floor) | 1 |" in md and "| supervised RoI classifier (ceiling, 2 steps) | 1 |" in md and "| SoCo | 1 |" in md and "| D3SSL (L_dc + L_dp) | 1 |" in md
     assert "D3SSL above SoCo on O-KNN top-1 (Tab. 4): **" in md
-    assert f"Data: `{SOURCE}`" in md and "D3SSL trained >= random init + 10 points O-KNN top-1, rising with training: **" in md
+    assert f"Data: `{SOURCE}`" in md and "Recipe overrides for every rung: `data.image_size=64 " in md and "D3SSL trained >= random init + 10 points O-KNN top-1, rising with training: **" in md
     assert "L_dp lowers CR (layer4) (Tab. 7): not measured yet" in md  # no w/o-L_dp rung in this run
     for fig in ("oknn_vs_steps.png", "cr_mcs_per_stage.png"):
         assert (root / "results" / fig).stat().st_size > 5000

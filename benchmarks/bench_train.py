@@ -29,7 +29,25 @@ import d3ssl_zoo
 RECIPES = recipes_dir()
 
 
-def main() -> None:
+class RepeatedEpochSampler(torch.utils.data.Sampler):
+    """``sampler``'s ``(epoch, index)`` keys, ``repeats`` passes per epoch (sub-epochs ``epoch * repeats + r``)."""
+
+    def __init__(self, sampler: EpochShuffleSampler, repeats: int) -> None:
+        self.sampler, self.repeats, self.epoch = sampler, repeats, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.repeats * len(self.sampler)
+
+    def __iter__(self):
+        for r in range(self.repeats):
+            self.sampler.set_epoch(self.epoch * self.repeats + r)
+            yield from self.sampler
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="d3ssl_r18c4")
     p.add_argument("--image-size", type=int, default=96)
@@ -38,23 +56,25 @@ def main() -> None:
     p.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
     p.add_argument("--num-workers", type=int, help="data loader workers (default: 0 on CPU, 8 on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     recipe = load_recipe(RECIPES / "demo.yaml", [
         f"model.name={args.arch}", f"data.image_size={args.image_size}", f"data.small_size={args.image_size // 2}",
         f"train.batch_size={args.batch_size}"] + ([] if args.arch.endswith("r18c4") else [
             "method.proj_hidden_dim=4096", "method.pred_hidden_dim=4096", "method.queue_size=65536"]))
     dataset = build_pretrain_dataset(recipe.data, "sample", None, seed=0)
-    # the sample has 16 photos: repeat them so that large batches (64 on a GPU) can be timed
-    repeated = torch.utils.data.ConcatDataset([dataset] * math.ceil(2 * args.batch_size / len(dataset)))
+    # the sample has 16 photos: each epoch visits them several times, so that large batches (64 on a
+    # GPU) can be timed; keys are (epoch, index), as the engine's sampler yields them
+    repeats = math.ceil(2 * args.batch_size / len(dataset))
+    sampler = RepeatedEpochSampler(EpochShuffleSampler(len(dataset), 0), repeats)
     num_workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 0)
-    loader = pretrain_loader(repeated, recipe.data, args.batch_size, EpochShuffleSampler(len(repeated), 0),
-                             num_workers, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(dataset, recipe.data, args.batch_size, sampler, num_workers,
+                             pin_memory=device.type == "cuda")
 
     def batches():
         epoch = 0
         while True:
-            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
             yield from loader
             epoch += 1
 

@@ -289,8 +289,11 @@ def test_anchors_are_float32_under_bf16_autocast():
 
 def test_detector_under_bf16_autocast_keeps_boxes_and_scores_float32():
     torch.manual_seed(0)
+    # few RoIs: a CPU without native bf16 (AVX2) runs bf16 convolutions through aten's slow kernel,
+    # ~25x fp32, and this is a test of dtypes, not of sampling (92 s with TINY's 32 RoIs per image)
+    few_rois = dict(TINY, rpn_post_nms_train=8, rpn_post_nms_test=4, roi_batch_per_image=4)
     det = build_c4_detector(d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0),
-                            C4DetectorConfig(num_classes=2, mask_on=True, **TINY))
+                            C4DetectorConfig(num_classes=2, mask_on=True, **few_rois))
     images, targets = _tiny_batch()
     proposals = []
     det.rpn.register_forward_hook(lambda module, args, out: proposals.extend(out[0]))

@@ -31,10 +31,10 @@ def synthetic_batch(seed=0, b=B, k=K, size=S, depositioning=True):
     return batch
 
 
-def tiny_d3ssl(depositioning=True, queue_size=32):
+def tiny_d3ssl(depositioning=True, queue_size=32, **kwargs):
     torch.manual_seed(0)
     return D3SSL(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, tau=0.2,
-                 queue_size=queue_size, depositioning=depositioning)
+                 queue_size=queue_size, depositioning=depositioning, **kwargs)
 
 
 # --- Eq. 5 and BYOL ---------------------------------------------------------------------------------------
@@ -297,14 +297,16 @@ def test_d3ssl_gradients_reach_student_only_and_dp_switch():
     assert m.student.backbone.conv1.weight.grad.abs().sum() > 0
 
 
+# small RoIs in the bf16 tests: a CPU without native bf16 (AVX2) runs bf16 convolutions through aten's
+# slow kernel, and res5 on 14 x 14 RoIs made each of these tests take 20-40 s
 def test_d3ssl_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings():
-    m = tiny_d3ssl()
+    m = tiny_d3ssl(roi_size=4, roi_size_small=2)
     batch = synthetic_batch()
     negatives = m.queue.keys.clone()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        z_s1, z_s2 = m.student(batch["x1"], batch["boxes1"], 14), m.student(batch["x2s"], batch["boxes2s"], 7)
-        z_t1, z_t2 = m.teacher(batch["x1"], batch["boxes1"], 14), m.teacher(batch["x2"], batch["boxes2"], 14)
-        z_s3 = m.student(batch["x3"], batch["boxes3"], 14)
+        z_s1, z_s2 = m.student(batch["x1"], batch["boxes1"], 4), m.student(batch["x2s"], batch["boxes2s"], 2)
+        z_t1, z_t2 = m.teacher(batch["x1"], batch["boxes1"], 4), m.teacher(batch["x2"], batch["boxes2"], 4)
+        z_s3 = m.student(batch["x3"], batch["boxes3"], 4)
     assert z_s1.dtype == torch.bfloat16  # the network itself runs in bf16
     z = [t.float() for t in (z_s1, z_s2, z_t1, z_t2, z_s3)]
     l_dc = nce(z[0], z[3], negatives, 0.2) + nce(z[1], z[2], negatives, 0.2)
@@ -334,12 +336,12 @@ def test_soco_symmetric_byol_loss():
 
 def test_soco_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings():
     torch.manual_seed(0)
-    m = SoCo(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)
+    m = SoCo(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, roi_size=4)
     batch = synthetic_batch(depositioning=False)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        p1 = m.predictor(m.student(batch["x1"], batch["boxes1"], 14))
-        p2 = m.predictor(m.student(batch["x2"], batch["boxes2"], 14))
-        z1, z2 = m.teacher(batch["x1"], batch["boxes1"], 14), m.teacher(batch["x2"], batch["boxes2"], 14)
+        p1 = m.predictor(m.student(batch["x1"], batch["boxes1"], 4))
+        p2 = m.predictor(m.student(batch["x2"], batch["boxes2"], 4))
+        z1, z2 = m.teacher(batch["x1"], batch["boxes1"], 4), m.teacher(batch["x2"], batch["boxes2"], 4)
     assert p1.dtype == torch.bfloat16
     expected = (byol_loss(p1.float(), z2.float()) + byol_loss(p2.float(), z1.float())).mean()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
+    p.add_argument("--channels-last", action="store_true", help="weights and images in channels-last memory format")
     p.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
     p.add_argument("--num-workers", type=int, help="data loader workers (default: 0 on CPU, 8 on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(0)
     method = build_method(recipe, d3ssl_zoo.create_model(args.arch)).to(device).train()
+    if args.channels_last:  # images follow the first convolution's weights
+        method = method.to(memory_format=torch.channels_last)
     opt = LARS(lars_param_groups(method, 1e-5), lr=0.1, momentum=0.9)
     dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(parts.values())
     backbone = sum(v for k, v in parts.items() if k.startswith(("fwd", "bwd")))
     print(f"D3SSL step breakdown: {args.arch}, {args.image_size} px, batch {args.batch_size}, K="
-          f"{recipe.data.num_proposals}, precision {args.precision}, {device}, {torch.get_num_threads()} thread(s), "
+          f"{recipe.data.num_proposals}, precision {args.precision}, "
+          f"{'channels-last' if args.channels_last else 'contiguous'}, {device}, {torch.get_num_threads()} thread(s), "
           f"{num_workers} data worker(s), "
           f"mean of {n} steps")
     for k, v in parts.items():

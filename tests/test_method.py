@@ -304,9 +304,10 @@ def test_d3ssl_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings(
     batch = synthetic_batch()
     negatives = m.queue.keys.clone()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        z_s1, z_s2 = m.student(batch["x1"], batch["boxes1"], 4), m.student(batch["x2s"], batch["boxes2s"], 2)
-        z_t1, z_t2 = m.teacher(batch["x1"], batch["boxes1"], 4), m.teacher(batch["x2"], batch["boxes2"], 4)
-        z_s3 = m.student(batch["x3"], batch["boxes3"], 4)
+        r, rs = m.roi_size, m.roi_size_small
+        z_s1, z_s2 = m.student(batch["x1"], batch["boxes1"], r), m.student(batch["x2s"], batch["boxes2s"], rs)
+        z_t1, z_t2 = m.teacher(batch["x1"], batch["boxes1"], r), m.teacher(batch["x2"], batch["boxes2"], r)
+        z_s3 = m.student(batch["x3"], batch["boxes3"], r)
     assert z_s1.dtype == torch.bfloat16  # the network itself runs in bf16
     z = [t.float() for t in (z_s1, z_s2, z_t1, z_t2, z_s3)]
     l_dc = nce(z[0], z[3], negatives, 0.2) + nce(z[1], z[2], negatives, 0.2)
@@ -339,9 +340,10 @@ def test_soco_loss_under_bf16_autocast_is_the_fp32_loss_of_its_bf16_embeddings()
     m = SoCo(d3ssl_zoo.create_model("d3ssl_r18c4"), proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, roi_size=4)
     batch = synthetic_batch(depositioning=False)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        p1 = m.predictor(m.student(batch["x1"], batch["boxes1"], 4))
-        p2 = m.predictor(m.student(batch["x2"], batch["boxes2"], 4))
-        z1, z2 = m.teacher(batch["x1"], batch["boxes1"], 4), m.teacher(batch["x2"], batch["boxes2"], 4)
+        r = m.roi_size
+        p1 = m.predictor(m.student(batch["x1"], batch["boxes1"], r))
+        p2 = m.predictor(m.student(batch["x2"], batch["boxes2"], r))
+        z1, z2 = m.teacher(batch["x1"], batch["boxes1"], r), m.teacher(batch["x2"], batch["boxes2"], r)
     assert p1.dtype == torch.bfloat16
     expected = (byol_loss(p1.float(), z2.float()) + byol_loss(p2.float(), z1.float())).mean()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -89,6 +89,14 @@ def test_directions_compare_two_rungs_on_the_seeds_both_have():
     assert "- L_dp raises MCS (layer4) (Tab. 7): not measured yet" in lines
 
 
+def test_the_learning_curve_figure_gives_every_seed_its_own_line_style_in_seed_order():
+    styles = reproduce_mini.seed_linestyles({"s10", "s2", "s0", "s1"})
+    assert list(styles) == ["s0", "s1", "s2", "s10"]  # by number, not as strings ("s10" < "s2")
+    assert [name for name, _ in styles.values()] == ["solid", "dashed", "dash-dot", "dotted"]
+    assert len({str(ls) for _, ls in styles.values()}) == 4
+    assert reproduce_mini.seed_linestyles({"s0", "s1", "s2", "s3", "s4"})["s4"] == styles["s0"]  # cycles past four
+
+
 def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeypatch):
     root, argv = ladder
     path = root / "results" / "results.json"

@@ -19,6 +19,7 @@ are rewritten after every evaluation.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -59,6 +60,8 @@ PAPER = {
     "cr": {"d3ssl_dconly": 1.33, "d3ssl": 1.17, "soco": 1.31, "soco_d3aug": 1.20},  # Tab. 7, Tab. 6 (stage not given)
     "mcs": {"d3ssl_dconly": 0.68, "d3ssl": 0.82},  # Tab. 7
 }
+# The learning-curve figure tells seeds apart by line style (seed_linestyles; a fifth seed repeats the first).
+SEED_LINESTYLES = (("solid", "-"), ("dashed", "--"), ("dash-dot", "-."), ("dotted", (0, (1, 1))))
 
 
 # ---------------------------------------------------------------- evaluation settings
@@ -449,6 +452,12 @@ def write_report(results: Results, out: Path) -> None:
     _figures(results, rows, out)
 
 
+def seed_linestyles(seeds) -> dict[str, tuple[str, object]]:
+    """``{"s<seed>": (style name, matplotlib linestyle)}`` in seed-number order, one style per seed."""
+    ordered = sorted(seeds, key=lambda s: int(s[1:]))
+    return dict(zip(ordered, itertools.cycle(SEED_LINESTYLES)))
+
+
 def _figures(results: Results, rows: dict, out: Path) -> None:
     import matplotlib
 
@@ -457,15 +466,17 @@ def _figures(results: Results, rows: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     curves = learning_curves(results.data["evals"])
+    styles = seed_linestyles({s for by_seed in curves.values() for s in by_seed})
     for i, rung in enumerate(RUNGS):
         for j, (seed, pts) in enumerate(sorted(curves.get(rung, {}).items())):
-            ax.plot(*zip(*pts), marker="o", color=f"C{i}", linestyle="-" if seed == "s0" else "--",
+            ax.plot(*zip(*pts), marker="o", color=f"C{i}", linestyle=styles[seed][1],
                     label=f"{rung}" if j == 0 else None)
     if "supervised" in rows:
         ax.axhline(_stat(rows["supervised"]["oknn_top1"])[0], color="k", linestyle=":", label="supervised ceiling")
     ax.set_xlabel("training step")
     ax.set_ylabel("O-KNN top-1 (%)")
-    ax.set_title("O-KNN top-1 vs training (solid seed 0, dashed other seeds)")
+    ax.set_title("O-KNN top-1 vs training (" + ", ".join(f"{name} seed {s[1:]}" for s, (name, _) in styles.items()) + ")",
+                 fontsize=10)
     if ax.get_legend_handles_labels()[0]:  # nothing to label before the first rung or ceiling is evaluated
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -475,8 +475,8 @@ def _figures(results: Results, rows: dict, out: Path) -> None:
         ax.axhline(_stat(rows["supervised"]["oknn_top1"])[0], color="k", linestyle=":", label="supervised ceiling")
     ax.set_xlabel("training step")
     ax.set_ylabel("O-KNN top-1 (%)")
-    ax.set_title("O-KNN top-1 vs training (" + ", ".join(f"{name} seed {s[1:]}" for s, (name, _) in styles.items()) + ")",
-                 fontsize=10)
+    legend = ", ".join(f"{name} seed {s[1:]}" for s, (name, _) in styles.items())
+    ax.set_title(f"O-KNN top-1 vs training ({legend})", fontsize=10)
     if ax.get_legend_handles_labels()[0]:  # nothing to label before the first rung or ceiling is evaluated
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,6 +3,7 @@ evaluation stored, the report and figures written, and a relaunch that redoes no
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,6 +41,8 @@ def test_every_evaluation_is_stored(ladder):
         assert 0 <= final["oknn"]["top1"] <= 100 and final["oknn"]["num_queries"] >= 6
         assert set(final["cr"]) == set(final["mcs"]) == {"layer1", "layer2", "layer3", "layer4"}
         assert "disturbed_oknn" in final and "cr" not in evals[f"{rung}/s0/step3"]
+        for name in ("cr", "mcs"):  # a standard error per stage, over 4 pairs / crops
+            assert set(final[f"{name}_se"]) == set(final[name]) and all(v >= 0 for v in final[f"{name}_se"].values())
     shift = data["shift_statistics"]
     assert set(shift) == {"all K (literal)", "1 of K"}
     # one proposal leaves at least as much room to move as the union of K
@@ -81,12 +84,41 @@ def test_directions_compare_two_rungs_on_the_seeds_both_have():
     lines = reproduce_mini.directions(rows)
     # on the mean over both seeds D3SSL (25.0) would be below SoCo (27.0); paired on s0 it is above
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes (1 seed: no spread to compare with)** "
-            "(d3ssl 30.0 vs soco 27.0; on the seeds both have: s0)") in lines
+            "(d3ssl 30.0 vs soco 27.0; no standard error stored; on the seeds both have: s0)") in lines
     assert "- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **yes** (+3.0 vs +6.0; on the seeds both have: s0)" in lines
     rows["soco"] = {"oknn_top1": {"s0": 27.0, "s1": 21.0}, "disturbed_oknn_top1": {"s0": 23.0, "s1": 18.0}}
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes on the mean, within the seed-to-seed spread** "
-            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0)") in reproduce_mini.directions(rows)
+            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in reproduce_mini.directions(rows)
     assert "- L_dp raises MCS (layer4) (Tab. 7): not measured yet" in lines
+
+
+def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
+    def line(d3ssl, dconly, se, key="cr_layer4", text="L_dp lowers CR (layer4) (Tab. 7)"):
+        rows = {"d3ssl": {key: d3ssl, f"{key}_se": {s: se for s in d3ssl}},
+                "d3ssl_dconly": {key: dconly, f"{key}_se": {s: se for s in dconly}}}
+        return next(x for x in reproduce_mini.directions(rows) if x.startswith(f"- {text}:"))
+
+    # lower on every seed by 0.001, but each evaluation's standard error is 0.002: the difference's is
+    # sqrt(2 * 2 * 0.002^2) / 2 = 0.002, and 0.001 is within twice that
+    assert line({"s0": 1.000, "s1": 1.000}, {"s0": 1.001, "s1": 1.001}, 0.002) == (
+        "- L_dp lowers CR (layer4) (Tab. 7): **no: within twice its standard error** (d3ssl 1.000 ±0.000 vs "
+        "d3ssl_dconly 1.001 ±0.000; difference -0.001, standard error 0.002)")
+    # the same per-seed values with ten times smaller errors are a direction on every seed
+    assert "**yes (every seed; beyond twice its standard error on 2 of 2)**" in line(
+        {"s0": 1.000, "s1": 1.000}, {"s0": 1.001, "s1": 1.001}, 0.0002)
+    # every seed in the direction and the ranges apart, but only s0's own difference is beyond its noise
+    mcs = line({"s0": 0.95, "s1": 0.91}, {"s0": 0.88, "s1": 0.90}, 0.004, "mcs_layer4", "L_dp raises MCS (layer4) (Tab. 7)")
+    assert "**yes (every seed; beyond twice its standard error on 1 of 2)**" in mcs
+    assert "difference +0.040, standard error 0.004" in mcs
+
+
+def test_the_top1_standard_error_is_binomial_over_the_queries():
+    evals = {"random_init/s0": {"step": 0, "oknn": {"top1": 20.0, "top5": 60.0, "num_queries": 400},
+                                "disturbed_oknn": {"top1": 50.0, "top5": 90.0, "num_queries": 100}}}
+    row = reproduce_mini.summary(SimpleNamespace(data={"evals": evals}))["random_init"]
+    assert row["oknn_top1_se"]["s0"] == pytest.approx(2.0)  # sqrt(20 * 80 / 400)
+    assert row["disturbed_oknn_top1_se"]["s0"] == pytest.approx(5.0)  # sqrt(50 * 50 / 100)
+    assert row["cr_layer4_se"] == {}  # not evaluated: no error either
 
 
 def test_the_learning_curve_figure_gives_every_seed_its_own_line_style_in_seed_order():
@@ -112,6 +144,41 @@ def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeyp
     assert reproduce_mini.main(argv) == 0
     assert launched == []
     assert json.loads(path.read_text())["evals"]["soco/s0/step6"] == before["evals"]["soco/s0/step6"]
+
+
+def test_evaluations_stored_without_standard_errors_get_them_on_relaunch_and_nothing_else(ladder, monkeypatch, capsys):
+    root, argv = ladder
+    path = root / "results" / "results.json"
+    before = path.read_text()
+    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+
+    def without_errors(change=None):
+        data = json.loads(before)
+        for key in ("random_init/s0", "soco/s0/step6"):
+            del data["evals"][key]["cr_se"], data["evals"][key]["mcs_se"]
+        if change:
+            change(data["evals"])
+        path.write_text(json.dumps(data))
+
+    try:
+        without_errors()
+        assert reproduce_mini.main(argv) == 0
+        assert json.loads(path.read_text())["evals"] == json.loads(before)["evals"]  # the same errors, the rest untouched
+        # a stored mean that the weights no longer give is refused, not mixed with new errors
+        without_errors(lambda evals: evals["soco/s0/step6"]["cr"].update(layer4=evals["soco/s0/step6"]["cr"]["layer4"] + 0.01))
+        with pytest.raises(RuntimeError, match=r"soco/s0/step6: cr at layer4 comes out as .* delete soco/s0/step6 "):
+            reproduce_mini.main(argv)
+        # a run whose checkpoints are gone keeps its evaluation as it was, and says so
+        without_errors()
+        (root / "runs" / "soco_s0").rename(root / "runs" / "soco_s0.moved")
+        capsys.readouterr()
+        assert reproduce_mini.main(argv) == 0
+        assert "soco/s0/step6: no step-6 checkpoint in " in capsys.readouterr().out
+        assert "cr_se" not in json.loads(path.read_text())["evals"]["soco/s0/step6"]
+    finally:
+        if (root / "runs" / "soco_s0.moved").exists():
+            (root / "runs" / "soco_s0.moved").rename(root / "runs" / "soco_s0")
+        path.write_text(before)
 
 
 def with_ceiling_steps(argv: list[str], steps: str) -> list[str]:

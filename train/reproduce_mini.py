@@ -80,14 +80,38 @@ def evaluate(model: torch.nn.Module, scenes, settings: dict, seed: int, full: bo
     if full:
         r = run_oknn(model, *splits, short_side=settings["short_side"], seed=seed, disturbed=True, progress=False)
         out["disturbed_oknn"] = {"top1": r["top1"], "top5": r["top5"], "num_queries": r["num_queries"]}
-        size, min_size = settings["object_size"], settings["min_object_size"]
-        cr = run_coupling(model, scenes.val_ann, scenes.val_images, num_pairs=settings["num_pairs"],
-                          object_size=size, min_object_size=min_size, seed=seed, progress=False)
-        mcs = run_mcs(model, scenes.val_ann, scenes.val_images, num_crops=settings["num_crops"], tile_size=size,
-                      min_object_size=min_size, seed=seed, progress=False)
-        out["cr"] = cr["per_stage"]
-        out["mcs"] = mcs["per_stage"]
+        out.update(cr_and_mcs(model, scenes, settings, seed))
     return out
+
+
+def cr_and_mcs(model: torch.nn.Module, scenes, settings: dict, seed: int) -> dict:
+    """Coupling rate and positional MCS per stage, each with its standard error over the pairs / crops."""
+    size, min_size = settings["object_size"], settings["min_object_size"]
+    cr = run_coupling(model, scenes.val_ann, scenes.val_images, num_pairs=settings["num_pairs"],
+                      object_size=size, min_object_size=min_size, seed=seed, progress=False)
+    mcs = run_mcs(model, scenes.val_ann, scenes.val_images, num_crops=settings["num_crops"], tile_size=size,
+                  min_object_size=min_size, seed=seed, progress=False)
+    out = {}
+    for name, r, n in (("cr", cr, cr["num_pairs"]), ("mcs", mcs, mcs["num_crops"])):
+        out[name] = r["per_stage"]
+        out[f"{name}_se"] = {s: std / np.sqrt(n) for s, std in r["per_stage_std"].items()}
+    return out
+
+
+def add_standard_errors(results: "Results", key: str, model: torch.nn.Module, scenes, settings: dict, seed: int) -> None:
+    """Give a final evaluation stored before the ladder kept the standard errors of CR and MCS those
+    errors, from the same evaluation run again. Its stored means must come out again: a mean that
+    differs was made with other code or weights, and is refused rather than mixed with new errors."""
+    old = results.data["evals"][key]
+    new = cr_and_mcs(model, scenes, settings, seed)
+    for name in ("cr", "mcs"):
+        for s, v in old[name].items():
+            if abs(v - new[name][s]) > 1e-4:
+                raise RuntimeError(f"{key}: {name} at {s} comes out as {new[name][s]:.4f} now, {v:.4f} in "
+                                   f"{results.path}, so it was evaluated with other code or weights; delete "
+                                   f"{key} from that file to evaluate it again")
+    results.put(key, {**old, "cr_se": new["cr_se"], "mcs_se": new["mcs_se"]})
+    print(f"[ladder] {key}: standard errors of CR and MCS added", flush=True)
 
 
 def checkpoint_step(ckpt: Path) -> int:
@@ -252,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if not results.has(key):
             results.put(key, {"step": 0, **evaluate(initial_backbone(base, seed), scenes, settings, seed, True)})
             write_report(results, out)
+        elif "cr_se" not in results.data["evals"][key]:
+            add_standard_errors(results, key, initial_backbone(base, seed), scenes, settings, seed)
     if args.ceiling_steps > 0 and not results.has("supervised/s0"):  # the ceiling: the same backbone trained with the labels
         model = d3ssl_zoo.create_model(base["model"]["name"], pretrained=False)
         torch.manual_seed(0)
@@ -262,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in args.seeds:
         for rung in args.rungs:
-            if any(k.startswith(f"{rung}/s{seed}/") and v.get("final") for k, v in results.data["evals"].items()):
-                continue  # evaluated to the end already (checkpoints are evaluated in step order)
+            done = [k for k, v in results.data["evals"].items() if k.startswith(f"{rung}/s{seed}/") and v.get("final")]
+            if done:  # evaluated to the end already (checkpoints are evaluated in step order)
+                if "cr_se" not in results.data["evals"][done[0]]:
+                    stored_before_standard_errors(results, done[0], runs_dir / f"{rung}_s{seed}", base, scenes,
+                                                  settings, seed)
+                continue
             run = run_rung(rung, seed, runs_dir, args.override, out / "logs")
             ckpts = list_checkpoints(run)
             final = max(ckpts, key=checkpoint_step)
@@ -284,6 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     write_report(results, out)
     print(f"[ladder] done: {out / 'results.md'}")
     return 0
+
+
+def stored_before_standard_errors(results: Results, key: str, run: Path, base: dict, scenes, settings: dict,
+                                  seed: int) -> None:
+    """A rung's final evaluation from before the standard errors: add them from its checkpoint, if kept."""
+    step = results.data["evals"][key]["step"]
+    ckpt = next((c for c in list_checkpoints(run) if checkpoint_step(c) == step), None)
+    if ckpt is None:
+        print(f"[ladder] {key}: no step-{step} checkpoint in {run}, so its CR and MCS keep no standard error",
+              flush=True)
+        return
+    add_standard_errors(results, key, backbone_from_checkpoint(ckpt, base["model"]["name"]), scenes, settings, seed)
 
 
 # ---------------------------------------------------------------- report
@@ -317,9 +359,15 @@ def summary(results: Results) -> dict:
         for metric in ("oknn", "disturbed_oknn"):
             for k in ("top1", "top5"):
                 row[f"{metric}_{k}"] = {seed: e[metric][k] for seed, e in evals.items() if metric in e}
+            # binomial standard error of a top-1 accuracy, in points
+            row[f"{metric}_top1_se"] = {seed: float(np.sqrt(e[metric]["top1"] * (100 - e[metric]["top1"])
+                                                            / e[metric]["num_queries"]))
+                                        for seed, e in evals.items() if metric in e}
         for metric in ("cr", "mcs"):
             for s in STAGES:
                 row[f"{metric}_{s}"] = {seed: e[metric][s] for seed, e in evals.items() if metric in e}
+                row[f"{metric}_{s}_se"] = {seed: e[f"{metric}_se"][s] for seed, e in evals.items()
+                                           if f"{metric}_se" in e}
         rows[name] = row
     return rows
 
@@ -359,7 +407,13 @@ def gain_line(curves: dict, rung: str = "d3ssl", target: float = 10.0) -> str | 
 def directions(rows: dict, curves: dict | None = None) -> list[str]:
     """Each paper direction: reproduced or not, with the numbers (mean over seeds, half-range). Two rows are
     compared on the seeds both have, so a rung whose second seed has not run yet is not held against the
-    other rung's mean over two seeds (each seed has its own random initialisation)."""
+    other rung's mean over two seeds (each seed has its own random initialisation).
+
+    Two kinds of noise are told apart. Evaluation noise: the mean difference has a standard error from
+    each evaluation's own (binomial for O-KNN top-1, over the pairs / crops for CR and MCS), taken as
+    independent although both rungs see the same queries, pairs and crops, so it errs on the large side;
+    a difference within twice it is not a measured direction. Seed noise: the direction holds on every
+    seed only when the two rows' ranges over seeds do not overlap."""
     def paired(keys: list[tuple[str, str]]) -> list[dict] | None:
         values = [rows.get(row, {}).get(key, {}) for row, key in keys]
         common = set.intersection(*(set(v) for v in values))
@@ -377,19 +431,28 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
             lines.append(f"- {text}: not measured yet")
             return
         xa, xb = pair
-        va, vb = _stat(xa)[0], _stat(xb)[0]
-        ok = va > vb if higher_is_better else va < vb
-        lo_a, hi_a, lo_b, hi_b = min(xa.values()), max(xa.values()), min(xb.values()), max(xb.values())
-        if len(xa) < 2:
-            verdict = f"{'yes' if ok else 'no'} (1 seed: no spread to compare with)"
-        elif ok and (lo_a > hi_b if higher_is_better else hi_a < lo_b):
-            verdict = "yes (every seed)"
-        elif ok:
-            verdict = "yes on the mean, within the seed-to-seed spread"
-        else:
-            verdict = "no"
+        sign = 1 if higher_is_better else -1
+        diff = {s: sign * (xa[s] - xb[s]) for s in xa}  # > 0: the paper's direction
+        mean = float(np.mean(list(diff.values())))
+        se_a, se_b = (rows[r].get(f"{key}_se", {}) for r in (a, b))
+        se = {s: float(np.hypot(se_a[s], se_b[s])) for s in xa if s in se_a and s in se_b}
+        mean_se = float(np.sqrt(sum(v * v for v in se.values()))) / len(xa) if len(se) == len(xa) else None
         digits = 3 if key.startswith(("cr", "mcs")) else 1
-        lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}"
+        if mean <= 0:
+            verdict = "no"
+        elif mean_se is not None and mean <= 2 * mean_se:
+            verdict = "no: within twice its standard error"
+        elif len(xa) < 2:
+            verdict = "yes (1 seed: no spread to compare with)"
+        elif (min(xa.values()) > max(xb.values())) if higher_is_better else (max(xa.values()) < min(xb.values())):
+            beyond = sum(diff[s] > 2 * se[s] for s in se)
+            verdict = "yes (every seed" + (f"; beyond twice its standard error on {beyond} of {len(xa)})"
+                                           if mean_se is not None else ")")
+        else:
+            verdict = "yes on the mean, within the seed-to-seed spread"
+        noise = (f"; difference {sign * mean:+.{digits}f}, standard error {mean_se:.{digits}f}"
+                 if mean_se is not None else "; no standard error stored")
+        lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}{noise}"
                      f"{restricted((a, b), key, xa)})")
 
     line = gain_line(curves or {})

@@ -450,8 +450,8 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
                                            if mean_se is not None else ")")
         else:
             verdict = "yes on the mean, within the seed-to-seed spread"
-        noise = (f"; difference {sign * mean:+.{digits}f}, standard error {mean_se:.{digits}f}"
-                 if mean_se is not None else "; no standard error stored")
+        noise = (f"; difference {sign * mean:+.{digits}f}, standard error {mean_se:.{digits}f}" if mean_se is not None
+                 else f"; standard errors stored for {', '.join(se)} only" if se else "; no standard error stored")
         lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}{noise}"
                      f"{restricted((a, b), key, xa)})")
 
@@ -500,6 +500,10 @@ def write_report(results: Results, out: Path) -> None:
     lines += ["", "Paper (R50-C4, 800 epochs, Tab. 4): O-KNN SoCo 70.2/88.3, D3SSL 73.1/90.1; disturbed SoCo "
               "47.0/66.1, D3SSL 55.8/73.4. Tab. 7: CR 1.33 → 1.17, MCS 0.68 → 0.82 with L_dp. Tab. 6: CR "
               "1.31 (SoCo) → 1.20 (SoCo + Aug_D3SSL).", "", "## The paper's directions", "",
+              "A difference is measured when it exceeds twice its standard error, which comes from each "
+              "evaluation's own (binomial for top-1, over the pairs / crops for CR and MCS; taken as independent "
+              "although both rows see the same queries, so on the large side), and holds on every seed when the "
+              "two rows' ranges over seeds do not overlap.", "",
               *directions(rows, learning_curves(results.data["evals"]))]
     shift = results.data.get("shift_statistics")
     if shift:

@@ -102,14 +102,14 @@ def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
     # sqrt(2 * 2 * 0.002^2) / 2 = 0.002, and 0.001 is within twice that
     assert line({"s0": 1.000, "s1": 1.000}, {"s0": 1.001, "s1": 1.001}, 0.002) == (
         "- L_dp lowers CR (layer4) (Tab. 7): **no: within twice its standard error** (d3ssl 1.000 ±0.000 vs "
-        "d3ssl_dconly 1.001 ±0.000; difference -0.001, standard error 0.002)")
+        "d3ssl_dconly 1.001 ±0.000; difference -0.0010, standard error 0.0020)")
     # the same per-seed values with ten times smaller errors are a direction on every seed
     assert "**yes (every seed; beyond twice its standard error on 2 of 2)**" in line(
         {"s0": 1.000, "s1": 1.000}, {"s0": 1.001, "s1": 1.001}, 0.0002)
     # every seed in the direction and the ranges apart, but only s0's own difference is beyond its noise
     mcs = line({"s0": 0.95, "s1": 0.91}, {"s0": 0.88, "s1": 0.90}, 0.004, "mcs_layer4", "L_dp raises MCS (layer4) (Tab. 7)")
     assert "**yes (every seed; beyond twice its standard error on 1 of 2)**" in mcs
-    assert "difference +0.040, standard error 0.004" in mcs
+    assert "difference +0.0400, standard error 0.0040" in mcs
 
 
 def test_the_top1_standard_error_is_binomial_over_the_queries():

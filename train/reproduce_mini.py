@@ -10,11 +10,13 @@ proposals, the de-positioning reading of issue 9), ``soco`` and ``soco_d3aug`` (
 Each run is ``accelerate launch train/pretrain.py --recipe <rung> ...`` in a subprocess (the path
 a user takes), into ``<runs-dir>/<rung>_s<seed>``; it resumes from its newest checkpoint when the
 ladder is relaunched. Every checkpoint of every run is evaluated on the scene set's labelled split
-(O-KNN at every checkpoint; disturbed O-KNN, coupling rate and positional MCS per stage at the end),
-and so are the random initialisation of each seed and a supervised ceiling (the same backbone
-trained with the labels). Evaluations are stored in ``<out>/results.json`` as they finish and are
-never recomputed, so a killed ladder continues where it stopped. ``results.md`` and the figures
-are rewritten after every evaluation.
+(O-KNN at every checkpoint; disturbed O-KNN, coupling rate and positional MCS per stage, each with
+its standard error, at the end), and so are the random initialisation of each seed and a supervised
+ceiling (the same backbone trained with the labels). Evaluations are stored in
+``<out>/results.json`` as they finish and are never recomputed, so a killed ladder continues where
+it stopped; a final evaluation stored before the ladder kept the CR / MCS standard errors gets
+them on relaunch, where its checkpoint is still there. ``results.md`` and the figures are
+rewritten after every evaluation.
 """
 from __future__ import annotations
 
@@ -450,7 +452,8 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
                                            if mean_se is not None else ")")
         else:
             verdict = "yes on the mean, within the seed-to-seed spread"
-        noise = (f"; difference {sign * mean:+.{digits}f}, standard error {mean_se:.{digits}f}" if mean_se is not None
+        nd = digits + 1 if key.startswith(("cr", "mcs")) else digits  # their errors are ~1e-4
+        noise = (f"; difference {sign * mean:+.{nd}f}, standard error {mean_se:.{nd}f}" if mean_se is not None
                  else f"; standard errors stored for {', '.join(se)} only" if se else "; no standard error stored")
         lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}{noise}"
                      f"{restricted((a, b), key, xa)})")

@@ -62,6 +62,11 @@ PAPER = {
     "cr": {"d3ssl_dconly": 1.33, "d3ssl": 1.17, "soco": 1.31, "soco_d3aug": 1.20},  # Tab. 7, Tab. 6 (stage not given)
     "mcs": {"d3ssl_dconly": 0.68, "d3ssl": 0.82},  # Tab. 7
 }
+# How the report's directions weigh noise (results.md states it above them).
+NOISE_RULE = ("A difference is measured when it exceeds twice its standard error, which comes from each "
+              "evaluation's own (binomial for top-1, over the pairs / crops for CR and MCS; taken as independent "
+              "although both rows see the same queries, so on the large side), and holds on every seed when the "
+              "two rows' ranges over seeds do not overlap.")
 # The learning-curve figure tells seeds apart by line style (seed_linestyles; a fifth seed repeats the first).
 SEED_LINESTYLES = (("solid", "-"), ("dashed", "--"), ("dash-dot", "-."), ("dotted", (0, (1, 1))))
 
@@ -100,7 +105,7 @@ def cr_and_mcs(model: torch.nn.Module, scenes, settings: dict, seed: int) -> dic
     return out
 
 
-def add_standard_errors(results: "Results", key: str, model: torch.nn.Module, scenes, settings: dict, seed: int) -> None:
+def add_standard_errors(results: Results, key: str, model: torch.nn.Module, scenes, settings: dict, seed: int) -> None:
     """Give a final evaluation stored before the ladder kept the standard errors of CR and MCS those
     errors, from the same evaluation run again. Its stored means must come out again: a mean that
     differs was made with other code or weights, and is refused rather than mixed with new errors."""
@@ -411,11 +416,7 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
     compared on the seeds both have, so a rung whose second seed has not run yet is not held against the
     other rung's mean over two seeds (each seed has its own random initialisation).
 
-    Two kinds of noise are told apart. Evaluation noise: the mean difference has a standard error from
-    each evaluation's own (binomial for O-KNN top-1, over the pairs / crops for CR and MCS), taken as
-    independent although both rungs see the same queries, pairs and crops, so it errs on the large side;
-    a difference within twice it is not a measured direction. Seed noise: the direction holds on every
-    seed only when the two rows' ranges over seeds do not overlap."""
+    How evaluation noise and seed noise are told apart: ``NOISE_RULE``, which ``results.md`` states."""
     def paired(keys: list[tuple[str, str]]) -> list[dict] | None:
         values = [rows.get(row, {}).get(key, {}) for row, key in keys]
         common = set.intersection(*(set(v) for v in values))
@@ -439,7 +440,8 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
         se_a, se_b = (rows[r].get(f"{key}_se", {}) for r in (a, b))
         se = {s: float(np.hypot(se_a[s], se_b[s])) for s in xa if s in se_a and s in se_b}
         mean_se = float(np.sqrt(sum(v * v for v in se.values()))) / len(xa) if len(se) == len(xa) else None
-        digits = 3 if key.startswith(("cr", "mcs")) else 1
+        # CR and MCS: 3 digits for values, 4 for differences and errors (theirs are ~1e-4)
+        digits, nd = (3, 4) if key.startswith(("cr", "mcs")) else (1, 1)
         if mean <= 0:
             verdict = "no"
         elif mean_se is not None and mean <= 2 * mean_se:
@@ -452,7 +454,6 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
                                            if mean_se is not None else ")")
         else:
             verdict = "yes on the mean, within the seed-to-seed spread"
-        nd = digits + 1 if key.startswith(("cr", "mcs")) else digits  # their errors are ~1e-4
         noise = (f"; difference {sign * mean:+.{nd}f}, standard error {mean_se:.{nd}f}" if mean_se is not None
                  else f"; standard errors stored for {', '.join(se)} only" if se else "; no standard error stored")
         lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}{noise}"
@@ -503,10 +504,7 @@ def write_report(results: Results, out: Path) -> None:
     lines += ["", "Paper (R50-C4, 800 epochs, Tab. 4): O-KNN SoCo 70.2/88.3, D3SSL 73.1/90.1; disturbed SoCo "
               "47.0/66.1, D3SSL 55.8/73.4. Tab. 7: CR 1.33 → 1.17, MCS 0.68 → 0.82 with L_dp. Tab. 6: CR "
               "1.31 (SoCo) → 1.20 (SoCo + Aug_D3SSL).", "", "## The paper's directions", "",
-              "A difference is measured when it exceeds twice its standard error, which comes from each "
-              "evaluation's own (binomial for top-1, over the pairs / crops for CR and MCS; taken as independent "
-              "although both rows see the same queries, so on the large side), and holds on every seed when the "
-              "two rows' ranges over seeds do not overlap.", "",
+              NOISE_RULE, "",
               *directions(rows, learning_curves(results.data["evals"]))]
     shift = results.data.get("shift_statistics")
     if shift:

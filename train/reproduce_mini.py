@@ -448,7 +448,7 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
             verdict = "no: within twice its standard error"
         elif len(xa) < 2:
             verdict = "yes (1 seed: no spread to compare with)"
-        elif (min(xa.values()) > max(xb.values())) if higher_is_better else (max(xa.values()) < min(xb.values())):
+        elif min(sign * v for v in xa.values()) > max(sign * v for v in xb.values()):  # the seed ranges apart
             beyond = sum(diff[s] > 2 * se[s] for s in se)
             verdict = "yes (every seed" + (f"; beyond twice its standard error on {beyond} of {len(xa)})"
                                            if mean_se is not None else ")")

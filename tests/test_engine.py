@@ -165,7 +165,7 @@ def test_temperature_must_be_positive(tau, capsys):
 
 @pytest.mark.parametrize("overrides, message", [
     (["method.bn_groups=0"], "method.bn_groups must be >= 1"),
-    (["method.bn_groups=64"], r"method.bn_groups=64 is more than the micro-batch train.batch_size=32"),
+    (["method.bn_groups=64"], r"method.bn_groups=64 is more than the micro-batch train.batch_size=16"),
     (["method.bn_groups=2"], None),
 ])
 def test_bn_groups_are_checked_against_method_and_batch(overrides, message):

@@ -3,14 +3,15 @@
     accelerate launch train/pretrain.py                       # the embedded demo (CPU, minutes)
     accelerate launch train/pretrain.py --recipe d3ssl_r50c4.coco_800ep --data /data/coco/annotations/instances_train2017.json \
         --proposals /data/coco/proposals_train2017.safetensors
-    accelerate launch train/pretrain.py --recipe demo train.epochs=2 method.tau=0.1   # key=value overrides
+    accelerate launch train/pretrain.py --recipe demo train.epochs=4 method.tau=0.1   # key=value overrides
 
 ``--recipe`` is a tag of the zoo, ``demo`` (both shipped in the package: ``d3ssl_zoo/recipes/<name>.yaml``,
 ``d3ssl-zoo info <model.tag>`` prints the installed file), or a YAML path.
 Runs resume by default (``--resume auto``): relaunching the same command continues from the newest
 checkpoint of ``--output-dir``. The backbone is exported with ``d3ssl_zoo.save_pretrained`` into
-``<output-dir>/export``. For the demo on the embedded sample dataset, the O-KNN (Sec. 5.3) of the
-trained backbone and of its random initialisation is printed at the end.
+``<output-dir>/export``. On the built-in datasets (the demo's generated scenes, or the embedded sample) the
+O-KNN (Sec. 5.3) of the trained backbone and of its random initialisation is printed at the end
+(``--no-eval`` skips it).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
@@ -90,6 +91,10 @@ def test_directions_compare_two_rungs_on_the_seeds_both_have():
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes on the mean, within the seed-to-seed spread** "
             "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in reproduce_mini.directions(rows)
     assert "- L_dp raises MCS (layer4) (Tab. 7): not measured yet" in lines
+    # Sec. 3's claims compare D3SSL with SoCo on the diagnostics: lower MCS for D3SSL is "no"
+    rows["d3ssl"]["mcs_layer4"], rows["soco"]["mcs_layer4"] = {"s0": 0.92, "s1": 0.93}, {"s0": 0.95, "s1": 0.99}
+    assert ("- D3SSL less positional bias than SoCo: higher MCS (layer4) (Sec. 3.2, Fig. 4b): **no** "
+            "(d3ssl 0.925 ±0.005 vs soco 0.970 ±0.020; no standard error stored)") in reproduce_mini.directions(rows)
 
 
 def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
@@ -234,7 +239,10 @@ def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
     assert diagnose_instance_cues.main(["--run", str(run), "--short-side", "96",
                                         "--out", str(tmp_path / "cues.json")]) == 0
     cues = json.loads((tmp_path / "cues.json").read_text())
-    assert set(cues["classes"]) == {"shape", "photo", "fill", "hue", "size"}
+    assert set(cues["classes"]) == {"shape", "photo", "fill", "hue", "size", "rotation", "aspect", "position", "count",
+                                    "neighbour"}
+    assert all(0 < v <= 100 for v in cues["chance"].values())
+    assert all(0 <= v <= 100 for m in cues["shape_within_position"].values() for v in m.values())
     for attr, gain in cues["gain"].items():
         assert gain == pytest.approx(cues["top1"]["trained"][attr] - cues["top1"]["random init"][attr])
     assert "trained - random init" in capsys.readouterr().out
@@ -247,7 +255,7 @@ def test_replayed_attributes_match_the_stored_split(tmp_path):
 
     cfg = scenes.SceneConfig(num_pretrain=2, num_train=3, num_val=5, image_size=96, object_size=(32, 48), seed=2)
     ds = scenes.get_scene_dataset(cfg, tmp_path / "s", workers=1, progress=False)
-    original = scenes._texture
+    original, original_mask = scenes._texture, scenes.shape_mask
     attrs = diagnose_instance_cues.replay_attributes(cfg, "val", 5)
     assert scenes._texture is original  # the generator is left as it was
     stored = np.concatenate([r.objects.labels for r in load_coco_objects(ds.val_ann, ds.val_images).images])
@@ -259,3 +267,81 @@ def test_replayed_attributes_match_the_stored_split(tmp_path):
     assert all(len(v) == n for v in attrs.values())
     assert attrs["photo"].max() < len(scenes.PHOTOS) and set(attrs["fill"]) <= {0, 1}
     assert attrs["hue"].max() < diagnose_instance_cues.HUE_BINS and set(attrs["size"]) <= {0, 1, 2}
+    assert set(attrs["rotation"]) <= {0, 1, 2} and set(attrs["aspect"]) <= {0, 1, 2}
+    # place and context from the stored boxes: the grid cell of each box centre, the image's shape count
+    # and the shape of the nearest other box
+    images = load_coco_objects(ds.val_ann, ds.val_images).images
+    position, count, neighbour = [], [], []
+    for r in images:
+        boxes, labels = np.asarray(r.objects.boxes), r.objects.labels
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        cell = np.minimum(centre * 3 // cfg.image_size, 2).astype(int)
+        position += (cell[:, 1] * 3 + cell[:, 0]).tolist()
+        count += [len(labels)] * len(labels)
+        for k in range(len(labels)):
+            d = [np.hypot(*(centre[j] - centre[k])) if j != k else np.inf for j in range(len(labels))]
+            neighbour.append(int(labels[int(np.argmin(d))]) if len(labels) > 1 else len(scenes.SHAPES))
+    assert attrs["position"].tolist() == position and attrs["count"].tolist() == count
+    assert attrs["neighbour"].tolist() == neighbour
+    # the twin: the same layouts, so the same shapes and poses, and no photo, fill or hue to replay
+    twin = diagnose_instance_cues.replay_attributes(scenes.SceneConfig(**{**cfg.__dict__, "instance_cues": 0}), "val", 5)
+    assert set(twin) == set(attrs) - {"photo", "fill", "hue"}
+    assert all(np.array_equal(twin[k], attrs[k]) for k in twin)
+    assert scenes.shape_mask is original_mask
+
+
+def test_replayed_pose_is_the_drawn_pose():
+    import cv2
+    import diagnose_instance_cues
+    from d3ssl_zoo.data import scenes
+
+    # one shape per image on the cue-free twin, no clutter: a square's outline shows its drawn rotation
+    # and aspect (its sides are scaled by sqrt(aspect) and 1/sqrt(aspect) before it is rotated)
+    cfg = scenes.SceneConfig(num_val=150, image_size=96, object_size=(64, 72), objects_per_image=(1, 1),
+                             clutter=(0, 0), max_rotation=30, instance_cues=0, seed=1)
+    attrs = diagnose_instance_cues.replay_attributes(cfg, "val", cfg.num_val)
+    rng = np.random.default_rng([cfg.seed, 2])
+    photos = scenes._photos()
+    cut_angle, cut_aspect = cfg.max_rotation / 3, np.log(1.25) / 3
+    checked = 0
+    for k in range(cfg.num_val):
+        img, _, labels = scenes.render_scene(photos, cfg, rng)
+        if labels[0] != scenes.SHAPES.index("square"):
+            continue
+        mask = (img[..., 0] > (scenes.FLAT_FILL[0] + scenes.FLAT_BACKGROUND[0]) / 2).astype(np.uint8)
+        corners = cv2.boxPoints(cv2.minAreaRect(cv2.findNonZero(mask)))
+        edges = np.roll(corners, -1, 0) - corners
+        angles = (np.degrees(np.arctan2(edges[:, 1], edges[:, 0])) + 90) % 180 - 90  # each side's direction
+        along = int(np.argmin(np.abs(angles)))  # a side along the rotated x axis (|rotation| <= 30 < 45 degrees)
+        angle = angles[along]
+        log_aspect = np.log(np.hypot(*edges[along]) / np.hypot(*edges[(along + 1) % 4]))
+        if abs(abs(angle) - cut_angle) > 2:  # clear of a bin edge
+            assert attrs["rotation"][k] == np.digitize(angle, [-cut_angle, cut_angle]), (k, angle)
+            checked += 1
+        if abs(abs(log_aspect) - cut_aspect) > 0.03:
+            assert attrs["aspect"][k] == np.digitize(log_aspect, [-cut_aspect, cut_aspect]), (k, log_aspect)
+    assert checked >= 8
+
+
+def test_shape_within_position_shows_what_the_place_hides():
+    import diagnose_instance_cues
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return {"shape": rng.integers(0, 10, n), "position": rng.integers(0, 9, n)}
+
+    attrs = {"train": split(1800), "val": split(600)}
+
+    def features(place_weight):  # a weak shape signal, a place signal of the given weight, noise
+        out = {}
+        for name, a in attrs.items():
+            f = 0.6 * np.eye(19)[a["shape"]] + place_weight * np.eye(19)[10 + a["position"]]
+            out[name] = torch.nn.functional.normalize(torch.from_numpy(f + rng.normal(0, 0.35, f.shape)).float(), dim=1)
+        return out
+
+    placed = diagnose_instance_cues.shape_within(features(1.5), attrs, "position")
+    assert placed["same"] > placed["random"] + 10  # neighbours at the same place, whatever their shape
+    unplaced = diagnose_instance_cues.shape_within(features(0.0), attrs, "position")
+    assert abs(unplaced["same"] - unplaced["random"]) < 5  # nothing to hide: a smaller bank either way
+    assert unplaced["random"] > placed["random"]

@@ -11,15 +11,32 @@ run's final checkpoint and of its exact random initialisation, and runs the same
 
     python train/diagnose_instance_cues.py --run runs/mini/d3ssl_s0 [--out cues.json]
 
+The attributes: the shape (the class); the instance cues of the coloured set (the photo behind the
+object, a solid or gradient fill, the fill's hue; on the cue-free twin, ``instance_cues=0``, these are
+not drawn, so they are left out); the pose (size, rotation, aspect); the object's place (the cell of a
+3x3 grid of the image its box centre falls in); and its context in the image (how many shapes the
+image holds, the shape of its nearest neighbour). Pose, place and context survive both views of one
+image as well as the colours do, so a pretext that can tell instances apart by them need not learn
+the outline.
+
 The bank is every object of the train split (O-KNN proper takes one per image, balanced over the
-shapes; a balanced bank per attribute would need one extraction per attribute). A backbone that
-learned the pretext through instance cues gains on those attributes, not on the shape.
+shapes; a balanced bank per attribute would need one extraction per attribute), so the attributes
+are not balanced: ``chance`` in the output is the val share of each attribute's commonest value. A
+backbone that learned the pretext through instance cues gains on those attributes, not on the shape.
+
+What the object's place costs the shape read-out: the shape k-NN again, once with each query's bank
+cut down to the train objects in the query's grid cell, once with as many train objects drawn at
+random (``shape_within_position``). Features that encode the place find their neighbours among the
+objects at the same place, whatever their shape; taking the place out of the comparison shows how
+much that hides.
 """
 from __future__ import annotations
 
 import argparse
 import colorsys
+import copy
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -50,34 +67,84 @@ class _Recorder(list):
 
 
 def replay_attributes(cfg: gen.SceneConfig, split: str, count: int) -> dict[str, np.ndarray]:
-    """Per object of ``split`` (in annotation order): shape, photo, fill kind, fill hue bin, size bin."""
+    """Per object of ``split`` (in annotation order): its shape and the attributes above (the photo,
+    fill and hue only where the set draws them, ``instance_cues=1``)."""
     photos = _Recorder(gen._photos())
-    fills: list[tuple[int, int]] = []
-    original = gen._texture
+    placed: list[tuple] = []  # (fill, hue bin, rotation, aspect) of each shape placed in the current image
+    poses: list[tuple[float, float]] = []
+    texture_fn, mask_fn = gen._texture, gen.shape_mask
 
-    def texture(size, rng, cues=True):
-        tex = original(size, rng, cues)
+    def mask(name, size, rng, max_rotation=180.0):
+        peek = copy.deepcopy(rng)  # the generator's own first two draws, without moving its stream
+        poses.append((peek.uniform(-max_rotation, max_rotation), peek.uniform(math.log(0.8), math.log(1.25))))
+        return mask_fn(name, size, rng, max_rotation)
+
+    def texture(size, rng, cues=True):  # called once per placed shape, right after its accepted mask
+        tex = texture_fn(size, rng, cues)
         solid = bool((tex == tex[0, 0]).all())
         r, g, b = tex.reshape(-1, 3).mean(0) / 255.0
-        fills.append((0 if solid else 1, int(colorsys.rgb_to_hsv(r, g, b)[0] * HUE_BINS) % HUE_BINS))
+        placed.append((0 if solid else 1, int(colorsys.rgb_to_hsv(r, g, b)[0] * HUE_BINS) % HUE_BINS) + poses[-1])
         return tex
 
-    gen._texture = texture
+    gen._texture, gen.shape_mask = texture, mask
     try:
         rng = np.random.default_rng([cfg.seed, ("pretrain", "train", "val").index(split)])
-        out = {k: [] for k in ("shape", "photo", "fill", "hue", "size")}
+        names = ["shape"] + (["photo", "fill", "hue"] if cfg.instance_cues else []) + [
+            "size", "rotation", "aspect", "position", "count", "neighbour"]
+        out = {k: [] for k in names}
+        third, cut = cfg.max_rotation / 3, math.log(1.25) / 3  # bin edges: a third of the drawn range either way
         for _ in range(count):
-            fills.clear()
+            placed.clear()
             _, boxes, labels = gen.render_scene(photos, cfg, rng)
             side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+            centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+            cell = np.minimum((centre * 3 / cfg.image_size).astype(np.int64), 2)
+            dist = np.linalg.norm(centre[:, None] - centre[None], axis=-1) + np.diag(np.full(len(labels), np.inf))
             out["shape"] += labels.tolist()
-            out["photo"] += [photos.picked[-1]] * len(labels)
-            out["fill"] += [f for f, _ in fills]
-            out["hue"] += [h for _, h in fills]
+            if cfg.instance_cues:
+                out["photo"] += [photos.picked[-1]] * len(labels)
+                out["fill"] += [p[0] for p in placed]
+                out["hue"] += [p[1] for p in placed]
             out["size"] += np.digitize(side, [56, 72]).tolist()  # 3 size bins of the 48-88 px shapes
+            out["rotation"] += np.digitize([p[2] for p in placed], [-third, third]).tolist()  # 3 bins
+            out["aspect"] += np.digitize([p[3] for p in placed], [-cut, cut]).tolist()  # 3 bins of log aspect
+            out["position"] += (cell[:, 1] * 3 + cell[:, 0]).tolist()
+            out["count"] += [len(labels)] * len(labels)
+            # the nearest other shape's class, or len(SHAPES) when the image holds one shape
+            out["neighbour"] += ([int(labels[j]) for j in dist.argmin(1)] if len(labels) > 1 else [len(gen.SHAPES)])
     finally:
-        gen._texture = original
+        gen._texture, gen.shape_mask = texture_fn, mask_fn
     return {k: np.asarray(v, np.int64) for k, v in out.items()}
+
+
+def knn_top1(feats: dict[str, torch.Tensor], attrs: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Weighted k-NN top-1 (k 20, T 0.07, O-KNN's) of each attribute: the train split is the bank, val the queries."""
+    row = {}
+    for attr, bank in attrs["train"].items():
+        query = attrs["val"][attr]
+        sims, labels = knn_topk(feats["val"], [(feats["train"], torch.from_numpy(bank))], 20)
+        scores = weighted_vote(sims, labels, int(max(bank.max(), query.max())) + 1, 0.07)
+        row[attr] = topk_accuracy(scores, torch.from_numpy(query), (1,))[1]
+    return row
+
+
+def shape_within(feats: dict[str, torch.Tensor], attrs: dict[str, dict[str, np.ndarray]], attr: str,
+                 seed: int = 0) -> dict[str, float]:
+    """Shape k-NN top-1 when each query's bank is only the train objects that share its ``attr`` value
+    (``same``), and when it is as many train objects drawn at random (``random``, the control for the
+    smaller bank). A gain from ``random`` to ``same`` is what ``attr`` costs the shape read-out."""
+    rng = np.random.default_rng(seed)
+    bank_attr, query_attr, shape = attrs["train"][attr], attrs["val"][attr], attrs["train"]["shape"]
+    correct = {"same": 0.0, "random": 0.0}
+    for value in np.unique(query_attr):
+        queries = np.nonzero(query_attr == value)[0]
+        same = np.nonzero(bank_attr == value)[0]
+        for name, bank in (("same", same), ("random", rng.choice(len(bank_attr), len(same), replace=False))):
+            sims, labels = knn_topk(feats["val"][queries], [(feats["train"][bank], torch.from_numpy(shape[bank]))], 20)
+            scores = weighted_vote(sims, labels, len(gen.SHAPES), 0.07)
+            top1 = topk_accuracy(scores, torch.from_numpy(attrs["val"]["shape"][queries]), (1,))[1]
+            correct[name] += top1 * len(queries) / len(query_attr)
+    return correct
 
 
 def main(argv=None) -> int:
@@ -101,8 +168,13 @@ def main(argv=None) -> int:
         if not np.array_equal(stored, attrs["shape"]):
             raise SystemExit(f"replaying the {split} split did not give its stored labels: the generator changed")
         splits[split] = (objects, attrs)
-    sizes = {name: len(np.unique(a)) for name, a in splits["train"][1].items()}
-    res = {"run": str(run), "checkpoint": final.name, "short_side": args.short_side, "classes": sizes, "top1": {}}
+    attrs = {split: a for split, (_, a) in splits.items()}
+    sizes = {name: len(np.unique(a)) for name, a in attrs["train"].items()}
+    chance = {name: 100.0 * np.bincount(a).max() / len(a) for name, a in attrs["val"].items()}
+    res = {"run": str(run), "checkpoint": final.name, "short_side": args.short_side, "classes": sizes,
+           "chance": chance, "top1": {}}
+    print(f"{'chance':>11}: " + "  ".join(f"{a} {v:5.1f} %" for a, v in chance.items()), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             feats = {}
@@ -113,17 +185,14 @@ def main(argv=None) -> int:
                                                      progress=False)
                     f, lab = (torch.cat(t) for t in zip(*iter_shards(folder)))
                     # the images are one size, so the shards keep annotation order: check it
-                    if not np.array_equal(lab.numpy(), splits[split][1]["shape"]):
+                    if not np.array_equal(lab.numpy(), attrs[split]["shape"]):
                         raise SystemExit("feature order differs from annotation order")
                     feats[split] = f
-            row = {}
-            for attr in sizes:
-                bank_labels = torch.from_numpy(splits["train"][1][attr])
-                sims, labels = knn_topk(feats["val"], [(feats["train"], bank_labels)], 20)
-                scores = weighted_vote(sims, labels, int(bank_labels.max()) + 1, 0.07)
-                row[attr] = topk_accuracy(scores, torch.from_numpy(splits["val"][1][attr]), (1,))[1]
-            res["top1"][name] = row
+            row = res["top1"][name] = knn_top1(feats, attrs)
             print(f"{name:>11}: " + "  ".join(f"{a} {v:5.1f} % (of {sizes[a]})" for a, v in row.items()), flush=True)
+            within = res.setdefault("shape_within_position", {})[name] = shape_within(feats, attrs, "position")
+            print(f"{'':>11}  shape with a bank of the query's position cell only {within['same']:5.1f} %, "
+                  f"of as many objects from anywhere {within['random']:5.1f} %", flush=True)
     gain = {a: res["top1"]["trained"][a] - res["top1"]["random init"][a] for a in sizes}
     res["gain"] = gain
     print("trained - random init: " + "  ".join(f"{a} {v:+5.1f}" for a, v in gain.items()))

@@ -470,6 +470,10 @@ def directions(rows: dict, curves: dict | None = None) -> list[str]:
         g1, g2 = d - s, dd - sd
         lines.append(f"- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): {'**yes**' if g2 > g1 else '**no**'}"
                      f" ({g1:+.1f} vs {g2:+.1f}{restricted(('d3ssl', 'soco'), 'oknn_top1', pair[0])})")
+    # Sec. 3: "Our D3SSL method ... yields the lowest coupling rate and positional bias" (Fig. 3b, 4b)
+    check("D3SSL lower CR (layer4) than SoCo (Sec. 3.1, Fig. 3b)", "d3ssl", "soco", False, "cr_layer4")
+    check("D3SSL less positional bias than SoCo: higher MCS (layer4) (Sec. 3.2, Fig. 4b)", "d3ssl", "soco", True,
+          "mcs_layer4")
     check("SoCo + Aug_D3SSL above SoCo on O-KNN top-1 (Tab. 6 direction)", "soco_d3aug", "soco", True, "oknn_top1")
     check("SoCo + Aug_D3SSL lower CR (layer4) than SoCo (Tab. 6)", "soco_d3aug", "soco", False, "cr_layer4")
     check("L_dp lowers CR (layer4) (Tab. 7)", "d3ssl", "d3ssl_dconly", False, "cr_layer4")

@@ -515,7 +515,7 @@ def write_report(results: Results, out: Path) -> None:
         lines += ["", "## The de-positioning shift t (Eq. 6-8) on the pre-training views", "",
                   "| proposals in the composite | zero shift | median \\|t\\| (px) | mean \\|t\\| (px) | "
                   "median union cover | view |", "|---|---|---|---|---|---|"]
-        for name, s in shift.items():
+        for name, s in sorted(shift.items(), reverse=True):  # "all K (literal)" first, however the JSON was ordered
             lines.append(f"| {name} | {100 * s['zero_shift_share']:.0f}% | {s['median_shift_px']:.1f} | "
                          f"{s['mean_shift_px']:.1f} | {100 * s['median_union_cover']:.0f}% | {s['view_px']} px |")
     lines += ["", "![O-KNN vs steps](oknn_vs_steps.png)", "", "![CR and MCS per stage](cr_mcs_per_stage.png)", ""]

@@ -323,7 +323,7 @@ def test_replayed_pose_is_the_drawn_pose():
     assert checked >= 8
 
 
-def test_shape_within_position_shows_what_the_place_hides():
+def test_shape_within_position_shows_what_the_place_hides(capsys):
     import diagnose_instance_cues
 
     rng = np.random.default_rng(0)
@@ -345,3 +345,9 @@ def test_shape_within_position_shows_what_the_place_hides():
     unplaced = diagnose_instance_cues.shape_within(features(0.0), attrs, "position")
     assert abs(unplaced["same"] - unplaced["random"]) < 5  # nothing to hide: a smaller bank either way
     assert unplaced["random"] > placed["random"]
+    # a cell no train object falls in: its queries are left out, and the output says so
+    attrs["train"]["position"][attrs["train"]["position"] == 3] = 4
+    emptied = diagnose_instance_cues.shape_within(features(1.5), attrs, "position")
+    left_out = int((attrs["val"]["position"] == 3).sum())
+    assert f"no train object has position 3; its {left_out} val objects are left out" in capsys.readouterr().out
+    assert emptied["same"] > emptied["random"] + 10

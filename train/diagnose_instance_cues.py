@@ -135,16 +135,20 @@ def shape_within(feats: dict[str, torch.Tensor], attrs: dict[str, dict[str, np.n
     smaller bank). A gain from ``random`` to ``same`` is what ``attr`` costs the shape read-out."""
     rng = np.random.default_rng(seed)
     bank_attr, query_attr, shape = attrs["train"][attr], attrs["val"][attr], attrs["train"]["shape"]
-    correct = {"same": 0.0, "random": 0.0}
+    correct, scored = {"same": 0.0, "random": 0.0}, 0
     for value in np.unique(query_attr):
         queries = np.nonzero(query_attr == value)[0]
         same = np.nonzero(bank_attr == value)[0]
+        if len(same) == 0:  # no train object shares it: these queries have nothing to be compared with
+            print(f"shape_within: no train object has {attr} {value}; its {len(queries)} val objects are left out")
+            continue
         for name, bank in (("same", same), ("random", rng.choice(len(bank_attr), len(same), replace=False))):
-            sims, labels = knn_topk(feats["val"][queries], [(feats["train"][bank], torch.from_numpy(shape[bank]))], 20)
+            sims, labels = knn_topk(feats["val"][queries], [(feats["train"][bank], torch.from_numpy(shape[bank]))],
+                                    min(20, len(bank)))  # fewer neighbours only where a small set has fewer
             scores = weighted_vote(sims, labels, len(gen.SHAPES), 0.07)
-            top1 = topk_accuracy(scores, torch.from_numpy(attrs["val"]["shape"][queries]), (1,))[1]
-            correct[name] += top1 * len(queries) / len(query_attr)
-    return correct
+            correct[name] += topk_accuracy(scores, torch.from_numpy(attrs["val"]["shape"][queries]), (1,))[1] * len(queries)
+        scored += len(queries)
+    return {name: c / scored for name, c in correct.items()}
 
 
 def main(argv=None) -> int:

@@ -95,6 +95,7 @@ def replay_attributes(cfg: gen.SceneConfig, split: str, count: int) -> dict[str,
         third, cut = cfg.max_rotation / 3, math.log(1.25) / 3  # bin edges: a third of the drawn range either way
         for _ in range(count):
             placed.clear()
+            poses.clear()
             _, boxes, labels = gen.render_scene(photos, cfg, rng)
             side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
             centre = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -163,16 +164,14 @@ def main(argv=None) -> int:
     scenes = gen.get_scene_dataset(gen.SceneConfig.from_source(recipe["dataset"]["source"]))
     models = {"random init": ladder.initial_backbone(recipe, recipe["train"]["seed"]),
               "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}
-    splits = {}
+    objects, attrs = {}, {}
     for split, ann, images, count in (("train", scenes.train_ann, scenes.train_images, scenes.config.num_train),
                                       ("val", scenes.val_ann, scenes.val_images, scenes.config.num_val)):
-        objects = load_coco_objects(ann, images)
-        attrs = replay_attributes(scenes.config, split, count)
-        stored = np.concatenate([r.objects.labels for r in objects.images])
-        if not np.array_equal(stored, attrs["shape"]):
+        objects[split] = load_coco_objects(ann, images)
+        attrs[split] = replay_attributes(scenes.config, split, count)
+        stored = np.concatenate([r.objects.labels for r in objects[split].images])
+        if not np.array_equal(stored, attrs[split]["shape"]):
             raise SystemExit(f"replaying the {split} split did not give its stored labels: the generator changed")
-        splits[split] = (objects, attrs)
-    attrs = {split: a for split, (_, a) in splits.items()}
     sizes = {name: len(np.unique(a)) for name, a in attrs["train"].items()}
     chance = {name: 100.0 * np.bincount(a).max() / len(a) for name, a in attrs["val"].items()}
     res = {"run": str(run), "checkpoint": final.name, "short_side": args.short_side, "classes": sizes,
@@ -183,9 +182,9 @@ def main(argv=None) -> int:
         for name, model in models.items():
             feats = {}
             with eval_mode(model):
-                for split, (objects, _) in splits.items():
-                    sel = [np.arange(len(r.objects.labels)) for r in objects.images]
-                    folder = extract_object_features(model, objects, sel, tmp, short_side=args.short_side,
+                for split, objs in objects.items():
+                    sel = [np.arange(len(r.objects.labels)) for r in objs.images]
+                    folder = extract_object_features(model, objs, sel, tmp, short_side=args.short_side,
                                                      progress=False)
                     f, lab = (torch.cat(t) for t in zip(*iter_shards(folder)))
                     # the images are one size, so the shards keep annotation order: check it

@@ -111,8 +111,7 @@ class Run:
     def __init__(self, recipe, device: torch.device, memory_format: torch.memory_format, precision: str,
                  total_steps: int, batch: int):
         torch.manual_seed(recipe.train.seed)
-        backbone = d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
-                                          zero_init_last=recipe.model.zero_init_last)
+        backbone = d3ssl_zoo.create_model(recipe.model.name, pretrained=False, **recipe.model.kwargs())
         self.method = build_method(recipe, backbone).to(device=device, memory_format=memory_format).train()
         self.optimizer = LARS(lars_param_groups(self.method, recipe.optim.weight_decay), lr=0.0,
                               momentum=recipe.optim.momentum, eta=recipe.optim.eta)

@@ -115,7 +115,7 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None, pretrained: Optio
         config = json.loads(cfg_file.read_text())
         weights = checkpoint or str(path / WEIGHTS_NAME)
         model = create_model(config["architecture"], pretrained=True, num_classes=config.get("num_classes", 0),
-                             pretrained_cfg_overlay=dict(file=weights))
+                             pretrained_cfg_overlay=dict(file=weights), **config.get("model_args", {}))
     elif spec.startswith("torchvision:"):
         model = _torchvision_resnet(spec.split(":", 1)[1])
         if checkpoint:

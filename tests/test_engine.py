@@ -295,6 +295,19 @@ def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
     assert (result.export_dir / "model.safetensors").is_file()
 
 
+def test_the_recipes_padding_mode_reaches_the_trained_model_its_export_and_the_ladder(tiny, tmp_path):
+    import reproduce_mini  # noqa: E402  (train/ is on sys.path above)
+
+    result = train(tiny_recipe(tiny, "model.padding_mode=circular", "train.mixed_precision=no"), tmp_path / "c")
+    config = json.loads((result.export_dir / "config.json").read_text())
+    assert config["model_args"] == {"padding_mode": "circular"}
+    for backbone in (result.method.backbone, d3ssl_zoo.load_backbone(str(result.export_dir)),
+                     reproduce_mini.backbone_from_checkpoint(result.last_checkpoint)):
+        assert backbone.padding_mode == "circular" and backbone.layer4[0].conv1.padding_mode == "circular"
+    with pytest.raises(ValueError, match=r"model.padding_mode must be one of .*got 'wrap'"):
+        tiny_recipe(tiny, "model.padding_mode=wrap")
+
+
 def test_demo_on_scenes_reports_oknn_against_random_init(tmp_path, capsys):
     # the README's first command on a tiny scene set: trains, exports, then O-KNN random init vs trained
     source = "scenes:num_pretrain=8,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=2"

@@ -365,3 +365,21 @@ def test_load_backbone_accepts_every_kind_of_spec(r18, tmp_path):
         d3ssl_zoo.load_backbone("resnet5O")
     with pytest.raises(ValueError, match="torchvision:resnet50"):
         d3ssl_zoo.load_backbone("torchvision:vgg16")
+
+
+def test_padding_mode_travels_with_the_export(tmp_path):
+    # The weights alone do not say how the convs pad: config.json's model_args carries a non-default
+    # mode, and every way of loading the folder builds the model with it.
+    torch.manual_seed(0)
+    model = d3ssl_zoo.create_model("d3ssl_r18c4", padding_mode="circular").eval()
+    folder = d3ssl_zoo.save_pretrained(model, tmp_path / "export")
+    assert json.loads((folder / "config.json").read_text())["model_args"] == {"padding_mode": "circular"}
+    put_in_hf_cache(folder, "someone/circular-backbone")
+    x = torch.randn(1, 3, 64, 64)
+    for loaded in (d3ssl_zoo.load_backbone(str(folder)),
+                   timm.create_model("hf-hub:someone/circular-backbone", pretrained=True).eval()):
+        assert loaded.padding_mode == "circular" and loaded.layer2[1].conv1.padding_mode == "circular"
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+    plain = d3ssl_zoo.save_pretrained(d3ssl_zoo.create_model("d3ssl_r18c4"), tmp_path / "plain")
+    assert "model_args" not in json.loads((plain / "config.json").read_text())  # the zoo's own models: unchanged

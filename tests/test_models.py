@@ -325,3 +325,36 @@ def test_region_align_pooled_equals_roi_align_then_mean(output_size, stride):
     grad_got, = torch.autograd.grad(got.square().sum(), feats)
     assert torch.allclose(grad_got, grad_want, atol=1e-4)
     assert d3ssl_zoo.boxes.region_align_pooled(feats, rois[:0], output_size, stride).shape == (0, 5)
+
+
+def _square_at(top, left, size=128):
+    x = torch.full((1, 3, size, size), 0.3)
+    x[..., top:top + 30, left:left + 30] = -1.0
+    return x
+
+
+@pytest.mark.parametrize("mode, moves", [("zeros", True), ("circular", False)])
+def test_padding_mode_decides_whether_features_tell_the_place(mode, moves):
+    # One square on a flat background, shifted by whole C5 cells (stride 32): with zero padding the
+    # borders mark the place and the square's RoI feature changes; circular padding is equivariant.
+    torch.manual_seed(0)
+    m = d3ssl_zoo.create_model("d3ssl_r18c4", padding_mode=mode).eval()
+    assert m.padding_mode == mode and m.layer3[0].conv2.padding_mode == mode and m.conv1.padding_mode == mode
+    assert m.layer3[0].downsample[0].padding_mode == "zeros"  # 1x1, no padding: nothing to change
+    with torch.no_grad():
+        a = m.forward_regions_c5(_square_at(40, 40), [torch.tensor([[40., 40., 70., 70.]])])
+        b = m.forward_regions_c5(_square_at(72, 72), [torch.tensor([[72., 72., 102., 102.]])])
+    change = ((a - b).norm() / a.norm()).item()
+    assert (change > 0.05) if moves else (change < 1e-5), change
+
+
+def test_padding_mode_leaves_the_weights_alone(r18):
+    torch.manual_seed(0)
+    circular = d3ssl_zoo.create_model("d3ssl_r18c4", padding_mode="circular")
+    assert circular.state_dict().keys() == r18.state_dict().keys()
+    assert all(torch.equal(v, r18.state_dict()[k]) for k, v in circular.state_dict().items())
+
+
+def test_unknown_padding_mode_names_the_choices():
+    with pytest.raises(ValueError, match=r"padding_mode must be one of .*'circular'.*got 'wrap'"):
+        d3ssl_zoo.create_model("d3ssl_r18c4", padding_mode="wrap")

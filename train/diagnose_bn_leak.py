@@ -44,8 +44,7 @@ from d3ssl_zoo.engine.trainer import EpochShuffleSampler, build_method  # noqa: 
 def build(recipe, state: dict | None):
     """The run's method module: its exact random init (``state=None``) or a checkpoint's weights."""
     set_seed(recipe.train.seed)  # as the engine: seed, then build
-    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
-                                                         zero_init_last=recipe.model.zero_init_last))
+    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False, **recipe.model.kwargs()))
     if state is not None:
         method.load_state_dict(state, strict=True)
     return method

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     final, recipe = ladder.final_checkpoint(run)
     scenes = gen.get_scene_dataset(gen.SceneConfig.from_source(recipe["dataset"]["source"]))
     models = {"random init": ladder.initial_backbone(recipe, recipe["train"]["seed"]),
-              "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}
+              "trained": ladder.backbone_from_checkpoint(final)}
     objects, attrs = {}, {}
     for split, ann, images, count in (("train", scenes.train_ann, scenes.train_images, scenes.config.num_train),
                                       ("val", scenes.val_ann, scenes.val_images, scenes.config.num_val)):

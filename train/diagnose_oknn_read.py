@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     run = Path(args.runs_dir) / f"{args.rung}_s{args.seed}"
     final, _ = ladder.final_checkpoint(run, f"; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
     models = {"random init": ladder.initial_backbone(recipe, args.seed),
-              "trained": ladder.backbone_from_checkpoint(final, recipe["model"]["name"])}
+              "trained": ladder.backbone_from_checkpoint(final)}
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.is_file() else {}
     for features in ("c5", f"c4_head:{args.roi_size}"):

@@ -45,9 +45,8 @@ def report_oknn(recipe: Recipe, export_dir: Path, short_side: int) -> None:
 
         data = get_scene_dataset(SceneConfig.from_source(source))
     set_seed(recipe.train.seed)  # the same draw as the start of training: the exact initial weights
-    initial = d3ssl_zoo.create_model(recipe.model.name, pretrained=False, zero_init_last=recipe.model.zero_init_last)
-    trained = d3ssl_zoo.create_model(recipe.model.name, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=str(export_dir / "model.safetensors")))
+    initial = d3ssl_zoo.create_model(recipe.model.name, pretrained=False, **recipe.model.kwargs())
+    trained = d3ssl_zoo.load_backbone(str(export_dir))  # as a user loads the export (config.json's model_args too)
     splits = (data.train_ann, data.train_images, data.val_ann, data.val_images)
     rows, top1 = [], {}
     for name, model in (("random init", initial), ("trained", trained)):
@@ -105,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     if not PartialState().is_main_process:
         return 0
     weights = result.export_dir / "model.safetensors"
+    extra = f", padding_mode={recipe.model.padding_mode!r}" if recipe.model.padding_mode != "zeros" else ""
     print(f"\nTrained {result.step} steps; checkpoint {result.last_checkpoint}; backbone exported to {result.export_dir}\n"
           f"Load it with:\n"
           f"  import timm, d3ssl_zoo\n"
           f"  model = timm.create_model('{recipe.model.name}', pretrained=True, "
-          f"pretrained_cfg_overlay=dict(file='{weights}'))\n")
+          f"pretrained_cfg_overlay=dict(file='{weights}'){extra})\n")
     if (recipe.dataset.source == "sample" or recipe.dataset.source.partition(":")[0] == "scenes") and not args.no_eval:
         report_oknn(recipe, result.export_dir, args.eval_short_side)
     return 0

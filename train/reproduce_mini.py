@@ -39,6 +39,7 @@ from d3ssl_zoo.data.composite import depositioning_shift
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset
 from d3ssl_zoo.engine import list_checkpoints
 from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
+from d3ssl_zoo.engine.config import ModelConfig, apply_overrides
 from d3ssl_zoo.evaluation.coupling import run_coupling
 from d3ssl_zoo.evaluation.features import STAGES
 from d3ssl_zoo.evaluation.mcs import run_mcs
@@ -135,14 +136,19 @@ def final_checkpoint(run: Path, hint: str = "") -> tuple[Path, dict]:
     return final, yaml.safe_load((final / RECIPE_FILE).read_text())
 
 
-def backbone_from_checkpoint(ckpt: Path, model_name: str) -> torch.nn.Module:
-    """The student backbone of a training checkpoint (Accelerate's ``model.safetensors``)."""
+def build_backbone(model: dict) -> torch.nn.Module:
+    """A random backbone as a recipe's ``model:`` section builds it (older recipes lack later keys: defaults)."""
+    return d3ssl_zoo.create_model(model["name"], pretrained=False, **ModelConfig(**model).kwargs())
+
+
+def backbone_from_checkpoint(ckpt: Path) -> torch.nn.Module:
+    """The student backbone of a training checkpoint (Accelerate's ``model.safetensors``), built as its recipe says."""
     state = load_file(str(ckpt / "model.safetensors"))
     prefix = "student.backbone."
     backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not backbone:
         raise ValueError(f"{ckpt / 'model.safetensors'} holds no '{prefix}*' weights; is it a pretrain.py checkpoint?")
-    model = d3ssl_zoo.create_model(model_name, pretrained=False)
+    model = build_backbone(yaml.safe_load((ckpt / RECIPE_FILE).read_text())["model"])
     model.load_state_dict(backbone, strict=True)
     return model.eval()
 
@@ -152,8 +158,7 @@ def initial_backbone(recipe: dict, seed: int) -> torch.nn.Module:
     from accelerate.utils import set_seed
 
     set_seed(seed)
-    return d3ssl_zoo.create_model(recipe["model"]["name"], pretrained=False,
-                                  zero_init_last=recipe["model"].get("zero_init_last", False)).eval()
+    return build_backbone(recipe["model"]).eval()
 
 
 # ---------------------------------------------------------------- results store
@@ -270,10 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     runs_dir = Path(args.runs_dir)
     settings = eval_settings(args)
-    base = yaml.safe_load((RECIPES / "d3ssl.yaml").read_text())
-    for o in args.override:
-        if o.startswith("dataset.source="):
-            base["dataset"]["source"] = o.split("=", 1)[1]
+    # The rungs' shared recipe with the ladder's overrides, for what every rung shares (data, model).
+    base = apply_overrides(yaml.safe_load((RECIPES / "d3ssl.yaml").read_text()), args.override)
     scenes = get_scene_dataset(SceneConfig.from_source(base["dataset"]["source"]))
     results = Results(out / "results.json", {"settings": {**settings, "overrides": args.override,
                                                           "scenes": scenes.config.key()},
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         elif "cr_se" not in results.data["evals"][key]:
             add_standard_errors(results, key, initial_backbone(base, seed), scenes, settings, seed)
     if args.ceiling_steps > 0 and not results.has("supervised/s0"):  # the ceiling: the same backbone trained with the labels
-        model = d3ssl_zoo.create_model(base["model"]["name"], pretrained=False)
+        model = build_backbone({**base["model"], "zero_init_last": False})  # torchvision's init: a supervised run
         torch.manual_seed(0)
         info = train_roi_classifier(model, scenes.train_ann, scenes.train_images, steps=args.ceiling_steps,
                                     short_side=args.short_side, progress=False)
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"{rung}/s{seed}/step{state['step']}"
                 if results.has(key):
                     continue
-                model = backbone_from_checkpoint(ckpt, base["model"]["name"])
+                model = backbone_from_checkpoint(ckpt)
                 tic = time.time()
                 results.put(key, {"step": state["step"], "total_steps": state["total_steps"], "final": is_final,
                                   **evaluate(model, scenes, settings, seed, is_final)})
@@ -335,7 +338,7 @@ def stored_before_standard_errors(results: Results, key: str, run: Path, base: d
         print(f"[ladder] {key}: no step-{step} checkpoint in {run}, so its CR and MCS keep no standard error",
               flush=True)
         return
-    add_standard_errors(results, key, backbone_from_checkpoint(ckpt, base["model"]["name"]), scenes, settings, seed)
+    add_standard_errors(results, key, backbone_from_checkpoint(ckpt), scenes, settings, seed)
 
 
 # ---------------------------------------------------------------- report

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from d3ssl_zoo.data.config import PretrainDataConfig
+from d3ssl_zoo.models.d3ssl_resnet import PADDING_MODES
 
 __all__ = ["ModelConfig", "MethodConfig", "DatasetConfig", "OptimConfig", "TrainConfig", "Recipe",
            "UnknownRecipeKeyError", "load_recipe", "recipe_from_dict", "recipe_to_dict", "valid_keys",
@@ -33,6 +34,11 @@ TRACKERS = ("tensorboard", "wandb", "none")
 class ModelConfig:
     name: str = "d3ssl_r50c4"  # zoo architecture of the student backbone
     zero_init_last: bool = True  # SoCo: each residual block's last BN weight starts at 0 (SoCo's ResNet)
+    padding_mode: str = "zeros"  # ResNet's; "circular" takes the image border's position signal away (a diagnostic)
+
+    def kwargs(self) -> dict[str, Any]:
+        """What ``create_model(name, **kwargs)`` takes to build this backbone (every field but the name)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
 
 
 @dataclass
@@ -93,6 +99,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.model.padding_mode not in PADDING_MODES:
+            raise ValueError(f"model.padding_mode must be one of {PADDING_MODES}, got {self.model.padding_mode!r}")
         if self.method.name not in METHODS:
             raise ValueError(f"method.name must be one of {METHODS}, got {self.method.name!r}")
         if self.train.mixed_precision not in PRECISIONS:

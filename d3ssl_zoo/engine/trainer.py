@@ -193,8 +193,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
     loader = pretrain_loader(dataset, recipe.data, micro_batch, sampler, recipe.train.num_workers,
                              pin_memory=accelerator.device.type == "cuda")
 
-    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False,
-                                                         zero_init_last=recipe.model.zero_init_last))
+    method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False, **recipe.model.kwargs()))
     if nproc > 1 and recipe.method.sync_bn:
         if accelerator.device.type == "cpu":
             logger.warning("method.sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own "

@@ -64,6 +64,9 @@ def save_pretrained(model: nn.Module, out_dir: os.PathLike | str, tag: Optional[
     pretrained_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained_cfg.items()}
     config = {"architecture": arch, "num_classes": num_classes,
               "num_features": int(getattr(model, "num_features", 0)), "pretrained_cfg": pretrained_cfg}
+    padding_mode = getattr(model, "padding_mode", "zeros")
+    if padding_mode != "zeros":  # the weights alone do not say it; timm passes model_args back to the model
+        config["model_args"] = {"padding_mode": padding_mode}
     text = json.dumps(config, indent=2) + "\n"
     _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
     name = f"{arch}.{tag}" if tag else arch

@@ -25,19 +25,34 @@ from ..boxes import BoxesLike, boxes_to_rois, check_rois_in_image, region_align,
 from ..hub import pretrained_state_dict
 from ..tags import LICENSE, PAPER_ARXIV, PAPER_TITLE, TAGS, recipe_path
 
-__all__ = ["D3SSLResNet", "d3ssl_r50c4", "soco_r50c4", "d3ssl_r18c4"]
+__all__ = ["D3SSLResNet", "PADDING_MODES", "d3ssl_r50c4", "soco_r50c4", "d3ssl_r18c4"]
 
 #: RoIAlign output sizes of the region API: 14x14 on C4 feeds res5 (SoCo/Mask R-CNN C4
 #: convention, res5 halves it to 7x7); 7x7 on C5 is the O-KNN protocol (paper §5.3).
 C4_ROI_SIZE = 14
 C5_ROI_SIZE = 7
 
+#: ``torch.nn.Conv2d`` padding modes. "zeros" is ResNet's (every published checkpoint). Zero padding
+#: lets a CNN read how far a pixel is from the image border, i.e. its absolute position (Islam et
+#: al., ICLR 2020; Kayhan & van Gemert, CVPR 2020); "circular" makes every conv equivariant to
+#: circular shifts, so on a flat background a region's features no longer tell where it is.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
 
 class D3SSLResNet(ResNet):
     """A timm ``ResNet`` with the region API of dense SSL (paper Eq. 1)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, padding_mode: str = "zeros", **kwargs):
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES} (torch.nn.Conv2d's), got {padding_mode!r}; "
+                             f"'zeros' is ResNet's own")
         super().__init__(*args, **kwargs)
+        # The weights do not depend on it, so a state dict loads whatever the mode; save_pretrained
+        # writes a non-default mode into config.json's model_args, which timm passes back here.
+        self.padding_mode: str = padding_mode
+        for m in self.modules():
+            if isinstance(m, torch.nn.Conv2d) and any(m.padding):
+                m.padding_mode = padding_mode
         # Plain ints rather than properties over the untyped ``feature_info`` list: TorchScript
         # compiles properties, and cannot type that list.
         self.c4_channels: int = self.feature_info[3]["num_chs"]

@@ -239,8 +239,8 @@ def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
     assert diagnose_instance_cues.main(["--run", str(run), "--short-side", "96",
                                         "--out", str(tmp_path / "cues.json")]) == 0
     cues = json.loads((tmp_path / "cues.json").read_text())
-    assert set(cues["classes"]) == {"shape", "photo", "fill", "hue", "size", "rotation", "aspect", "position", "count",
-                                    "neighbour"}
+    assert set(cues["classes"]) == {"shape", "photo", "fill", "hue", "size", "rotation", "aspect", "position", "row",
+                                    "column", "count", "neighbour"}
     assert all(0 < v <= 100 for v in cues["chance"].values())
     assert all(0 <= v <= 100 for m in cues["shape_within_position"].values() for v in m.values())
     for attr, gain in cues["gain"].items():
@@ -271,17 +271,20 @@ def test_replayed_attributes_match_the_stored_split(tmp_path):
     # place and context from the stored boxes: the grid cell of each box centre, the image's shape count
     # and the shape of the nearest other box
     images = load_coco_objects(ds.val_ann, ds.val_images).images
-    position, count, neighbour = [], [], []
+    position, row, column, count, neighbour = [], [], [], [], []
     for r in images:
         boxes, labels = np.asarray(r.objects.boxes), r.objects.labels
         centre = (boxes[:, :2] + boxes[:, 2:]) / 2
         cell = np.minimum(centre * 3 // cfg.image_size, 2).astype(int)
         position += (cell[:, 1] * 3 + cell[:, 0]).tolist()
+        row += cell[:, 1].tolist()  # y
+        column += cell[:, 0].tolist()  # x
         count += [len(labels)] * len(labels)
         for k in range(len(labels)):
             d = [np.hypot(*(centre[j] - centre[k])) if j != k else np.inf for j in range(len(labels))]
             neighbour.append(int(labels[int(np.argmin(d))]) if len(labels) > 1 else len(scenes.SHAPES))
     assert attrs["position"].tolist() == position and attrs["count"].tolist() == count
+    assert attrs["row"].tolist() == row and attrs["column"].tolist() == column and row != column
     assert attrs["neighbour"].tolist() == neighbour
     # the twin: the same layouts, so the same shapes and poses, and no photo, fill or hue to replay
     twin = diagnose_instance_cues.replay_attributes(scenes.SceneConfig(**{**cfg.__dict__, "instance_cues": 0}), "val", 5)

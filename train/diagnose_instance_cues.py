@@ -14,7 +14,8 @@ run's final checkpoint and of its exact random initialisation, and runs the same
 The attributes: the shape (the class); the instance cues of the coloured set (the photo behind the
 object, a solid or gradient fill, the fill's hue; on the cue-free twin, ``instance_cues=0``, these are
 not drawn, so they are left out); the pose (size, rotation, aspect); the object's place (the cell of a
-3x3 grid of the image its box centre falls in); and its context in the image (how many shapes the
+3x3 grid of the image its box centre falls in, and that cell's row and column apart: the views are
+flipped left-right independently, so only the row is shared by both views of every pair); and its context in the image (how many shapes the
 image holds, the shape of its nearest neighbour). Pose, place and context survive both views of one
 image as well as the colours do, so a pretext that can tell instances apart by them need not learn
 the outline.
@@ -90,7 +91,7 @@ def replay_attributes(cfg: gen.SceneConfig, split: str, count: int) -> dict[str,
     try:
         rng = np.random.default_rng([cfg.seed, ("pretrain", "train", "val").index(split)])
         names = ["shape"] + (["photo", "fill", "hue"] if cfg.instance_cues else []) + [
-            "size", "rotation", "aspect", "position", "count", "neighbour"]
+            "size", "rotation", "aspect", "position", "row", "column", "count", "neighbour"]
         out = {k: [] for k in names}
         third, cut = cfg.max_rotation / 3, math.log(1.25) / 3  # bin edges: a third of the drawn range either way
         for _ in range(count):
@@ -110,6 +111,8 @@ def replay_attributes(cfg: gen.SceneConfig, split: str, count: int) -> dict[str,
             out["rotation"] += np.digitize([p[2] for p in placed], [-third, third]).tolist()  # 3 bins
             out["aspect"] += np.digitize([p[3] for p in placed], [-cut, cut]).tolist()  # 3 bins of log aspect
             out["position"] += (cell[:, 1] * 3 + cell[:, 0]).tolist()
+            out["row"] += cell[:, 1].tolist()  # kept by a horizontal flip, which moves the column
+            out["column"] += cell[:, 0].tolist()
             out["count"] += [len(labels)] * len(labels)
             # the nearest other shape's class, or len(SHAPES) when the image holds one shape
             out["neighbour"] += ([int(labels[j]) for j in dist.argmin(1)] if len(labels) > 1 else [len(gen.SHAPES)])

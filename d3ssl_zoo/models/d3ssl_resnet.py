@@ -33,9 +33,10 @@ C4_ROI_SIZE = 14
 C5_ROI_SIZE = 7
 
 #: ``torch.nn.Conv2d`` padding modes. "zeros" is ResNet's (every published checkpoint). Zero padding
-#: lets a CNN read how far a pixel is from the image border, i.e. its absolute position (Islam et
-#: al., ICLR 2020; Kayhan & van Gemert, CVPR 2020); "circular" makes every conv equivariant to
-#: circular shifts, so on a flat background a region's features no longer tell where it is.
+#: lets a CNN read how far a pixel is from the image border, i.e. its absolute position: the paper's
+#: positional bias (Sec. 3.2, after Islam et al. 2021 and Xu et al., CVPR 2021; also Kayhan & van
+#: Gemert, CVPR 2020). "circular" makes every conv equivariant to circular shifts, so on a flat
+#: background a region's features no longer tell where it is (a diagnostic, not the paper's model).
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 

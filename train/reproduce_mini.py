@@ -137,8 +137,10 @@ def final_checkpoint(run: Path, hint: str = "") -> tuple[Path, dict]:
 
 
 def build_backbone(model: dict) -> torch.nn.Module:
-    """A random backbone as a recipe's ``model:`` section builds it (older recipes lack later keys: defaults)."""
-    return d3ssl_zoo.create_model(model["name"], pretrained=False, **ModelConfig(**model).kwargs())
+    """A random backbone as a recipe's ``model:`` section builds it. A recipe from before a key existed gets the
+    behaviour of its time: no zero-init, zero padding."""
+    return d3ssl_zoo.create_model(model["name"], pretrained=False,
+                                  **ModelConfig(**{"zero_init_last": False, **model}).kwargs())
 
 
 def backbone_from_checkpoint(ckpt: Path) -> torch.nn.Module:

@@ -430,6 +430,19 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert verify_checkpoint(before[-1]) == {"step": 2}
 
 
+def test_a_checkpoint_from_before_a_key_existed_resumes_under_that_keys_old_behaviour(tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "recipe.yaml").write_text(yaml.safe_dump({"model": {"name": "d3ssl_r18c4"}}))
+    old = {"model.padding_mode": "zeros"}
+    check_output_dir(tmp_path / "run", {"model": {"name": "d3ssl_r18c4", "padding_mode": "zeros"}}, ckpt, added=old)
+    with pytest.raises(ValueError, match=r"model.padding_mode: None -> 'circular'"):
+        check_output_dir(tmp_path / "run", {"model": {"name": "d3ssl_r18c4", "padding_mode": "circular"}}, ckpt,
+                         added=old)
+    with pytest.raises(ValueError, match=r"model.padding_mode: None -> 'zeros'"):  # only the keys named
+        check_output_dir(tmp_path / "run", {"model": {"name": "d3ssl_r18c4", "padding_mode": "zeros"}}, ckpt)
+
+
 def test_check_output_dir_refuses_to_mix_runs(tmp_path):
     tiny_run(tmp_path / "run", steps=(1,))
     ckpt = list_checkpoints(tmp_path / "run")[-1]

@@ -29,7 +29,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 from accelerate import Accelerator
@@ -191,12 +191,14 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
 
 
 def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint: str | Path | None,
-                     may_change: Iterable[str] = ()) -> None:
+                     may_change: Iterable[str] = (), added: Mapping[str, Any] | None = None) -> None:
     """Refuse to mix runs in one output folder.
 
     A fresh run (``checkpoint`` is ``None``) needs a folder without ``checkpoints/step_*``; a resumed
     one the recipe of its checkpoint, except the keys of ``may_change`` (settings that do not change
-    the steps already taken, e.g. the logging period).
+    the steps already taken, e.g. the logging period). ``added``: dotted keys that recipes gained after
+    a checkpoint may have been written, each with the value that behaves as the code did before it; a
+    saved recipe without the key counts as having that value.
     """
     if checkpoint is None:
         root = Path(output_dir) / "checkpoints"
@@ -207,7 +209,9 @@ def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint:
         return
     saved = yaml.safe_load((Path(checkpoint) / RECIPE_FILE).read_text())
     skip = set(may_change)
-    diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _differences(saved, recipe) if k not in skip]
+    added = dict(added or {})
+    diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _differences(saved, recipe)
+            if k not in skip and not (a is None and k in added and b == added[k])]
     if diff:
         raise ValueError(f"the recipe differs from the one of the checkpoint {checkpoint}:\n  " + "\n  ".join(diff)
                          + "\nresume with the same recipe, or use another --output-dir")

@@ -28,6 +28,9 @@ __all__ = ["ModelConfig", "MethodConfig", "DatasetConfig", "OptimConfig", "Train
 METHODS = ("d3ssl", "soco")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "none")
+#: Keys added after runs were checkpointed, with the value that does what the code did before them: a
+#: checkpoint whose recipe lacks one resumes under a recipe that states that value.
+ADDED_KEYS = {"model.padding_mode": "zeros"}
 
 
 @dataclass

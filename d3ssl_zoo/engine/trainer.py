@@ -27,7 +27,7 @@ from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loade
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
 from .checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
-from .config import Recipe, recipe_to_dict
+from .config import ADDED_KEYS, Recipe, recipe_to_dict
 
 __all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",
            "train"]
@@ -174,7 +174,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
 
     def resume_point() -> Path | None:
         found = resolve_resume(resume, output_dir)
-        check_output_dir(output_dir, recipe_dict, found)  # never mix two runs in one folder
+        check_output_dir(output_dir, recipe_dict, found, added=ADDED_KEYS)  # never mix two runs in one folder
         return found
 
     # one process decides which checkpoint to resume from, so ranks can never pick different ones

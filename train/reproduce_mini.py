@@ -39,7 +39,7 @@ from d3ssl_zoo.data.composite import depositioning_shift
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset
 from d3ssl_zoo.engine import list_checkpoints
 from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
-from d3ssl_zoo.engine.config import ModelConfig, apply_overrides
+from d3ssl_zoo.engine.config import ADDED_KEYS, ModelConfig, apply_overrides
 from d3ssl_zoo.evaluation.coupling import run_coupling
 from d3ssl_zoo.evaluation.features import STAGES
 from d3ssl_zoo.evaluation.mcs import run_mcs
@@ -137,10 +137,10 @@ def final_checkpoint(run: Path, hint: str = "") -> tuple[Path, dict]:
 
 
 def build_backbone(model: dict) -> torch.nn.Module:
-    """A random backbone as a recipe's ``model:`` section builds it. A recipe from before a key existed gets the
-    behaviour of its time: no zero-init, zero padding."""
-    return d3ssl_zoo.create_model(model["name"], pretrained=False,
-                                  **ModelConfig(**{"zero_init_last": False, **model}).kwargs())
+    """A random backbone as a recipe's ``model:`` section builds it; a key the recipe predates takes the value
+    that behaves as the code did then (``ADDED_KEYS``, as for resuming)."""
+    then = {k.split(".", 1)[1]: v for k, v in ADDED_KEYS.items() if k.startswith("model.")}
+    return d3ssl_zoo.create_model(model["name"], pretrained=False, **ModelConfig(**{**then, **model}).kwargs())
 
 
 def backbone_from_checkpoint(ckpt: Path) -> torch.nn.Module:

@@ -209,7 +209,7 @@ def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint:
         return
     saved = yaml.safe_load((Path(checkpoint) / RECIPE_FILE).read_text())
     skip = set(may_change)
-    added = dict(added or {})
+    added = added or {}
     diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _differences(saved, recipe)
             if k not in skip and not (a is None and k in added and b == added[k])]
     if diff:

@@ -29,8 +29,8 @@ METHODS = ("d3ssl", "soco")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "none")
 #: Keys added after runs were checkpointed, with the value that does what the code did before them: a
-#: checkpoint whose recipe lacks one resumes under a recipe that states that value.
-ADDED_KEYS = {"model.padding_mode": "zeros"}
+#: checkpoint whose recipe lacks one resumes under a recipe that states that value, and is rebuilt with it.
+ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros"}
 
 
 @dataclass

@@ -86,7 +86,8 @@ def test_directions_compare_two_rungs_on_the_seeds_both_have():
     # on the mean over both seeds D3SSL (25.0) would be below SoCo (27.0); paired on s0 it is above
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes (1 seed: no spread to compare with)** "
             "(d3ssl 30.0 vs soco 27.0; no standard error stored; on the seeds both have: s0)") in lines
-    assert "- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **yes** (+3.0 vs +6.0; on the seeds both have: s0)" in lines
+    assert ("- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **yes (1 seed: no spread to compare "
+            "with)** (+3.0 vs +6.0; no standard error stored; on the seeds both have: s0)") in lines
     rows["soco"] = {"oknn_top1": {"s0": 27.0, "s1": 21.0}, "disturbed_oknn_top1": {"s0": 23.0, "s1": 18.0}}
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes on the mean, within the seed-to-seed spread** "
             "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in reproduce_mini.directions(rows)
@@ -115,6 +116,29 @@ def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
     mcs = line({"s0": 0.95, "s1": 0.91}, {"s0": 0.88, "s1": 0.90}, 0.004, "mcs_layer4", "L_dp raises MCS (layer4) (Tab. 7)")
     assert "**yes (every seed; beyond twice its standard error on 1 of 2)**" in mcs
     assert "difference +0.0400, standard error 0.0040" in mcs
+
+
+def test_more_so_on_disturbed_is_judged_against_the_noise_of_the_four_evaluations():
+    def line(gaps, disturbed_gaps, se):
+        seeds = [f"s{i}" for i in range(len(gaps))]
+        rows = {"d3ssl": {"oknn_top1": {s: 30.0 + g for s, g in zip(seeds, gaps)},
+                          "disturbed_oknn_top1": {s: 25.0 + g for s, g in zip(seeds, disturbed_gaps)}},
+                "soco": {"oknn_top1": {s: 30.0 for s in seeds}, "disturbed_oknn_top1": {s: 25.0 for s in seeds}}}
+        for row in rows.values():
+            for key in ("oknn_top1", "disturbed_oknn_top1"):
+                row[f"{key}_se"] = {s: se for s in seeds}
+        return next(x for x in reproduce_mini.directions(rows) if x.startswith("- ... and more so"))
+
+    # gaps of +2.6 and +2.7 (the twin's four seeds read +2.6 vs +2.6): an excess of 0.1 point is no direction;
+    # each excess has 4 evaluations' noise, sqrt(4 * 1.5^2) = 3.0 per seed, 3.0 / sqrt(2) = 2.1 on the mean of two
+    assert line([2.6, 2.6], [2.7, 2.7], 1.5) == (
+        "- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **no: within twice its standard error** "
+        "(+2.6 vs +2.7; excess +0.1, standard error 2.1)")
+    assert "**no** (+3.0 vs +1.0; excess -2.0, standard error 2.1)" in line([3.0, 3.0], [1.0, 1.0], 1.5)
+    # the paper's +2.9 vs +8.8, wider on both seeds and beyond the noise of each
+    assert "**yes (every seed; beyond twice its standard error on 2 of 2)** (+2.9 vs +8.8; excess +5.9, " \
+        "standard error 0.1)" in line([2.9, 2.9], [8.8, 8.8], 0.1)
+    assert "**yes on the mean, within the seed-to-seed spread**" in line([2.0, 2.0], [9.0, 1.5], 0.1)
 
 
 def test_the_top1_standard_error_is_binomial_over_the_queries():

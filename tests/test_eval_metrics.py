@@ -6,7 +6,8 @@ import timm
 import torch
 from torch import nn
 
-from d3ssl_zoo.evaluation.coupling import compose_pair, coupling_rate, run_coupling, sample_pairs
+from d3ssl_zoo.evaluation.coupling import (compose_pair, coupling_rate, pair_coupling_cosines, pair_coupling_rates,
+                                           run_coupling, sample_pairs)
 from d3ssl_zoo.evaluation.mcs import positional_mcs, run_mcs, tile_3x3
 from d3ssl_zoo.evaluation.plots import format_table, oknn_table, plot_per_stage, stage_table
 from test_eval_oknn import write_coco
@@ -90,6 +91,25 @@ def test_coupling_rate_exceeds_one_with_spatial_mixing():
     assert cr["layer4"] > 1.1
 
 
+def test_coupling_cosines_are_the_rate_and_bound_it():
+    a, b = crops(4, seed=1, colour=0), crops(4, seed=2, colour=2)
+    cos = pair_coupling_cosines(BlurNet(), a, b, gap=0)
+    rates = pair_coupling_rates(BlurNet(), a, b, gap=0)
+    for s, c in cos.items():
+        assert sorted(c) == ["a1_a2", "a1_b", "a2_b"] and all(v.shape == (4,) for v in c.values())
+        np.testing.assert_allclose(rates[s], c["a1_b"] / c["a2_b"], rtol=1e-6)
+        pos = c["a2_b"] > 0  # always so for post-ReLU features; BlurNet's early stages are not
+        assert np.all(rates[s][pos] <= (1 + 1e-6) / c["a2_b"][pos])  # cos(A1, B) <= 1
+    assert np.all(cos["layer4"]["a2_b"] > 0)
+    # B leaks into A at C5: A's own feature moves, towards B
+    assert cos["layer4"]["a1_a2"].max() < 0.999 and np.all(cos["layer4"]["a1_b"] > cos["layer4"]["a2_b"])
+    # no spatial mixing: B leaves A's feature where it was
+    still = pair_coupling_cosines(StageNet(kernel=1).eval(), a, b, gap=32)
+    for c in still.values():
+        np.testing.assert_allclose(c["a1_a2"], 1.0, atol=1e-5)
+        np.testing.assert_allclose(c["a1_b"], c["a2_b"], atol=1e-5)
+
+
 def test_tile_3x3_geometry():
     (c,) = crops(1, 32)
     image, boxes = tile_3x3(c)
@@ -134,6 +154,11 @@ def test_run_coupling_and_mcs_on_a_dataset(split):
     cr = run_coupling(model, *split, num_pairs=3, object_size=32, min_object_size=16, progress=False)
     assert set(cr["per_stage"]) == {"layer1", "layer2", "layer3", "layer4"}
     assert cr["num_pairs"] == 3 and all(np.isfinite(v) for v in cr["per_stage"].values())
+    assert set(cr["per_stage_cosines"]) == set(cr["per_stage"])
+    for c in cr["per_stage_cosines"].values():
+        assert sorted(c) == ["a1_a2", "a1_b", "a2_b"] and all(-1 - 1e-6 <= v <= 1 + 1e-6 for v in c.values())
+    for s, v in cr["per_stage"].items():  # post-ReLU features: every cosine is positive, so CR <= 1 / cos(A2, B)
+        assert v <= cr["per_stage_max_rate"][s] * (1 + 1e-6)
     again = run_coupling(model, *split, num_pairs=3, object_size=32, min_object_size=16, progress=False)
     assert again["per_stage"] == cr["per_stage"]
     m = run_mcs(model, *split, num_crops=2, tile_size=32, min_object_size=16, progress=False)

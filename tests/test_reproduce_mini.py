@@ -44,6 +44,9 @@ def test_every_evaluation_is_stored(ladder):
         assert "disturbed_oknn" in final and "cr" not in evals[f"{rung}/s0/step3"]
         for name in ("cr", "mcs"):  # a standard error per stage, over 4 pairs / crops
             assert set(final[f"{name}_se"]) == set(final[name]) and all(v >= 0 for v in final[f"{name}_se"].values())
+        for stage, cr in final["cr"].items():  # the cosines behind the CR, and the most it could be
+            c = final["cr_cosines"][stage]
+            assert 0 < c["a2_b"] <= 1 and cr <= final["cr_max"][stage] * (1 + 1e-6)
     shift = data["shift_statistics"]
     assert set(shift) == {"all K (literal)", "1 of K"}
     # one proposal leaves at least as much room to move as the union of K
@@ -57,6 +60,8 @@ def test_report_and_figures(ladder):
     assert "D3SSL above SoCo on O-KNN top-1 (Tab. 4): **" in md
     assert f"Data: `{SOURCE}`" in md and "Recipe overrides for every rung: `data.image_size=64 " in md and "D3SSL trained >= random init + 10 points O-KNN top-1, rising with training: **" in md
     assert "L_dp lowers CR (layer4) (Tab. 7): not measured yet" in md  # no w/o-L_dp rung in this run
+    room = md.split("## The room the coupling rate has (layer4)")[1].split("##")[0]
+    assert "| random init (floor) | 1 | 0." in room and "| D3SSL (L_dc + L_dp) | 1 | 0." in room
     for fig in ("oknn_vs_steps.png", "cr_mcs_per_stage.png"):
         assert (root / "results" / fig).stat().st_size > 5000
 
@@ -77,6 +82,13 @@ def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_c
     met = reproduce_mini.gain_line(reproduce_mini.learning_curves(evals([20.0], [[(10, 25.0), (20, 31.0)]])))
     assert "**yes** (+11.0 points on the mean; s0 +11.0, rising at every checkpoint)" in met
     assert reproduce_mini.gain_line({}) is None  # nothing trained yet: no verdict
+    # with the val split's size, a fall is told apart from the evaluation's noise; the verdict stays "no"
+    noisy = reproduce_mini.gain_line(curves, num_queries=900)
+    assert "(25.0 → 36.0 → 35.5; its largest fall, 0.5 points (standard error 2.3), is within twice its standard error)" in noisy
+    assert "**no** (+8.2 points on the mean;" in noisy and "s0 +6.0, rising at every checkpoint;" in noisy
+    fell = reproduce_mini.learning_curves(evals([20.0], [[(10, 40.0), (20, 38.0), (30, 30.0)]]))
+    assert ("(20.0 → 40.0 → 38.0 → 30.0; its largest fall, 8.0 points (standard error 2.2), is beyond twice its standard error)"
+            in reproduce_mini.gain_line(fell, num_queries=900))
 
 
 def test_directions_compare_two_rungs_on_the_seeds_both_have():
@@ -270,6 +282,34 @@ def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
     for attr, gain in cues["gain"].items():
         assert gain == pytest.approx(cues["top1"]["trained"][attr] - cues["top1"]["random init"][attr])
     assert "trained - random init" in capsys.readouterr().out
+
+
+def test_coupling_diagnostic_on_ladder_runs(ladder, tmp_path):
+    import diagnose_coupling
+
+    root, _ = ladder
+    runs = [str(root / "runs" / f"{r}_s0") for r in ("d3ssl", "soco")]
+    assert diagnose_coupling.main(["--run", *runs, "--ceiling-steps", "2", "--num-pairs", "4", "--object-size", "64",
+                                   "--short-side", "96", "--images", "2", "--out", str(tmp_path / "cr.json")]) == 0
+    models = json.loads((tmp_path / "cr.json").read_text())["models"]
+    init, torchvision_init, d3ssl, soco, ceiling = models.values()
+    assert list(models)[2:] == ["d3ssl_s0 (step 6)", "soco_s0 (step 6)", "supervised ceiling (2 steps)"]
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        # SoCo's initialisation: every block is its shortcut, so past the stem nothing mixes B into A
+        assert init["blocks"][stage] == {"branch_to_shortcut": 0.0, "last_bn_weight": 0.0}
+        if stage != "layer1":  # layer1's edge cells still see the stem's few pixels across A's border
+            assert init["cosines"][stage]["a1_a2"] == pytest.approx(1.0, abs=1e-6)
+            assert init["cr"][stage] == pytest.approx(1.0, abs=1e-6)
+        assert torchvision_init["blocks"][stage]["last_bn_weight"] == 1.0
+        assert torchvision_init["blocks"][stage]["branch_to_shortcut"] > 0.1
+        for m in models.values():
+            assert m["cr"][stage] <= m["cr_max"][stage] * (1 + 1e-6)
+    # the same draws otherwise: with the branches open, B moves A's layer4 feature
+    assert torchvision_init["cosines"]["layer4"]["a1_a2"] < 1 - 1e-4
+    # training moves the zero-initialised weights off 0
+    assert d3ssl["blocks"]["layer4"]["last_bn_weight"] > 0 and soco["blocks"]["layer4"]["last_bn_weight"] > 0
+    with pytest.raises(SystemExit, match="no checkpoints"):
+        diagnose_coupling.main(["--run", str(tmp_path)])
 
 
 def test_replayed_attributes_match_the_stored_split(tmp_path):

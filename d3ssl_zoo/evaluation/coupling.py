@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from d3ssl_zoo.evaluation.objects import crop_object, load_objects_of_min_size, to_tensor
 from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_device, model_mean_std, stage_region_features
 
-__all__ = ["compose_pair", "pair_coupling_rates", "coupling_rate", "sample_pairs", "run_coupling"]
+__all__ = ["compose_pair", "pair_coupling_cosines", "pair_coupling_rates", "coupling_rate", "sample_pairs", "run_coupling"]
 
 
 def compose_pair(crop_a: np.ndarray, crop_b: np.ndarray, gap: int = 0
@@ -40,15 +40,22 @@ def compose_pair(crop_a: np.ndarray, crop_b: np.ndarray, gap: int = 0
             np.array([s + gap, 0, 2 * s + gap, s], np.float32))
 
 
-def pair_coupling_rates(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b: Sequence[np.ndarray],
-                        *, gap: int = 0, stages: Sequence[str] = STAGES, batch_size: int = 8,
-                        device=None, progress: bool = False) -> Dict[str, np.ndarray]:
-    """Coupling rate of every pair ``(crops_a[i], crops_b[i])`` per stage -> ``{stage: (P,)}``."""
+def pair_coupling_cosines(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b: Sequence[np.ndarray],
+                          *, gap: int = 0, stages: Sequence[str] = STAGES, batch_size: int = 8,
+                          device=None, progress: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
+    """The three cosines of every pair ``(crops_a[i], crops_b[i])`` per stage.
+
+    ``{stage: {"a1_b": (P,), "a2_b": (P,), "a1_a2": (P,)}}``: cos(f(A1), f(B)), the CR's numerator;
+    cos(f(A2), f(B)), its denominator; cos(f(A1), f(A2)), how far B moved A's own feature. Since a
+    cosine is at most 1, a pair's CR is at most ``1 / cos(A2, B)`` where that cosine is positive (as
+    for ResNet stages, which end in a ReLU): features that are nearly parallel for objects of
+    different classes leave the CR no room to exceed 1, however much B moves A.
+    """
     if len(crops_a) != len(crops_b) or not len(crops_a):
         raise ValueError(f"need as many A crops as B crops, at least one; got {len(crops_a)} and {len(crops_b)}")
     device = model_device(model, device)
     mean, std = model_mean_std(model)
-    rates: Dict[str, list] = {s: [] for s in stages}
+    cos: Dict[str, Dict[str, list]] = {s: {"a1_b": [], "a2_b": [], "a1_a2": []} for s in stages}
     with torch.inference_mode():
         for start in tqdm(range(0, len(crops_a), batch_size), desc="coupling rate", disable=not progress):
             images, rois = [], []
@@ -64,9 +71,15 @@ def pair_coupling_rates(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b
             for s in stages:
                 f = feats[s].float().view(-1, 3, feats[s].shape[1])
                 a1, b, a2 = f[:, 0], f[:, 1], f[:, 2]
-                rates[s].append((F.cosine_similarity(a1, b, dim=1) /
-                                 F.cosine_similarity(a2, b, dim=1)).cpu().numpy())
-    return {s: np.concatenate(v) for s, v in rates.items()}
+                for name, u, v in (("a1_b", a1, b), ("a2_b", a2, b), ("a1_a2", a1, a2)):
+                    cos[s][name].append(F.cosine_similarity(u, v, dim=1).cpu().numpy())
+    return {s: {name: np.concatenate(v) for name, v in c.items()} for s, c in cos.items()}
+
+
+def pair_coupling_rates(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b: Sequence[np.ndarray],
+                        **kw) -> Dict[str, np.ndarray]:
+    """Coupling rate of every pair ``(crops_a[i], crops_b[i])`` per stage -> ``{stage: (P,)}``."""
+    return {s: c["a1_b"] / c["a2_b"] for s, c in pair_coupling_cosines(model, crops_a, crops_b, **kw).items()}
 
 
 def coupling_rate(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b: Sequence[np.ndarray],
@@ -92,7 +105,9 @@ def sample_pairs(labels: Sequence[int], num_pairs: int, rng: np.random.Generator
 def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_size: int = 224,
                  gap: int = 0, min_object_size: float = 32, seed: int = 0, batch_size: int = 8,
                  device=None, progress: bool = True) -> dict:
-    """Coupling rate per stage over ``num_pairs`` seeded pairs of ground-truth objects of ``ann``."""
+    """Coupling rate per stage over ``num_pairs`` seeded pairs of ground-truth objects of ``ann``,
+    with the mean cosines it is the ratio of (``per_stage_cosines``) and the largest mean CR those
+    cosines allow (``per_stage_max_rate``, the mean of each pair's ``1 / cos(A2, B)``)."""
     if num_pairs < 1 or batch_size < 1 or object_size < 32 or gap < 0:
         raise ValueError(f"need num_pairs >= 1, batch_size >= 1, object_size >= 32 and gap >= 0, got "
                          f"num_pairs={num_pairs}, batch_size={batch_size}, object_size={object_size}, gap={gap}")
@@ -108,12 +123,16 @@ def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_
         return crop_object(objects.images[i], objects.images[i].objects.boxes[j], object_size)
 
     with eval_mode(model):
-        rates = pair_coupling_rates(model, [crop(a) for a, _ in pairs], [crop(b) for _, b in pairs],
+        cos = pair_coupling_cosines(model, [crop(a) for a, _ in pairs], [crop(b) for _, b in pairs],
                                     gap=gap, batch_size=batch_size, device=device, progress=progress)
+    rates = {s: c["a1_b"] / c["a2_b"] for s, c in cos.items()}
     return {
         "metric": "coupling_rate",
         "per_stage": {s: float(v.mean()) for s, v in rates.items()},
         "per_stage_std": {s: float(v.std()) for s, v in rates.items()},
+        # the mean cosines behind the rate (see pair_coupling_cosines): CR <= 1 / cos(A2, B) per pair
+        "per_stage_cosines": {s: {name: float(v.mean()) for name, v in c.items()} for s, c in cos.items()},
+        "per_stage_max_rate": {s: float((1 / c["a2_b"]).mean()) for s, c in cos.items()},
         "num_pairs": int(len(pairs)), "distinct_objects": int(len(np.unique(pairs))),
         "object_size": object_size, "gap": gap, "min_object_size": min_object_size, "seed": seed,
         "objects_below_min_size": objects.num_objects - len(candidates),

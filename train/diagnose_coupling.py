@@ -14,9 +14,9 @@ would come from, how open each residual block is: the mean over val images and p
 ``|branch(x)| / |shortcut(x)|`` per stage (0 for a block whose last BN weight is 0: the block is then
 its shortcut, a 1x1 convolution or the identity, and mixes nothing across space), and the mean
 ``|weight|`` of the blocks' last BN. SoCo's ResNet, and so the mini recipes (``model.zero_init_last``),
-starts every block's last BN weight at 0. The rows: the run's exact random initialisation, the same
-seed with the last BN weights at 1 (torchvision's initialisation, as the supervised ceiling starts),
-the trained checkpoint(s), and, with ``--ceiling-steps``, the supervised ceiling of
+starts every block's last BN weight at 0. The rows: the run's seed initialised both ways, with the
+last BN weights at 0 (SoCo's) and at 1 (torchvision's, as the supervised ceiling starts), one of
+which is the run's exact start; the trained checkpoint(s); and, with ``--ceiling-steps``, the supervised ceiling of
 ``reproduce_mini.py`` trained again here (the ladder does not keep its weights):
 
     python train/diagnose_coupling.py --run runs/mini_shape/d3ssl_s0 runs/mini_shape/soco_s0 \\
@@ -114,10 +114,12 @@ def main(argv=None) -> int:
     recipe = finals[0][1]
     seed = recipe["train"]["seed"]
     scenes = gen.get_scene_dataset(gen.SceneConfig.from_source(recipe["dataset"]["source"]))
-    models = {f"random init s{seed} (last BN weight 0, as the recipe)": ladder.initial_backbone(recipe, seed)}
-    # the same seed and draws; only the blocks' last BN weights start at 1
-    torchvision_init = ladder.initial_backbone({"model": {**recipe["model"], "zero_init_last": False}}, seed)
-    models[f"random init s{seed} (last BN weight 1, torchvision)"] = torchvision_init
+    # the same seed and draws, with the blocks' last BN weights at 0 and at 1; one of them is the run's start
+    runs_own = bool(recipe["model"].get("zero_init_last", False))
+    models = {}
+    for zero_init, init in ((True, "last BN weight 0, SoCo"), (False, "last BN weight 1, torchvision")):
+        name = f"random init s{seed} ({init}" + (", the run's)" if zero_init == runs_own else ")")
+        models[name] = ladder.initial_backbone({"model": {**recipe["model"], "zero_init_last": zero_init}}, seed)
     for run, (ckpt, _) in zip(runs, finals):
         models[f"{run.name} (step {ladder.checkpoint_step(ckpt)})"] = ladder.backbone_from_checkpoint(ckpt)
     if args.ceiling_steps:  # exactly reproduce_mini.py's ceiling

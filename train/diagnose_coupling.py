@@ -42,7 +42,6 @@ from d3ssl_zoo.data import load_rgb, scenes as gen  # noqa: E402
 from d3ssl_zoo.evaluation.coupling import run_coupling  # noqa: E402
 from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_mean_std  # noqa: E402
 from d3ssl_zoo.evaluation.objects import load_coco_objects, to_tensor  # noqa: E402
-from d3ssl_zoo.evaluation.supervised import train_roi_classifier  # noqa: E402
 
 
 def last_norm(block: nn.Module) -> nn.Module:
@@ -122,12 +121,9 @@ def main(argv=None) -> int:
         models[name] = ladder.initial_backbone({"model": {**recipe["model"], "zero_init_last": zero_init}}, seed)
     for run, (ckpt, _) in zip(runs, finals):
         models[f"{run.name} (step {ladder.checkpoint_step(ckpt)})"] = ladder.backbone_from_checkpoint(ckpt)
-    if args.ceiling_steps:  # exactly reproduce_mini.py's ceiling
-        model = ladder.build_backbone({**recipe["model"], "zero_init_last": False})
-        torch.manual_seed(0)
-        train_roi_classifier(model, scenes.train_ann, scenes.train_images, steps=args.ceiling_steps,
-                             short_side=args.short_side, progress=False)
-        models[f"supervised ceiling ({args.ceiling_steps} steps)"] = model.eval()
+    if args.ceiling_steps:
+        models[f"supervised ceiling ({args.ceiling_steps} steps)"] = ladder.supervised_ceiling(
+            recipe, scenes, args.ceiling_steps, args.short_side)[0]
 
     images = val_batch(scenes, next(iter(models.values())), args.images, args.short_side)
     res = {"runs": [str(r) for r in runs], "seed": seed, "num_pairs": args.num_pairs,

@@ -165,6 +165,16 @@ def initial_backbone(recipe: dict, seed: int) -> torch.nn.Module:
     return build_backbone(recipe["model"]).eval()
 
 
+def supervised_ceiling(recipe: dict, scenes, steps: int, short_side: int) -> tuple[torch.nn.Module, dict]:
+    """The ladder's ceiling: the recipe's backbone from torchvision's init (a supervised run), trained with the
+    labels of the scene set's train split as a RoI classifier; returns it and its training summary."""
+    model = build_backbone({**recipe["model"], "zero_init_last": False})
+    torch.manual_seed(0)
+    info = train_roi_classifier(model, scenes.train_ann, scenes.train_images, steps=steps, short_side=short_side,
+                                progress=False)
+    return model.eval(), info
+
+
 # ---------------------------------------------------------------- results store
 class Results:
     """``results.json``: every finished evaluation under a key, written atomically after each."""
@@ -296,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         elif "cr_se" not in results.data["evals"][key]:
             add_standard_errors(results, key, initial_backbone(base, seed), scenes, settings, seed)
     if args.ceiling_steps > 0 and not results.has("supervised/s0"):  # the ceiling: the same backbone trained with the labels
-        model = build_backbone({**base["model"], "zero_init_last": False})  # torchvision's init: a supervised run
-        torch.manual_seed(0)
-        info = train_roi_classifier(model, scenes.train_ann, scenes.train_images, steps=args.ceiling_steps,
-                                    short_side=args.short_side, progress=False)
+        model, info = supervised_ceiling(base, scenes, args.ceiling_steps, args.short_side)
         results.put("supervised/s0", {"training": info, **evaluate(model, scenes, settings, 0, True)})
         write_report(results, out)
 

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from d3ssl_zoo.evaluation.objects import crop_object, load_objects_of_min_size, to_tensor
 from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_device, model_mean_std, stage_region_features
 
-__all__ = ["compose_pair", "pair_coupling_cosines", "pair_coupling_rates", "coupling_rate", "sample_pairs", "run_coupling"]
+__all__ = ["compose_pair", "pair_coupling_cosines", "pair_coupling_rates", "coupling_rate", "sample_pairs",
+           "run_coupling"]
 
 
 def compose_pair(crop_a: np.ndarray, crop_b: np.ndarray, gap: int = 0
@@ -79,7 +80,12 @@ def pair_coupling_cosines(model: nn.Module, crops_a: Sequence[np.ndarray], crops
 def pair_coupling_rates(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b: Sequence[np.ndarray],
                         **kw) -> Dict[str, np.ndarray]:
     """Coupling rate of every pair ``(crops_a[i], crops_b[i])`` per stage -> ``{stage: (P,)}``."""
-    return {s: c["a1_b"] / c["a2_b"] for s, c in pair_coupling_cosines(model, crops_a, crops_b, **kw).items()}
+    return _rates(pair_coupling_cosines(model, crops_a, crops_b, **kw))
+
+
+def _rates(cos: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """Per-pair CR from the cosines of ``pair_coupling_cosines``: cos(A1, B) / cos(A2, B)."""
+    return {s: c["a1_b"] / c["a2_b"] for s, c in cos.items()}
 
 
 def coupling_rate(model: nn.Module, crops_a: Sequence[np.ndarray], crops_b: Sequence[np.ndarray],
@@ -125,7 +131,7 @@ def run_coupling(model: nn.Module, ann, images, *, num_pairs: int = 100, object_
     with eval_mode(model):
         cos = pair_coupling_cosines(model, [crop(a) for a, _ in pairs], [crop(b) for _, b in pairs],
                                     gap=gap, batch_size=batch_size, device=device, progress=progress)
-    rates = {s: c["a1_b"] / c["a2_b"] for s, c in cos.items()}
+    rates = _rates(cos)
     return {
         "metric": "coupling_rate",
         "per_stage": {s: float(v.mean()) for s, v in rates.items()},

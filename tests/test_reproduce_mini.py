@@ -312,6 +312,39 @@ def test_coupling_diagnostic_on_ladder_runs(ladder, tmp_path):
         diagnose_coupling.main(["--run", str(tmp_path)])
 
 
+def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
+    import diagnose_teacher
+
+    # a constant momentum leaves m^n of the start; SoCo's cosine from 0.99 to 1 over the ladder's 279 steps, 1/4
+    assert diagnose_teacher.init_weight_held(5, 10, 0.9, 0.9) == pytest.approx(0.9 ** 5)
+    assert diagnose_teacher.init_weight_held(0, 10, 0.9, 1.0) == 1.0
+    assert diagnose_teacher.init_weight_held(279, 279, 0.99, 1.0) == pytest.approx(0.245, abs=1e-3)
+    assert diagnose_teacher.init_weight_held(279, 279, 0.95, 1.0) < 1e-3
+
+    root, _ = ladder
+    run = root / "runs" / "d3ssl_s0"
+    assert diagnose_teacher.main(["--run", str(run), "--oknn", "--short-side", "96",
+                                  "--out", str(tmp_path / "t.json")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["runs"][str(run)]["checkpoints"]
+    assert [r["step"] for r in rows] == [3, 6]
+    assert rows[0]["init_weight_held"] > rows[1]["init_weight_held"] > 0
+    assert rows[1]["momentum"] == 1.0  # the cosine ends at momentum_final
+    # the gap is the one between the two backbones the checkpoint holds, relative to the random init's norm
+    ckpt = reproduce_mini.final_checkpoint(run)[0]
+    student, teacher = (reproduce_mini.backbone_from_checkpoint(ckpt, n).state_dict() for n in ("student", "teacher"))
+    init = reproduce_mini.initial_backbone(reproduce_mini.final_checkpoint(run)[1], 0).state_dict()
+    learnt = [k for k, v in init.items() if v.is_floating_point() and "running_" not in k]
+    gap = sum(float((teacher[k] - student[k]).pow(2).sum()) for k in learnt) ** 0.5
+    assert rows[1]["teacher_to_student"] == pytest.approx(gap / sum(float(init[k].pow(2).sum()) for k in learnt) ** 0.5)
+    assert rows[1]["student_moved"] > 0 and rows[1]["teacher_moved"] > 0
+    # the student's O-KNN is the ladder's own evaluation of that checkpoint
+    stored = json.loads((root / "results" / "results.json").read_text())["evals"]
+    assert rows[1]["oknn_student"] == pytest.approx(stored["d3ssl/s0/step6"]["oknn"]["top1"])
+    assert 0 <= rows[1]["oknn_teacher"] <= 100
+    with pytest.raises(SystemExit, match="no checkpoints"):
+        diagnose_teacher.main(["--run", str(tmp_path)])
+
+
 def test_replayed_attributes_match_the_stored_split(tmp_path):
     import diagnose_instance_cues
     from d3ssl_zoo.data import scenes

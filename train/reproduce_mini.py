@@ -145,10 +145,11 @@ def build_backbone(model: dict) -> torch.nn.Module:
     return d3ssl_zoo.create_model(model["name"], pretrained=False, **ModelConfig(**{**then, **model}).kwargs())
 
 
-def backbone_from_checkpoint(ckpt: Path) -> torch.nn.Module:
-    """The student backbone of a training checkpoint (Accelerate's ``model.safetensors``), built as its recipe says."""
+def backbone_from_checkpoint(ckpt: Path, network: str = "student") -> torch.nn.Module:
+    """The student (or the momentum ``teacher``) backbone of a training checkpoint (Accelerate's
+    ``model.safetensors``), built as its recipe says."""
     state = load_file(str(ckpt / "model.safetensors"))
-    prefix = "student.backbone."
+    prefix = f"{network}.backbone."
     backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not backbone:
         raise ValueError(f"{ckpt / 'model.safetensors'} holds no '{prefix}*' weights; is it a pretrain.py checkpoint?")

@@ -5,7 +5,8 @@ instance: the photo its image's background is cut from, the fill (solid or a gra
 colour, the size. Region-instance discrimination can tell instances apart by any of these, and
 only the outline is scored by O-KNN. This script replays the generator of the labelled splits
 (same seed, same random streams, checked against the stored labels) to recover each object's
-nuisance attributes, reads the O-KNN features (RoIAlign 7x7 on C5 at the protocol's scale) of a
+nuisance attributes, reads the O-KNN features (RoIAlign 7x7 on C5 at the protocol's scale; ``--features
+c4_head:7`` reads the pre-training path instead, RoIAlign on C4 -> res5) of a
 run's final checkpoint and of its exact random initialisation, and runs the same weighted k-NN
 (k 20, T 0.07) with each attribute as the label:
 
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a mini-ladder run folder (train/pretrain.py output)")
     p.add_argument("--short-side", type=int, default=256)
+    p.add_argument("--features", default="c5",
+                   help="the region read: c5 (O-KNN's) or c4_head:<roi size> (the pre-training path, e.g. c4_head:7)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -177,7 +180,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"replaying the {split} split did not give its stored labels: the generator changed")
     sizes = {name: len(np.unique(a)) for name, a in attrs["train"].items()}
     chance = {name: 100.0 * np.bincount(a).max() / len(a) for name, a in attrs["val"].items()}
-    res = {"run": str(run), "checkpoint": final.name, "short_side": args.short_side, "classes": sizes,
+    res = {"run": str(run), "checkpoint": final.name, "short_side": args.short_side, "features": args.features,
+           "classes": sizes,
            "chance": chance, "top1": {}}
     print(f"{'chance':>11}: " + "  ".join(f"{a} {v:5.1f} %" for a, v in chance.items()), flush=True)
 
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
                 for split, objs in objects.items():
                     sel = [np.arange(len(r.objects.labels)) for r in objs.images]
                     folder = extract_object_features(model, objs, sel, tmp, short_side=args.short_side,
-                                                     progress=False)
+                                                     features=args.features, progress=False)
                     f, lab = (torch.cat(t) for t in zip(*iter_shards(folder)))
                     # the images are one size, so the shards keep annotation order: check it
                     if not np.array_equal(lab.numpy(), attrs[split]["shape"]):

@@ -7,14 +7,14 @@ reads, at both scales, and prints trained - random init for each:
 
     python train/diagnose_oknn_read.py --runs-dir runs/mini --seed 0
 
-Results are stored in ``--out`` as they finish (a rerun skips what is there).
+The scenes and the random init are the run's own (its checkpoint's recipe). Results are stored in
+``--out`` as they finish (a rerun skips what is there).
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
@@ -32,10 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="oknn_read.json")
     args = p.parse_args(argv)
 
-    recipe = yaml.safe_load((ladder.RECIPES / "d3ssl.yaml").read_text())
-    scenes = get_scene_dataset(SceneConfig.from_source(recipe["dataset"]["source"]))
     run = Path(args.runs_dir) / f"{args.rung}_s{args.seed}"
-    final, _ = ladder.final_checkpoint(run, f"; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
+    final, recipe = ladder.final_checkpoint(run, f"; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
+    # The run's own recipe: its scene set (the coloured one or the cue-free twin) and its model's init.
+    scenes = get_scene_dataset(SceneConfig.from_source(recipe["dataset"]["source"]))
     models = {"random init": ladder.initial_backbone(recipe, args.seed),
               "trained": ladder.backbone_from_checkpoint(final)}
     out = Path(args.out)

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         for side in args.sides:
             row = []
             for name, model in models.items():
-                key = f"{args.rung}/s{args.seed}/{final.name}/{name}/{features}/{side}"
+                # keyed by the run folder, so one --out can hold many runs' reads
+                key = f"{run.as_posix()}/{final.name}/{name}/{features}/{side}"
                 if key not in res:
                     res[key] = run_oknn(model, scenes.train_ann, scenes.train_images, scenes.val_ann,
                                         scenes.val_images, short_side=side, seed=args.seed, progress=False,

@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset  # noqa: E402

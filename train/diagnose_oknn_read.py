@@ -8,17 +8,59 @@ reads, at both scales, and prints trained - random init for each:
     python train/diagnose_oknn_read.py --runs-dir runs/mini --seed 0
 
 The scenes and the random init are the run's own (its checkpoint's recipe). Results are stored in
-``--out`` as they finish (a rerun skips what is there).
+``--out`` as they finish (a rerun skips what is there). ``--all-checkpoints`` reads every checkpoint
+the run kept, to see whether a read rises with training.
+
+``--bn precise`` (or ``precise-res5``) reads each model again after recomputing its BatchNorm running
+statistics (detectron2's PreciseBN) over whole images of the unlabelled pre-training split at the
+read's short side, every BN (or res5's only): pre-training runs res5 on RoI features only, so the
+statistics the checkpoint carries for res5 were never measured on the full-image C5 map that O-KNN
+reads. No label enters the recalibration.
 """
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
+from d3ssl_zoo.data import load_rgb  # noqa: E402
+from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset  # noqa: E402
+from d3ssl_zoo.detection.finetune import precise_bn  # noqa: E402
+from d3ssl_zoo.evaluation.features import model_mean_std, stage_maps  # noqa: E402
+from d3ssl_zoo.evaluation.objects import resized_size, to_tensor  # noqa: E402
 from d3ssl_zoo.evaluation.oknn import run_oknn  # noqa: E402
+
+BN_MODES = ("checkpoint", "precise", "precise-res5")
+
+
+def recalibrated(model: torch.nn.Module, images_dir: Path, mode: str, side: int, num_images: int, seed: int,
+                 batch_size: int = 32) -> torch.nn.Module:
+    """A copy of ``model`` whose BN running statistics (all, or res5's for ``precise-res5``) are the
+    average over ``num_images`` pre-training images (drawn with ``seed``) resized to ``side`` short side."""
+    files = sorted(images_dir.glob("*.png"))
+    if len(files) < num_images:
+        raise SystemExit(f"--bn-images {num_images}: {images_dir} holds only {len(files)} images; use at most that")
+    pick = np.random.default_rng(seed).choice(len(files), num_images, replace=False)
+    model = copy.deepcopy(model).eval()
+    mean, std = model_mean_std(model)
+    by_size = {}  # batches of equal-size images, as the read itself forms them
+    for i in pick:
+        img = load_rgb(files[i])
+        h, w = resized_size(*img.shape[:2], side)
+        by_size.setdefault((h, w), []).append(to_tensor(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR),
+                                                        mean, std))
+    batches = [torch.stack(group[j:j + batch_size]) for group in by_size.values()
+               for j in range(0, len(group), batch_size)]
+    target = model if mode == "precise" else model.layer4
+    precise_bn(target, batches, len(batches), run=lambda x: stage_maps(model, x, ("layer4",)))
+    return model.eval()
 
 
 def main(argv=None) -> int:
@@ -28,6 +70,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--roi-size", type=int, default=7, help="the recipe's method.roi_size (mini: 7)")
     p.add_argument("--sides", type=int, nargs="+", default=[128, 256], help="O-KNN short sides")
+    p.add_argument("--bn", default="checkpoint", choices=BN_MODES,
+                   help="BN statistics of the read: the checkpoint's (O-KNN's), or recomputed over whole pre-training "
+                        "images at the read's side for every BN (precise) or res5's only (precise-res5)")
+    p.add_argument("--bn-images", type=int, default=512, help="pre-training images that --bn precise* averages over")
+    p.add_argument("--features", nargs="+", default=None,
+                   help="reads to run (default: c5 and c4_head:<--roi-size>)")
+    p.add_argument("--all-checkpoints", action="store_true",
+                   help="read every checkpoint of the run (does the read rise with training?), not only the last")
     p.add_argument("--out", default="oknn_read.json")
     args = p.parse_args(argv)
 
@@ -35,24 +85,41 @@ def main(argv=None) -> int:
     final, recipe = ladder.final_checkpoint(run, f"; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
     # The run's own recipe: its scene set (the coloured one or the cue-free twin) and its model's init.
     scenes = get_scene_dataset(SceneConfig.from_source(recipe["dataset"]["source"]))
-    models = {"random init": ladder.initial_backbone(recipe, args.seed),
-              "trained": ladder.backbone_from_checkpoint(final)}
+    ckpts = sorted(list_checkpoints(run), key=ladder.checkpoint_step) if args.all_checkpoints else [final]
+    # (name, checkpoint): the random init is one model, keyed under the last checkpoint as before
+    targets = [("random init", final)] + [("trained", c) for c in ckpts]
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.is_file() else {}
-    for features in ("c5", f"c4_head:{args.roi_size}"):
+    bn = "" if args.bn == "checkpoint" else f"/bn={args.bn}:{args.bn_images}"
+    models = {}  # (name, checkpoint) -> model, built on first need
+    reads = {}  # (name, checkpoint, side) -> the model as read at that side
+
+    def model_at(name: str, ckpt: Path, side: int) -> torch.nn.Module:
+        if (name, ckpt) not in models:
+            models[name, ckpt] = (ladder.initial_backbone(recipe, args.seed) if name == "random init"
+                                  else ladder.backbone_from_checkpoint(ckpt))
+        if args.bn == "checkpoint":
+            return models[name, ckpt]
+        if (name, ckpt, side) not in reads:
+            reads[name, ckpt, side] = recalibrated(models[name, ckpt], scenes.images_dir, args.bn, side,
+                                                   args.bn_images, args.seed)
+        return reads[name, ckpt, side]
+
+    for features in args.features or ("c5", f"c4_head:{args.roi_size}"):
         for side in args.sides:
             row = []
-            for name, model in models.items():
+            for name, ckpt in targets:
                 # keyed by the run folder, so one --out can hold many runs' reads
-                key = f"{run.as_posix()}/{final.name}/{name}/{features}/{side}"
+                key = f"{run.as_posix()}/{ckpt.name}/{name}/{features}/{side}{bn}"
                 if key not in res:
-                    res[key] = run_oknn(model, scenes.train_ann, scenes.train_images, scenes.val_ann,
-                                        scenes.val_images, short_side=side, seed=args.seed, progress=False,
-                                        features=features)["top1"]
+                    res[key] = run_oknn(model_at(name, ckpt, side), scenes.train_ann, scenes.train_images,
+                                        scenes.val_ann, scenes.val_images, short_side=side, seed=args.seed,
+                                        progress=False, features=features)["top1"]
                     out.write_text(json.dumps(res, indent=1, sort_keys=True))
                 row.append(res[key])
-            print(f"{features:>10} at {side:4d} px: random init {row[0]:5.1f} %  trained {row[1]:5.1f} %  "
-                  f"trained - random {row[1] - row[0]:+5.1f} points", flush=True)
+            steps = "  ".join(f"step {ladder.checkpoint_step(c)} {r:5.1f} % ({r - row[0]:+5.1f})"
+                              for c, r in zip(ckpts, row[1:]))
+            print(f"{features:>10}{bn} at {side:4d} px: random init {row[0]:5.1f} %  trained {steps}", flush=True)
     return 0
 
 

@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
 from d3ssl_zoo.data import load_rgb  # noqa: E402
-from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
-from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset  # noqa: E402
+from d3ssl_zoo.data.scenes import SceneConfig, SceneDataset, get_scene_dataset  # noqa: E402
 from d3ssl_zoo.detection.finetune import precise_bn  # noqa: E402
+from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
 from d3ssl_zoo.evaluation.features import model_mean_std, stage_maps  # noqa: E402
 from d3ssl_zoo.evaluation.objects import resized_size, to_tensor  # noqa: E402
 from d3ssl_zoo.evaluation.oknn import run_oknn  # noqa: E402
@@ -40,13 +40,14 @@ from d3ssl_zoo.evaluation.oknn import run_oknn  # noqa: E402
 BN_MODES = ("checkpoint", "precise", "precise-res5")
 
 
-def recalibrated(model: torch.nn.Module, images_dir: Path, mode: str, side: int, num_images: int, seed: int,
+def recalibrated(model: torch.nn.Module, scenes: SceneDataset, mode: str, side: int, num_images: int, seed: int,
                  batch_size: int = 32) -> torch.nn.Module:
     """A copy of ``model`` whose BN running statistics (all, or res5's for ``precise-res5``) are the
     average over ``num_images`` pre-training images (drawn with ``seed``) resized to ``side`` short side."""
-    files = sorted(images_dir.glob("*.png"))
+    files = [scenes.images_dir / im["file_name"] for im in json.loads(scenes.pretrain_ann.read_text())["images"]]
     if len(files) < num_images:
-        raise SystemExit(f"--bn-images {num_images}: {images_dir} holds only {len(files)} images; use at most that")
+        raise SystemExit(f"--bn-images {num_images}: {scenes.pretrain_ann} lists only {len(files)} images; "
+                         f"use at most that")
     pick = np.random.default_rng(seed).choice(len(files), num_images, replace=False)
     model = copy.deepcopy(model).eval()
     mean, std = model_mean_std(model)
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         if args.bn == "checkpoint":
             return models[name, ckpt]
         if (name, ckpt, side) not in reads:
-            reads[name, ckpt, side] = recalibrated(models[name, ckpt], scenes.images_dir, args.bn, side,
+            reads[name, ckpt, side] = recalibrated(models[name, ckpt], scenes, args.bn, side,
                                                    args.bn_images, args.seed)
         return reads[name, ckpt, side]
 

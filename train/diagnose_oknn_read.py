@@ -23,42 +23,43 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
-from d3ssl_zoo.data import load_rgb  # noqa: E402
+from d3ssl_zoo.data.coco_json import coco_records  # noqa: E402
 from d3ssl_zoo.data.scenes import SceneConfig, SceneDataset, get_scene_dataset  # noqa: E402
 from d3ssl_zoo.detection.finetune import precise_bn  # noqa: E402
 from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
 from d3ssl_zoo.evaluation.features import model_mean_std, stage_maps  # noqa: E402
-from d3ssl_zoo.evaluation.objects import resized_size, to_tensor  # noqa: E402
+from d3ssl_zoo.evaluation.objects import read_image, resized_size, to_tensor  # noqa: E402
 from d3ssl_zoo.evaluation.oknn import run_oknn  # noqa: E402
 
 BN_MODES = ("checkpoint", "precise", "precise-res5")
 
 
-def recalibrated(model: torch.nn.Module, scenes: SceneDataset, mode: str, side: int, num_images: int, seed: int,
-                 batch_size: int = 32) -> torch.nn.Module:
-    """A copy of ``model`` whose BN running statistics (all, or res5's for ``precise-res5``) are the
-    average over ``num_images`` pre-training images (drawn with ``seed``) resized to ``side`` short side."""
-    files = [scenes.images_dir / im["file_name"] for im in json.loads(scenes.pretrain_ann.read_text())["images"]]
-    if len(files) < num_images:
-        raise SystemExit(f"--bn-images {num_images}: {scenes.pretrain_ann} lists only {len(files)} images; "
+def recalibration_batches(scenes: SceneDataset, side: int, num_images: int, seed: int, mean, std,
+                          batch_size: int = 32) -> list[torch.Tensor]:
+    """``num_images`` pre-training images (drawn with ``seed``) at ``side`` short side, read as O-KNN reads
+    its images (normalised by ``mean``/``std``) and batched by size: what ``--bn precise*`` averages BN
+    statistics over."""
+    records = coco_records(scenes.pretrain_ann, scenes.images_dir)
+    if len(records) < num_images:
+        raise SystemExit(f"--bn-images {num_images}: {scenes.pretrain_ann} lists only {len(records)} images; "
                          f"use at most that")
-    pick = np.random.default_rng(seed).choice(len(files), num_images, replace=False)
+    by_size = {}
+    for i in np.random.default_rng(seed).choice(len(records), num_images, replace=False):
+        size = resized_size(records[i].height, records[i].width, side)
+        by_size.setdefault(size, []).append(records[i])
+    return [torch.stack([to_tensor(read_image(r, size), mean, std) for r in group[j:j + batch_size]])
+            for size, group in by_size.items() for j in range(0, len(group), batch_size)]
+
+
+def recalibrated(model: torch.nn.Module, batches: list[torch.Tensor], mode: str) -> torch.nn.Module:
+    """A copy of ``model`` whose BN running statistics (all, or res5's for ``precise-res5``) are their
+    average over ``batches``."""
     model = copy.deepcopy(model).eval()
-    mean, std = model_mean_std(model)
-    by_size = {}  # batches of equal-size images, as the read itself forms them
-    for i in pick:
-        img = load_rgb(files[i])
-        h, w = resized_size(*img.shape[:2], side)
-        by_size.setdefault((h, w), []).append(to_tensor(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR),
-                                                        mean, std))
-    batches = [torch.stack(group[j:j + batch_size]) for group in by_size.values()
-               for j in range(0, len(group), batch_size)]
     target = model if mode == "precise" else model.layer4
     precise_bn(target, batches, len(batches), run=lambda x: stage_maps(model, x, ("layer4",)))
     return model.eval()
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
     bn = "" if args.bn == "checkpoint" else f"/bn={args.bn}:{args.bn_images}"
     models = {}  # (name, checkpoint) -> model, built on first need
     reads = {}  # (name, checkpoint, side) -> the model as read at that side
+    images = {}  # (side, mean, std) -> the recalibration batches, decoded once for every model
 
     def model_at(name: str, ckpt: Path, side: int) -> torch.nn.Module:
         if (name, ckpt) not in models:
@@ -102,8 +104,10 @@ def main(argv=None) -> int:
         if args.bn == "checkpoint":
             return models[name, ckpt]
         if (name, ckpt, side) not in reads:
-            reads[name, ckpt, side] = recalibrated(models[name, ckpt], scenes, args.bn, side,
-                                                   args.bn_images, args.seed)
+            norm = model_mean_std(models[name, ckpt])
+            if (side, *norm) not in images:
+                images[side, *norm] = recalibration_batches(scenes, side, args.bn_images, args.seed, *norm)
+            reads[name, ckpt, side] = recalibrated(models[name, ckpt], images[side, *norm], args.bn)
         return reads[name, ckpt, side]
 
     for features in args.features or ("c5", f"c4_head:{args.roi_size}"):

@@ -117,8 +117,14 @@ def test_recipes_state_only_what_differs_from_their_base(tmp_path, capsys):
     assert "  dp_proposals: 1  # d3ssl_dp1.yaml:" in out and "  image_size: 128  # d3ssl.yaml:" in out
     # a base that is missing, or a cycle, names the files
     (tmp_path / "a.yaml").write_text("base: b\ntag: x\n")
-    with pytest.raises(FileNotFoundError, match=r"a.yaml: its base 'b' .*b.yaml\) does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"a.yaml: its base 'b' is neither .*b.yaml nor a recipe shipped"):
         load_recipe(tmp_path / "a.yaml")
+    # a recipe outside the package names a packaged one as its base; a file beside it wins over the package
+    (tmp_path / "mine.yaml").write_text("base: demo\ntrain:\n  epochs: 3\n")
+    mine, demo = load_recipe(tmp_path / "mine.yaml"), load_recipe(RECIPES / "demo.yaml")
+    assert mine.train.epochs == 3 and mine.tag == demo.tag and mine.data == demo.data
+    (tmp_path / "demo.yaml").write_text("tag: local\n")
+    assert load_recipe(tmp_path / "mine.yaml").tag == "local"
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match=r"recipe bases form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
         load_recipe(tmp_path / "a.yaml")

@@ -312,8 +312,9 @@ def _leaves(d: Mapping[str, Any], prefix: str = ""):
 def resolve_recipe_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
     """A recipe file with its ``base:`` chain merged: ``(recipe dict, {dotted key: file that set it})``.
 
-    ``base: <name>`` names another recipe relative to the file's folder (``.yaml`` may be left out,
-    e.g. ``base: d3ssl_r50c4.coco_800ep`` or ``base: mini/d3ssl``); the file states only what
+    ``base: <name>`` names another recipe relative to the file's folder, or else one shipped with
+    the package (``.yaml`` may be left out, e.g. ``base: d3ssl_r50c4.coco_800ep`` or, from a recipe
+    outside the package, ``base: demo``); the file states only what
     differs from it, and each value's source comment lives once, in the file that sets it.
     """
     path = Path(path)
@@ -324,9 +325,17 @@ def resolve_recipe_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> tupl
     if base is not None:
         if not isinstance(base, str) or not base:
             raise ValueError(f"recipe file {path}: base must be the name of another recipe, got {base!r}")
-        base_path = path.parent / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
-        if not base_path.is_file():
-            raise FileNotFoundError(f"recipe file {path}: its base {base!r} ({base_path}) does not exist")
+        name = base if base.endswith((".yaml", ".yml")) else f"{base}.yaml"
+        base_path = path.parent / name
+        if not base_path.is_file():  # a recipe shipped with the package, e.g. ``base: demo``
+            from d3ssl_zoo.tags import recipes_dir
+
+            packaged = recipes_dir() / name
+            if not packaged.is_file():
+                raise FileNotFoundError(f"recipe file {path}: its base {base!r} is neither {base_path} nor a "
+                                        f"recipe shipped with the package ({packaged}); name a file relative to "
+                                        f"{path.parent} or a packaged recipe (d3ssl-zoo list)")
+            base_path = packaged
         chain = _chain + (path.resolve(),)
         if base_path.resolve() in chain:
             raise ValueError("recipe bases form a cycle: " + " -> ".join(str(p) for p in chain + (base_path,)))

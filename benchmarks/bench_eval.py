@@ -1,4 +1,4 @@
-"""Benchmarks of the diagnostics (issue 5), measured side by side in one run; prints ratios.
+"""Benchmarks of the diagnostics (O-KNN, MCS, coupling rate), measured side by side in one run; prints ratios.
 
 1. O-KNN wall time (reading, resizing, extraction, cache, kNN) vs. pure feature extraction of
    the same boxes from images already in memory (target <= 1.15x).

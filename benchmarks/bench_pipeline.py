@@ -1,4 +1,4 @@
-"""Data pipeline speed, measured side by side on the same images (issue 10.6 and issue 3 targets in brackets).
+"""Data pipeline speed, measured side by side on the same images (targets in brackets).
 
 1. Per-sample CPU cost, one thread (as a data worker runs), of a full sample of the R50 recipes'
    views (d3ssl_r50c4.coco_800ep: x1, x2 224 px, x2-s 112 px) through the dataset's own path
@@ -252,7 +252,8 @@ def main():
     load_after = os.getloadavg()
     per_core = 1 / full
     lo, hi = ASSUMED_GPU_IMAGES_PER_S
-    print(f"images: {len(records)} from {folder if args.images else 'scikit-image photos at COCO sizes 640x480 / 640x427 (JPEG)'}; "
+    where = folder if args.images else "scikit-image photos at COCO sizes 640x480 / 640x427 (JPEG)"
+    print(f"images: {len(records)} from {where}; "
           f"views of {RECIPE}: {cfg.image_size}/{cfg.image_size}/{cfg.small_size} px")
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {os.cpu_count()} cores: "
           f"{'NOT idle, ratios below are lower bounds' if max(load_before[0], load_after[0]) > 0.5 else 'idle'}")

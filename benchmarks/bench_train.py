@@ -1,4 +1,4 @@
-"""Step-time breakdown of D3SSL pre-training (issue 4, item 8).
+"""Step-time breakdown of D3SSL pre-training.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py                      # small CPU config (ResNet-18-C4, 96 px)
     python benchmarks/bench_train.py --arch d3ssl_r50c4 --image-size 224 --batch-size 64 --precision bf16  # on a GPU

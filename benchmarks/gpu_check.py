@@ -1,4 +1,4 @@
-"""One-GPU check of the R50-C4 pre-training recipes before anyone pays for a run (issue 10, item 8).
+"""One-GPU check of the R50-C4 pre-training recipes before anyone pays for a run.
 
     python benchmarks/gpu_check.py                                # one GPU; planned to take under 8 minutes
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json      # where the JSON goes (default runs/gpu_check.json)
@@ -7,8 +7,8 @@
     python benchmarks/gpu_check.py dataset.source=/data/coco/annotations/instances_train2017.json \
         dataset.proposals=/data/coco/proposals_train2017.safetensors       # key=value recipe overrides
 
-Not yet run on a GPU: the sessions that wrote it had none, so its numbers are pending. Without CUDA
-it stops with an error unless ``--device cpu`` is asked for explicitly.
+Its GPU numbers are pending (docs/benchmarks.md). Without CUDA it stops with an error unless
+``--device cpu`` is asked for explicitly.
 
 The methods are built as training builds them: the shipped recipes ``d3ssl_r50c4.coco_800ep`` and
 ``soco_r50c4.coco_800ep`` read with the engine's recipe loader, ``build_method``, LARS with the

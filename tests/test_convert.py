@@ -1,4 +1,4 @@
-"""Converters in (SPEC §4): fake checkpoints in each official layout, mapped tensor by tensor."""
+"""Converters in (docs/transfer.md): fake checkpoints in each official layout, mapped tensor by tensor."""
 import argparse
 
 import pytest

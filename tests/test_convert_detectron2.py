@@ -1,4 +1,4 @@
-"""Export (SPEC §4): detectron2 C4 pickle and configs, torchvision and mmdet files, round trips."""
+"""Export (docs/transfer.md): detectron2 C4 pickle and configs, torchvision and mmdet files, round trips."""
 import argparse
 import pickle
 from pathlib import Path

@@ -255,7 +255,7 @@ def test_coco_source_finds_images_folder(tmp_path):
 
 
 def test_sample_dataset_is_built_once_and_usable(tmp_path):
-    ds = get_sample_dataset()  # the session's cache (tests/conftest.py sets D3SSL_ZOO_CACHE)
+    ds = get_sample_dataset()  # the test run's cache (tests/conftest.py sets D3SSL_ZOO_CACHE)
     assert get_sample_dataset() == ds  # idempotent
     pre = json.loads(ds.pretrain_ann.read_text())
     names = [im["file_name"] for im in pre["images"]]

@@ -151,10 +151,10 @@ def test_composite_pastes_shifted_foreground_on_background():
         composite_depositioned(x2, m[:1], x_b, m_hat, t)
 
 
-# --- the fast implementations against straightforward references (issue 10.6: same draws, same pixels) ---
+# --- the fast implementations against straightforward references: same draws, same pixels ---
 
 def prc_cutouts_reference(boxes, height, width, rng, side_range=(0.2, 0.5), max_cover=0.5, area_reading=False):
-    """PRC as first written: one full plane per proposal, every smaller proposal's coverage counted."""
+    """PRC written plainly: one full plane per proposal, every smaller proposal's coverage counted."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     parts = np.zeros((boxes.shape[0], height, width), dtype=bool)
     cut = np.zeros((height, width), dtype=bool)

@@ -316,8 +316,8 @@ def test_config_errors_name_the_problem():
     assert PretrainDataConfig.from_dict(dataclasses.asdict(c)) == c
 
 
-# --- the colour ops against straightforward references (issue 10.6: same draws; same pixels, or within
-# the documented tolerance where a faster primitive rounds differently) ---
+# --- the colour ops against straightforward references: same draws; same pixels, or within the
+# documented tolerance where a faster primitive rounds differently ---
 
 def photo_like(seed, size=96):
     """A smooth colour image with edges and noise (blur and hue act on both)."""

@@ -4,16 +4,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from accelerate import Accelerator
-from PIL import Image
 from torch import nn
 
 import d3ssl_zoo
-from d3ssl_zoo.data.proposal_store import ProposalEntry, write_proposal_file
 from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, list_checkpoints, load_recipe, train,
                               valid_keys)
@@ -31,39 +28,14 @@ sys.path.insert(0, str(ROOT / "train"))
 import pretrain  # noqa: E402  (train/ is a scripts folder, not a package)
 
 
-def make_tiny_source(root: Path, num_images: int = 8, size=(96, 80)) -> tuple[Path, Path]:
-    """An image folder of ``num_images`` small random-texture images and a proposal file for it."""
-    images = root / "images"
-    images.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    entries = []
-    w, h = size
-    for i in range(num_images):
-        img = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
-        Image.fromarray(img).resize((w, h), Image.NEAREST).save(images / f"img{i}.png")
-        boxes = np.array([[4, 4, 52, 60], [30, 10, 90, 70], [10, 30, 60, 78]], np.float32)
-        entries.append(ProposalEntry(i, f"img{i}.png", w, h, 0, boxes))
-    proposals = root / "proposals.safetensors"
-    write_proposal_file(proposals, entries, mode="fast", resize_long=None)
-    return images, proposals
-
-
-def tiny_overrides(images: Path, proposals: Path) -> list[str]:
-    return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
-            "data.small_size=32", "data.num_proposals=2", "method.proj_hidden_dim=32", "method.proj_dim=16",
-            "method.pred_hidden_dim=32", "method.queue_size=48", "train.global_batch=null",
-            "train.batch_size=2", "train.epochs=1",
-            "train.num_workers=0", "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1",
-            "train.keep_last=2", "optim.warmup_epochs=0.5", "optim.base_lr=4.0"]
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_source(tmp_path_factory.mktemp("tiny"))
+def tiny(tmp_path_factory, make_tiny_source, tiny_overrides):
+    """The overrides that run the demo recipe, shrunk, on a tiny source of 8 images (4 steps)."""
+    return tiny_overrides(*make_tiny_source(tmp_path_factory.mktemp("tiny")))
 
 
 def tiny_recipe(tiny, *extra):
-    return load_recipe(RECIPES / "demo.yaml", tiny_overrides(*tiny) + list(extra))
+    return load_recipe(RECIPES / "demo.yaml", tiny + list(extra))
 
 
 def method_state(method):
@@ -97,7 +69,7 @@ def test_every_tag_has_a_complete_commented_recipe():
 
 
 def test_recipes_state_only_what_differs_from_their_base(tmp_path, capsys):
-    # every derived recipe is a base: plus a few keys (issue 12, item 1)
+    # every derived recipe is a base: plus a few keys
     for path in [*RECIPES.glob("*.yaml"), *RECIPES.glob("mini/*.yaml")]:
         raw = yaml.safe_load(path.read_text())
         if path.stem.startswith("det_") or path.stem in ("d3ssl_r50c4.coco_800ep", "d3ssl"):
@@ -208,7 +180,7 @@ def test_override_values_are_typed():
         load_recipe(RECIPES / "demo.yaml", ["method.name=soco"])
 
 
-# --- the loop ----------------------------------------------------------------------------------------------------------
+# --- the loop ---------------------------------------------------------------------------------------------------------
 
 class Killed(Exception):
     """Stands for the process being killed right after a checkpoint was written."""
@@ -283,7 +255,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny, tmp_path, m
 
 def test_pretrain_refuses_to_mix_runs(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--output-dir", str(out), "--no-eval"] + tiny_overrides(*tiny) + ["train.checkpoint_every=100"]
+    args = ["--output-dir", str(out), "--no-eval"] + tiny + ["train.checkpoint_every=100"]
     assert pretrain.main(args) == 0
     assert "pretrained_cfg_overlay=dict(file=" in capsys.readouterr().out
     assert pretrain.main(args + ["--resume", "none"]) == 1
@@ -293,7 +265,7 @@ def test_pretrain_refuses_to_mix_runs(tiny, tmp_path, capsys):
 
 
 def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
-    recipe = load_recipe(RECIPES / "soco_r50c4.oimini_200ep_d3aug.yaml", tiny_overrides(*tiny) + [
+    recipe = load_recipe(RECIPES / "soco_r50c4.oimini_200ep_d3aug.yaml", tiny + [
         "model.name=d3ssl_r18c4", "train.checkpoint_every=100",
         "train.mixed_precision=no"])  # Accelerate fixes the precision once per process
     result = train(recipe, tmp_path / "soco")
@@ -315,7 +287,7 @@ def test_the_recipes_padding_mode_reaches_the_trained_model_its_export_and_the_l
 
 
 def test_demo_on_scenes_reports_oknn_against_random_init(tmp_path, capsys):
-    # the README's first command on a tiny scene set: trains, exports, then O-KNN random init vs trained
+    # the demo command on a tiny scene set: trains, exports, then O-KNN random init vs trained
     source = "scenes:num_pretrain=8,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=2"
     args = ["--output-dir", str(tmp_path / "demo"), "--eval-short-side", "96", f"dataset.source={source}",
             "data.image_size=64", "data.small_size=32", "method.roi_size=4", "method.roi_size_small=2",

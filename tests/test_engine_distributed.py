@@ -1,8 +1,8 @@
 """Two processes on CPU (gloo) through ``accelerate launch``: the memory bank holds both processes'
-keys and the weights stay in sync (issue 4, item 4).
+keys and the weights stay in sync.
 
 Run by pytest, this file launches itself as the worker: ``accelerate launch --multi_gpu
---num_processes 2 tests/test_engine_distributed.py OUT IMAGES PROPOSALS``.
+--num_processes 2 tests/test_engine_distributed.py OUT KEY=VALUE...`` (the recipe overrides).
 """
 import os
 import socket
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -24,35 +25,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(out: Path, images: str, proposals: str) -> None:
+def worker(out: Path, overrides: list[str]) -> None:
     import torch.nn.functional as F
     from accelerate import PartialState
 
     from d3ssl_zoo.engine import load_recipe, train
     from d3ssl_zoo.method import RegionQueue
-    from test_engine import RECIPES, tiny_overrides
+    from d3ssl_zoo.tags import recipes_dir
 
     torch.set_num_threads(1)
     state = PartialState(cpu=True)  # this machine has no GPU: gloo on CPU
     rank = state.process_index
     queue = RegionQueue(size=8, dim=4, seed=0)
     queue.enqueue(F.normalize(torch.eye(4)[2 * rank: 2 * rank + 2], dim=1))  # rank 0: e0, e1; rank 1: e2, e3
-    recipe = load_recipe(RECIPES / "demo.yaml", tiny_overrides(Path(images), Path(proposals)))
+    recipe = load_recipe(recipes_dir() / "demo.yaml", overrides)
     result = train(recipe, out / "run")
     weights = {k: v.contiguous() for k, v in result.method.state_dict().items() if not k.endswith(_PER_PROCESS)}
     save_file({**weights, "unit_queue.keys": queue.keys, "unit_queue.ptr": queue.ptr},
               str(out / f"rank{rank}.safetensors"))
 
 
-def test_two_processes_share_queue_and_weights(tmp_path):
-    from test_engine import make_tiny_source
-
+@pytest.mark.slow
+def test_two_processes_share_queue_and_weights(tmp_path, make_tiny_source, tiny_overrides):
     images, proposals = make_tiny_source(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), __file__, str(tmp_path), str(images), str(proposals)]
+           "--main_process_port", str(_free_port()), __file__, str(tmp_path), *tiny_overrides(images, proposals)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
@@ -70,4 +70,4 @@ def test_two_processes_share_queue_and_weights(tmp_path):
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    worker(Path(sys.argv[1]), sys.argv[2:])

@@ -1,5 +1,5 @@
 """Exact resume, failure handling and the global batch through the user's path: ``accelerate launch train/pretrain.py``
-in real processes (issue 10, items 1-3).
+in real processes.
 
 A run relaunched from a copy of one of its checkpoints (what a kill leaves behind) must end
 bit-identical to the uninterrupted run, whether the checkpoint lies inside epoch 0, on an epoch
@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_engine import make_tiny_source
+from d3ssl_zoo.tags import recipes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "train" / "pretrain.py"
+RECIPES = recipes_dir()
 
 
 def _free_port() -> int:
@@ -73,7 +74,7 @@ def _differing(a: Path, b: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
+def source(tmp_path_factory, make_tiny_source):
     return make_tiny_source(tmp_path_factory.mktemp("resume_data"))
 
 
@@ -109,7 +110,7 @@ def test_relaunch_from_a_checkpoint_equals_the_uninterrupted_run(source, tmp_pat
     assert (state["global_batch"], state["num_processes"], state["accumulation"]) == (4, nproc, 2 // nproc)
 
 
-def test_a_failing_process_ends_the_job_promptly_with_its_error(tmp_path):
+def test_a_failing_process_ends_the_job_promptly_with_its_error(tmp_path, make_tiny_source):
     # one image is unreadable: only the process whose shard holds it fails; the launcher must return
     # non-zero with the error, not wait for the collective timeout (30 min with gloo)
     images, proposals = make_tiny_source(tmp_path / "data")
@@ -119,7 +120,7 @@ def test_a_failing_process_ends_the_job_promptly_with_its_error(tmp_path):
     assert "img5.png" in proc.stderr
 
 
-# --- the global batch (issue 10, item 3) --------------------------------------------------------------------------
+# --- the global batch -----------------------------------------------------------------------------------------------
 
 def test_accumulation_reaches_the_recipes_global_batch_or_names_the_fix():
     from d3ssl_zoo.engine import accumulation_steps
@@ -141,7 +142,6 @@ def test_accumulation_reaches_the_recipes_global_batch_or_names_the_fix():
 def test_accumulated_steps_update_once_per_global_batch(source, tmp_path, monkeypatch):
     from d3ssl_zoo.engine import load_recipe, train
     from d3ssl_zoo.method import D3SSL, LARS
-    from test_engine import RECIPES
 
     counts = {"forward": 0, "step": 0, "ema": 0}
     for cls, name, key in ((D3SSL, "forward", "forward"), (LARS, "step", "step"), (D3SSL, "momentum_update", "ema")):
@@ -167,7 +167,6 @@ def test_teacher_ema_skips_the_steps_the_fp16_scaler_skipped(source, tmp_path, m
 
     from d3ssl_zoo.engine import load_recipe, train
     from d3ssl_zoo.method import D3SSL
-    from test_engine import RECIPES
 
     verdicts = iter([False, True, False, True])
     monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: next(verdicts)))

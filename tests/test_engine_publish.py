@@ -10,19 +10,20 @@ import yaml
 
 import d3ssl_zoo
 from d3ssl_zoo.engine import load_recipe, train
-from d3ssl_zoo.tags import get_tag
+from d3ssl_zoo.tags import get_tag, recipes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 import publish  # noqa: E402
-from test_engine import RECIPES, make_tiny_source, tiny_overrides  # noqa: E402
+
+RECIPES = recipes_dir()
 
 TAG = "d3ssl_r50c4.coco_800ep"
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
 @pytest.fixture(scope="module")
-def r50_run(tmp_path_factory):
+def r50_run(tmp_path_factory, make_tiny_source, tiny_overrides):
     """Two steps of a ResNet-50-C4 run on four tiny images (the architecture of the published tag)."""
     root = tmp_path_factory.mktemp("publish")
     images, proposals = make_tiny_source(root / "data", num_images=4)

@@ -5,11 +5,10 @@ import os
 import pytest
 
 from d3ssl_zoo.cli import main
-from test_eval_oknn import write_coco
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, write_coco):
     root = tmp_path_factory.mktemp("coco")
     train = write_coco(root, "train", 6, hw=(64, 96), seed=0)
     val = write_coco(root, "val", 3, hw=(64, 96), seed=1)

@@ -10,7 +10,6 @@ from d3ssl_zoo.evaluation.coupling import (compose_pair, coupling_rate, pair_cou
                                            run_coupling, sample_pairs)
 from d3ssl_zoo.evaluation.mcs import positional_mcs, run_mcs, tile_3x3
 from d3ssl_zoo.evaluation.plots import format_table, oknn_table, plot_per_stage, stage_table
-from test_eval_oknn import write_coco
 
 
 class StageNet(nn.Module):
@@ -144,7 +143,7 @@ def test_sample_pairs_have_different_classes():
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
+def split(tmp_path_factory, write_coco):
     return write_coco(tmp_path_factory.mktemp("coco"), "val", 4, hw=(96, 128), seed=3)
 
 

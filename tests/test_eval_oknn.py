@@ -14,36 +14,8 @@ from d3ssl_zoo.evaluation.oknn import (disturb, extract_object_features, iter_sh
                                        replacement_indices, run_oknn, select_bank_objects,
                                        topk_accuracy, weighted_vote)
 
-COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
-
-
-def write_coco(root, name="train", num_images=6, hw=(64, 96), seed=0, objects=(1, 3)):
-    """Tiny labelled split: noisy backgrounds with coloured, textured rectangles of 4 classes."""
-    rng = np.random.default_rng(seed)
-    img_dir = os.path.join(root, name)
-    os.makedirs(img_dir, exist_ok=True)
-    images, anns = [], []
-    for i in range(num_images):
-        h, w = hw if i % 2 == 0 else hw[::-1]
-        img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-        for _ in range(rng.integers(objects[0], objects[1] + 1)):
-            c = int(rng.integers(len(COLOURS)))
-            bw, bh = rng.integers(16, w // 2), rng.integers(16, h // 2)
-            x, y = rng.integers(0, w - bw), rng.integers(0, h - bh)
-            img[y:y + bh, x:x + bw] = np.array(COLOURS[c]) + rng.integers(0, 20, (bh, bw, 3))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c + 1, "iscrowd": 0,
-                         "bbox": [float(x), float(y), float(bw), float(bh)], "area": float(bw * bh)})
-        cv2.imwrite(os.path.join(img_dir, f"{i:04d}.png"), img[..., ::-1])
-        images.append({"id": i + 1, "file_name": f"{i:04d}.png", "width": w, "height": h})
-    cats = [{"id": c + 1, "name": f"class{c}"} for c in range(len(COLOURS))]
-    ann = os.path.join(root, f"{name}.json")
-    with open(ann, "w") as f:
-        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
-    return ann, img_dir
-
-
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
+def splits(tmp_path_factory, write_coco):
     root = tmp_path_factory.mktemp("coco")
     return write_coco(root, "train", 8, seed=0) + write_coco(root, "val", 4, seed=1)
 
@@ -121,7 +93,7 @@ def test_disturb_keeps_boxes_and_replaces_background():
     assert np.array_equal(disturb(img, np.zeros((0, 4)), img), img)
 
 
-def test_coco_reader_counts_skips_and_clips(tmp_path):
+def test_coco_reader_counts_skips_and_clips(tmp_path, write_coco):
     ann, img_dir = write_coco(tmp_path, "s", 3)
     d = json.load(open(ann))
     d["annotations"] += [
@@ -142,7 +114,7 @@ def test_coco_reader_counts_skips_and_clips(tmp_path):
     assert first.objects.boxes[:, 2].max() <= first.width and first.objects.boxes[:, 3].max() <= first.height
 
 
-def test_coco_reader_bad_inputs(tmp_path):
+def test_coco_reader_bad_inputs(tmp_path, write_coco):
     ann, img_dir = write_coco(tmp_path, "s", 2)
     d = json.load(open(ann))
     json.dump({"images": d["images"], "annotations": [], "categories": d["categories"]}, open(ann, "w"))
@@ -158,7 +130,7 @@ def test_coco_reader_bad_inputs(tmp_path):
         load_coco_objects(ann, tmp_path)
 
 
-def test_coco_reader_skips_and_counts_nan_and_string_boxes(tmp_path):
+def test_coco_reader_skips_and_counts_nan_and_string_boxes(tmp_path, write_coco):
     ann, img_dir = write_coco(tmp_path, "s", 3)
     d = json.load(open(ann))
     kept = len(d["annotations"])
@@ -171,7 +143,7 @@ def test_coco_reader_skips_and_counts_nan_and_string_boxes(tmp_path):
     assert objs.skips["invalid_annotations"] == 2 and objs.num_objects == kept
 
 
-def test_coco_reader_rejects_duplicate_image_ids_and_blames_the_json(tmp_path):
+def test_coco_reader_rejects_duplicate_image_ids_and_blames_the_json(tmp_path, write_coco):
     ann, img_dir = write_coco(tmp_path, "s", 3)
     d = json.load(open(ann))
     d["images"][2]["id"] = d["images"][0]["id"]
@@ -286,7 +258,7 @@ def test_run_oknn_end_to_end_and_cache_resume(splits, r18, tmp_path):
     assert d["metric"] == "disturbed_oknn" and 0 <= d["top1"] <= 100
 
 
-def test_run_oknn_bad_inputs(splits, r18, tmp_path):
+def test_run_oknn_bad_inputs(splits, r18, tmp_path, write_coco):
     with pytest.raises(ValueError, match="fewer than k=50"):
         run_oknn(r18, *splits, k=50, short_side=64, progress=False)
     with pytest.raises(ValueError, match="temperature > 0"):

@@ -1,11 +1,11 @@
-"""``d3ssl-zoo convert`` and ``d3ssl-zoo export``: checkpoints in and out of the zoo (SPEC §4)."""
+"""``d3ssl-zoo convert`` and ``d3ssl-zoo export``: checkpoints in and out of the zoo (docs/transfer.md)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .layouts import FORMATS, LAYOUTS, convert_checkpoint
 from .export import EXPORT_TARGETS, export_backbone
+from .layouts import FORMATS, LAYOUTS, convert_checkpoint
 
 __all__ = ["register"]
 

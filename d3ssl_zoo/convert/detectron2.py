@@ -1,4 +1,4 @@
-"""Export to detectron2's R50-C4 format and the matching configs (SPEC §4, paper §5 "Setting").
+"""Export to detectron2's R50-C4 format and the matching configs (paper §5 "Setting").
 
 The paper fine-tunes Faster R-CNN R50-C4 on VOC07+12 and Mask R-CNN R50-C4 1x on COCO following
 MoCo's protocol. This module writes what detectron2 needs for that:
@@ -133,7 +133,8 @@ def detectron2_r50c4_keys(depth: int = 50, *, extra_norm: bool = True,
     return keys
 
 
-def match_detectron2_keys(model_keys: Sequence[str], ckpt_keys: Sequence[str]) -> Tuple[Dict[str, str], List[str], List[str]]:
+def match_detectron2_keys(model_keys: Sequence[str],
+                          ckpt_keys: Sequence[str]) -> Tuple[Dict[str, str], List[str], List[str]]:
     """detectron2's loading heuristic: each model key takes the longest checkpoint key that is
     a whole-component suffix of it (``a == b`` or ``a.endswith("." + b)``).
 
@@ -208,7 +209,7 @@ def write_detectron2_config(task: str, path: PathLike, weights: str = "See expor
     t = DETECTRON2_TASKS[task]
     header = (
         f"# {t['title']}\n"
-        "# Written by d3ssl_zoo (SPEC §4). Train with MoCo's detection/train_net.py, which registers\n"
+        "# Written by d3ssl_zoo (docs/transfer.md). Train with MoCo's detection/train_net.py, which registers\n"
         "# Res5ROIHeadsExtraNorm (the extra BatchNorm after res5), e.g.\n"
         f"#   python train_net.py --config-file {Path(path).name} --num-gpus 8\n"
         "# STRIDE_IN_1X1 False and RGB / 0-255 ImageNet mean-std are required by these weights\n"

@@ -1,4 +1,4 @@
-"""Export a zoo backbone for other detection codebases (SPEC §4): detectron2, torchvision, mmdet.
+"""Export a zoo backbone for other detection codebases (docs/transfer.md): detectron2, torchvision, mmdet.
 
 * ``detectron2``: the C4 pickle of ``detectron2.py`` plus the two ready configs (VOC07+12
   Faster R-CNN R50-C4 24k, COCO Mask R-CNN R50-C4 1x) next to it, pointing at it.
@@ -16,8 +16,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import Tensor
 
-from .foreign import BACKBONE_KEY, PathLike
 from .detectron2 import DETECTRON2_TASKS, detectron2_export_check, write_detectron2_config, write_detectron2_pickle
+from .foreign import BACKBONE_KEY, PathLike
 
 __all__ = ["EXPORT_TARGETS", "ExportReport", "backbone_state_dict", "export_state_dict", "export_backbone"]
 

@@ -47,7 +47,8 @@ def read_checkpoint(path: PathLike) -> Dict[str, object]:
         magic = f.read(4)
     if not zipfile.is_zipfile(path) and (magic.startswith(b"PK") or not magic.startswith(b"\x80")):
         # torch.save writes a zip archive (a pickle, starting with 0x80, before torch 1.6)
-        state = "a truncated or damaged zip archive" if magic.startswith(b"PK") else "neither a zip archive nor a pickle"
+        state = ("a truncated or damaged zip archive" if magic.startswith(b"PK")
+                 else "neither a zip archive nor a pickle")
         raise ValueError(f"cannot read {path} with torch.load: the file is {state}, so it is truncated, "
                          f"corrupted or not a PyTorch checkpoint; download or copy it again")
     try:

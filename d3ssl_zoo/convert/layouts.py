@@ -1,11 +1,11 @@
-"""Import official checkpoints of dense/instance SSL methods into the zoo (SPEC §4, converters in).
+"""Import official checkpoints of dense/instance SSL methods into the zoo (docs/transfer.md).
 
 Each layout is one entry of ``LAYOUTS``: where the state dict sits in the file (``containers``),
 which key prefix holds the query/online ResNet (``prefixes``, first present wins) and how to
 recognise it from the key names alone (``detect``). Adding a layout = adding one entry.
 
 The backbone ends in torchvision's ResNet key names (``conv1``, ``bn1``, ``layer1..layer4``),
-which is exactly the zoo's layout (SPEC §2), and is written with ``d3ssl_zoo.save_pretrained``.
+which is exactly the zoo's layout (docs/models.md), and is written with ``d3ssl_zoo.save_pretrained``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Configuration of the pre-training data pipeline (views, proposals, region augmentations).
 
 Every field names its source: ``paper`` (D3SSL, Sec. 4 / 4.1), ``SoCo`` (official SoCo settings,
-used where the paper is silent, SPEC Sec. 3) or ``ours`` (a default of this project). Recipes
-(YAML) set these fields; code reads only this object.
+used where the paper is silent) or ``ours`` (a default of this package; each reading is argued in
+docs/design.md). Recipes (YAML) set these fields; code reads only this object.
 
 The region augmentation set is five switches so that every row of Tab. 5 and Tab. 6 is one
 config: Tab. 5 row 1 = all off; row 2 = ``soco_cutout``; row 3 = ``box_jitter`` + ``prc``;
@@ -33,8 +33,8 @@ class PretrainDataConfig:
     crop_scale: tuple[float, float] = (0.4, 1.0)  # paper: RRC scale of x2 (SoCo recipes set (0.6, 1.0))
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # ours: torchvision's RRC aspect range
     flip_p: float = 0.5  # SoCo: independent horizontal flip per view
-    # --- colour augmentation per view (SoCo, SPEC Sec. 3) ---
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # SoCo: brightness, contrast, saturation, hue
+    # --- colour augmentation per view (SoCo; not in the paper) ---
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # SoCo: brightness/contrast/saturation/hue
     color_jitter_p: float = 0.8  # SoCo
     grayscale_p: float = 0.2  # SoCo
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # SoCo: Gaussian blur sigma range
@@ -56,7 +56,7 @@ class PretrainDataConfig:
     depositioning: bool = True  # paper: build x3 of Eq. 8 for L_dp (Sec. 4.2)
     dp_proposals: int = 0  # ours: how many of the K proposals enter x3 and L_dp; 0 = all K (literal reading)
     # --- augmentation parameters ---
-    prc_side: tuple[float, float] = (0.2, 0.5)  # paper: cutout size range (read as side ratio, SPEC Sec. 3)
+    prc_side: tuple[float, float] = (0.2, 0.5)  # paper: cutout size range (read as side ratio, docs/design.md)
     prc_area_reading: bool = False  # ours: True reads prc_side as an area fraction instead
     prc_max_cover: float = 0.5  # ours: a cutout may cover a smaller proposal by at most this fraction
     prm_area: tuple[float, float] = (0.2, 0.6)  # paper: PRM rectangle scale range

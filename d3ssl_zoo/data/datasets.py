@@ -1,7 +1,7 @@
 """Pre-training datasets (the images of a COCO json, an image folder, the embedded sample or the
 generated scene set, as :class:`~d3ssl_zoo.data.coco_json.ImageRecord`), the collator that turns
-samples into a uint8 batch, and :func:`prepare_batch`, which finishes the batch of the engine
-contract (SPEC Sec. 3) on the device: normalisation and the Eq. 8 composite.
+samples into a uint8 batch, and :func:`prepare_batch`, which finishes the batch the engine
+expects on the device: normalisation and the Eq. 8 composite.
 The collator ships 1 byte per pixel (4x less than fp32 through /dev/shm, pinned memory and the
 host-to-device copy) and the composite runs where the batch is.
 
@@ -93,7 +93,7 @@ class PretrainDataset(Dataset):
             for s in self.skipped:
                 reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
             warnings.warn(f"pre-training dataset: skipped {len(self.skipped)} of {len(records)} images "
-                          f"(proposal file {proposals.path}): {reasons}")
+                          f"(proposal file {proposals.path}): {reasons}", stacklevel=1)
         if not self.records:
             raise ValueError(f"pre-training dataset is empty: all {len(records)} images were skipped")
 
@@ -236,9 +236,10 @@ def pretrain_loader(dataset: Dataset, cfg: PretrainDataConfig, batch_size: int, 
 def build_pretrain_dataset(cfg: PretrainDataConfig, source: str | os.PathLike, proposals: str | os.PathLike | None,
                            seed: int = 0, records: list[ImageRecord] | None = None) -> PretrainDataset:
     """Dataset of the contract: ``source`` is a COCO annotation json, an image folder, ``"sample"``
-    (the embedded sample) or ``"scenes"`` / ``"scenes:key=value,..."`` (the generated scene set, :mod:`d3ssl_zoo.data.scenes`).
+    (the embedded sample) or ``"scenes"`` / ``"scenes:key=value,..."`` (the generated scene set,
+    :mod:`d3ssl_zoo.data.scenes`).
 
-    ``proposals`` is the file written by ``train/make_proposals.py`` (for ``"sample"`` and
+    ``proposals`` is the file written by ``d3ssl-zoo data proposals`` (for ``"sample"`` and
     ``"scenes"`` it may be ``None``: they bring their own). ``records``: the images of ``source``
     when the caller has them (:func:`source_records`; the engine reads them on one process and
     broadcasts them, so a 450 MB COCO json is parsed once, not by every rank).

@@ -13,7 +13,8 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["box_pixels", "boxes_pixels", "prc_cutouts", "prc_cut_mask", "fill_where", "prc", "prm", "rbj", "box_jitter", "soco_cutout"]
+__all__ = ["box_pixels", "boxes_pixels", "prc_cutouts", "prc_cut_mask", "fill_where", "prc", "prm", "rbj", "box_jitter",
+           "soco_cutout"]
 
 
 def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
@@ -132,7 +133,8 @@ def fill_where(image: np.ndarray, mask: np.ndarray, fill) -> np.ndarray:
     boolean indexing); the rest by numpy. Same pixels either way."""
     f = np.asarray(fill)
     if image.dtype == np.uint8 and image.shape[:2] == mask.shape and f.ndim <= 1 and \
-            (image.ndim == 2 and f.size == 1 or image.ndim == 3 and 1 <= image.shape[2] <= 4 and f.size in (1, image.shape[2])):
+            (image.ndim == 2 and f.size == 1
+             or image.ndim == 3 and 1 <= image.shape[2] <= 4 and f.size in (1, image.shape[2])):
         colour = tuple(int(v) for v in f.astype(np.uint8).reshape(-1))
         return cv2.copyTo(_solid(image.shape, colour), mask.view(np.uint8), image.copy())
     out = image.copy()
@@ -154,7 +156,7 @@ def prc(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, fill=
 
 def prm(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
         area_range=(0.2, 0.6), aspect_range=(3 / 4, 4 / 3)) -> np.ndarray:
-    """Proposal-based random mask (PRM, Sec. 4.1) — our reading (SPEC Sec. 3).
+    """Proposal-based random mask (PRM, Sec. 4.1) — our reading of the paper's brief text (docs/design.md).
 
     For each proposal: area fraction ``s ~ U(area_range)`` and aspect ``a ~ U(aspect_range)``
     give a rectangle ``w·sqrt(s·a) x h·sqrt(s/a)`` inside the box, flush with a random side that

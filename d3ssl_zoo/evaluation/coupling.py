@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from d3ssl_zoo.evaluation.objects import crop_object, load_objects_of_min_size, to_tensor
 from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_device, model_mean_std, stage_region_features
+from d3ssl_zoo.evaluation.objects import crop_object, load_objects_of_min_size, to_tensor
 
 __all__ = ["compose_pair", "pair_coupling_cosines", "pair_coupling_rates", "coupling_rate", "sample_pairs",
            "run_coupling"]

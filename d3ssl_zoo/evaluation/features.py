@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d3ssl_zoo.boxes import region_align, region_align_pooled
-from d3ssl_zoo.factory import load_backbone
 from d3ssl_zoo.evaluation.objects import IMAGENET_MEAN, IMAGENET_STD
+from d3ssl_zoo.factory import load_backbone
 
-__all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features", "c4_head_region_features",
-           "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]
+__all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
+           "c4_head_region_features", "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 

@@ -18,7 +18,7 @@ _PROBE_TIMEOUT = 3.0
 def hub_unreachable(repo_id: str, filename: str, revision: Optional[str] = None) -> Optional[str]:
     """Why the Hub gives no usable answer for this file, or ``None`` when it answers.
 
-    One HEAD through huggingface_hub's own session, so ``HTTPS_PROXY``/``NO_PROXY``, ``HF_ENDPOINT``
+    One HEAD through huggingface_hub's own HTTP client, so ``HTTPS_PROXY``/``NO_PROXY``, ``HF_ENDPOINT``
     and the token apply, with a short timeout and no retry: a dead network or proxy then fails in
     seconds instead of after huggingface_hub's ~23 s backoff loop. An HTTP error of the Hub itself
     (missing or gated repo) is an answer: ``hf_hub_download`` reports it.

@@ -111,6 +111,7 @@ class ResolvedWeights:
 
 def _short(keys: Iterable[str], n: int = 6) -> str:
     keys = list(keys)
-    return "[]" if not keys else "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
+    more = f", ... {len(keys) - n} more" if len(keys) > n else ""
+    return "[]" if not keys else "[" + ", ".join(keys[:n]) + more + "]"
 
 

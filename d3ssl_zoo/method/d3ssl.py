@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .region_encoder import RegionEncoder
 from .losses import nce
 from .queue import RegionQueue
+from .region_encoder import RegionEncoder
 from .teacher import StudentTeacher
 
 __all__ = ["D3SSL"]
@@ -48,7 +48,8 @@ class D3SSL(StudentTeacher):
         self.roi_size = roi_size
         self.roi_size_small = roi_size_small
         if bn_groups < 1:
-            raise ValueError(f"bn_groups must be >= 1 (1 = one BN batch, MoCo's shuffling BN needs > 1), got {bn_groups}")
+            raise ValueError(f"bn_groups must be >= 1 (1 = one BN batch, MoCo's shuffling BN needs > 1), "
+                             f"got {bn_groups}")
         self.bn_groups = bn_groups
         self.shuffle_seed = queue_seed
         # forward calls so far: the BN shuffle of each call is a pure function of (seed, call), and
@@ -106,6 +107,6 @@ class D3SSL(StudentTeacher):
             per_region[:, :n] += l_dp.view(-1, n)
             per_region = per_region.reshape(-1)
         out["loss"] = per_region.mean()  # Eq. 10: 1/K sum_i, averaged over the images too
-        # negatives for the next batches: the teacher embeddings of both views (SPEC Sec. 3)
+        # negatives for the next batches: the teacher embeddings of both views (ours; docs/design.md)
         self.queue.enqueue(torch.cat([z_t1, z_t2]))
         return out

@@ -1,6 +1,6 @@
 """LARS (You et al. 2017) as SoCo uses it: no weight decay and no layer adaptation on biases and BN.
 
-SPEC Sec. 3 (SoCo's settings, not in the paper): LARS, base lr 1.0 per 256 images, weight decay
+SoCo's settings (not in the paper): LARS, base lr 1.0 per 256 images, weight decay
 1e-5, trust coefficient 0.001, momentum 0.9.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The paper says only "features of augmented regions in previous batches" (Sec. 4.2). As in MoCo,
 the keys of every process are gathered before they are enqueued, so each process holds the same
-queue and the negatives come from the whole global batch history (SPEC Sec. 3, ours).
+queue and the negatives come from the whole global batch history (ours; docs/design.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SoCo baseline (Wei et al. 2021) in its C4 form, for the ``soco_*`` tags (SPEC Sec. 3).
+"""The SoCo baseline (Wei et al. 2021) in its C4 form, for the ``soco_*`` tags (paper Tab. 1, 3, 4 and 6).
 
 Same backbone and region encoder as D3SSL; two views (x1: whole image, x2: random resized crop),
 a BYOL predictor on the student, and the symmetric loss ``2 - 2 cos`` between the student's
@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .region_encoder import MLPHead, RegionEncoder
 from .losses import byol_loss
+from .region_encoder import MLPHead, RegionEncoder
 from .teacher import StudentTeacher
 
 __all__ = ["SoCo"]

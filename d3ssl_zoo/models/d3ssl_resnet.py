@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import torch
-from torch import Tensor
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint_seq
 from timm.models._builder import resolve_pretrained_cfg
+from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import Tensor
 
 from ..boxes import BoxesLike, boxes_to_rois, check_rois_in_image, region_align, region_align_pooled
 from ..hub import pretrained_state_dict

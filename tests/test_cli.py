@@ -64,6 +64,7 @@ def test_list_and_info_import_no_other_subcommand(capsys, monkeypatch):
         main(["--help"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["list"], ["info", "d3ssl_r50c4.coco_800ep"]])
 def test_output_into_a_closed_pipe_exits_quietly(argv):
     # `d3ssl-zoo list | head -1` once head has exited: every write to stdout fails with EPIPE.
@@ -94,6 +95,7 @@ def test_info_unknown_tag_suggests(capsys):
     assert "Unknown tag 'oimini200'" in err and "soco_r50c4.oimini_200ep" in err
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     exe = shutil.which("d3ssl-zoo")
     if exe is None:

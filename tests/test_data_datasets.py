@@ -118,6 +118,7 @@ class _Threads(torch.utils.data.Dataset):
         return cv2.getNumThreads()
 
 
+@pytest.mark.slow
 def test_data_workers_run_one_opencv_thread():
     # spawn: a fresh worker starts with OpenCV's default pool (all cores) unless the init sets it
     loader = torch.utils.data.DataLoader(_Threads(), batch_size=1, num_workers=1, worker_init_fn=data_worker_init,

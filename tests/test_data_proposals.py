@@ -117,6 +117,7 @@ def test_tool_skips_bad_images_and_resumes_without_redoing(tmp_path, monkeypatch
     assert "fallbacks used" in tool.format_summary(s)
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_file(tmp_path):
     root = make_folder(tmp_path / "imgs", n=4)
     records = folder_records(root)

@@ -316,6 +316,7 @@ def test_hflip_moves_boxes_and_masks():
     assert fimg[0, 0, 8] == 1 and ft["boxes"].tolist() == [[7.0, 0.0, 9.0, 4.0]] and ft["masks"][0, 0, 8] == 1
 
 
+@pytest.mark.slow
 def test_a_few_finetuning_steps_lower_the_loss():
     torch.manual_seed(0)
     trunk = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0)

@@ -186,6 +186,7 @@ class Killed(Exception):
     """Stands for the process being killed right after a checkpoint was written."""
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_weights(tiny, tmp_path, monkeypatch):
     straight = train(tiny_recipe(tiny), tmp_path / "straight")
     assert straight.step == straight.total_steps == 4
@@ -219,6 +220,7 @@ def test_resume_gives_identical_weights(tiny, tmp_path, monkeypatch):
     assert sorted(names) == ["step_00000003", "step_00000004"]
 
 
+@pytest.mark.slow
 def test_export_loads_in_the_zoo_format(tiny, tmp_path):
     result = train(tiny_recipe(tiny, "train.checkpoint_every=100"), tmp_path / "run")
     model = d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
@@ -229,6 +231,7 @@ def test_export_loads_in_the_zoo_format(tiny, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000004"]  # the final one
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny, tmp_path, monkeypatch):
     real_forward = D3SSL.forward
     calls = []
@@ -253,6 +256,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny, tmp_path, m
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_pretrain_refuses_to_mix_runs(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--output-dir", str(out), "--no-eval"] + tiny + ["train.checkpoint_every=100"]
@@ -264,6 +268,7 @@ def test_pretrain_refuses_to_mix_runs(tiny, tmp_path, capsys):
     assert "method.tau: 0.2 -> 0.3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
     recipe = load_recipe(RECIPES / "soco_r50c4.oimini_200ep_d3aug.yaml", tiny + [
         "model.name=d3ssl_r18c4", "train.checkpoint_every=100",
@@ -273,6 +278,7 @@ def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
     assert (result.export_dir / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_the_recipes_padding_mode_reaches_the_trained_model_its_export_and_the_ladder(tiny, tmp_path):
     import reproduce_mini  # noqa: E402  (train/ is on sys.path above)
 

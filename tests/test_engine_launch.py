@@ -80,6 +80,7 @@ def source(tmp_path_factory, make_tiny_source):
 
 @pytest.mark.parametrize("nproc, resume_steps", [(1, (1, 2, 5)), (2, (1, 4))],
                          ids=["1-process", "2-processes"])
+@pytest.mark.slow
 def test_relaunch_from_a_checkpoint_equals_the_uninterrupted_run(source, tmp_path, nproc, resume_steps):
     # resume points: inside epoch 0, on the boundary of epochs 0/1, inside a later epoch
     overrides = _overrides(*source)
@@ -110,6 +111,7 @@ def test_relaunch_from_a_checkpoint_equals_the_uninterrupted_run(source, tmp_pat
     assert (state["global_batch"], state["num_processes"], state["accumulation"]) == (4, nproc, 2 // nproc)
 
 
+@pytest.mark.slow
 def test_a_failing_process_ends_the_job_promptly_with_its_error(tmp_path, make_tiny_source):
     # one image is unreadable: only the process whose shard holds it fails; the launcher must return
     # non-zero with the error, not wait for the collective timeout (30 min with gloo)
@@ -139,6 +141,7 @@ def test_accumulation_reaches_the_recipes_global_batch_or_names_the_fix():
         accumulation_steps(1024, 128, 3)
 
 
+@pytest.mark.slow
 def test_accumulated_steps_update_once_per_global_batch(source, tmp_path, monkeypatch):
     from d3ssl_zoo.engine import load_recipe, train
     from d3ssl_zoo.method import D3SSL, LARS
@@ -161,6 +164,7 @@ def test_accumulated_steps_update_once_per_global_batch(source, tmp_path, monkey
     assert (state["global_batch"], state["accumulation"], state["steps_per_epoch"]) == (4, 2, 2)
 
 
+@pytest.mark.slow
 def test_teacher_ema_skips_the_steps_the_fp16_scaler_skipped(source, tmp_path, monkeypatch):
     # fp16 needs a GPU: the scaler's verdict is simulated; a skipped step leaves the teacher untouched
     from accelerate import Accelerator

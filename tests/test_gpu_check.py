@@ -42,6 +42,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_cpu_smoke_mode_writes_sane_numbers(tmp_path, one_thread):
     images, proposals = _tiny_folder(tmp_path)
     out = tmp_path / "check.json"

@@ -274,6 +274,7 @@ def test_pretrained_cfg_carries_metadata():
         assert timm_cfg.hf_hub_id == f"d3ssl-zoo/{name}"
 
 
+@pytest.mark.slow
 def test_hub_org_env_override():
     code = ("import timm, d3ssl_zoo; print(timm.get_pretrained_cfg('soco_r50c4.coco_800ep').hf_hub_id,"
             " d3ssl_zoo.get_pretrained_cfg('soco_r50c4.coco_800ep')['hf_hub_id'])")

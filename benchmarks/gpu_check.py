@@ -15,7 +15,7 @@ The methods are built as training builds them: the shipped recipes ``d3ssl_r50c4
 recipe's parameter groups, one step = forward under autocast, backward, LARS step, teacher EMA,
 with the recipe's learning-rate and momentum schedules squeezed into the steps run here (one
 optimiser step per batch, learning rate scaled to that batch). The data are the generated scene
-set (``dataset.source=scenes``, offline, built on first use: 2 minutes on 2 cores) read through
+set (``dataset.source=scenes``, offline, built on first use: about 2 minutes on a 2-core CPU) read through
 the training dataset, sampler and collator at the recipes' view sizes (224 / 112 px, K = 4
 proposals). For each method it measures
 

@@ -177,7 +177,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited and only waits to be reaped
 
 
-@pytest.mark.slow  # two spawned workers import torch: 15-60 s on 2 busy cores
+@pytest.mark.slow  # two spawned workers import torch: 15-60 s on a busy 2-core CPU
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux /proc")
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
     import signal

@@ -34,7 +34,7 @@ def worker(out: Path, overrides: list[str]) -> None:
     from d3ssl_zoo.tags import recipes_dir
 
     torch.set_num_threads(1)
-    state = PartialState(cpu=True)  # this machine has no GPU: gloo on CPU
+    state = PartialState(cpu=True)  # gloo on CPU, whether or not a GPU is present
     rank = state.process_index
     queue = RegionQueue(size=8, dim=4, seed=0)
     queue.enqueue(F.normalize(torch.eye(4)[2 * rank: 2 * rank + 2], dim=1))  # rank 0: e0, e1; rank 1: e2, e3

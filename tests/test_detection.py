@@ -379,6 +379,7 @@ def fresh_accelerate():
     AcceleratorState._reset_state(True)
 
 
+@pytest.mark.slow
 def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate, caplog):
     data = tmp_path / "VOCdevkit"
     make_voc(data, "2007", "trainval", {"a": [("cat", (11, 9, 40, 30), False)], "b": [("dog", (31, 21, 60, 44), False)]})

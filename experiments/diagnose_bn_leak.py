@@ -1,4 +1,4 @@
-"""Does a D3SSL run recognise the batch instead of the region? (issue 9 diagnostic)
+"""Does a D3SSL run recognise the batch instead of the region?
 
 D3SSL's InfoNCE (Eq. 5) takes every negative from the memory bank, i.e. from earlier batches, while
 the positive key is computed in the same forward -- the same BatchNorm batch -- as its query. MoCo
@@ -19,7 +19,7 @@ easily than among same-batch regions, and sits closer to same-batch keys than to
 on running statistics (eval mode) the batch can no longer be seen and the gap must close. The
 run's exact random initialisation is measured the same way as the reference.
 
-    python train/diagnose_bn_leak.py --run runs/mini/d3ssl_s0 [--batches 8] [--out bn_leak.json]
+    python -m experiments.diagnose_bn_leak --run runs/coloured_ladder/d3ssl_s0 [--batches 8] [--out bn_leak.json]
 """
 from __future__ import annotations
 
@@ -33,12 +33,15 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_mini as ladder  # noqa: E402  (final_checkpoint, checkpoint_step)
-import d3ssl_zoo  # noqa: E402
-from d3ssl_zoo.data.datasets import build_pretrain_dataset, prepare_batch, pretrain_loader  # noqa: E402
-from d3ssl_zoo.engine.config import recipe_from_dict  # noqa: E402
-from d3ssl_zoo.engine.trainer import EpochShuffleSampler, build_method  # noqa: E402
+import d3ssl_zoo
+from d3ssl_zoo.data.datasets import (
+    build_pretrain_dataset,
+    prepare_batch,
+    pretrain_loader,
+)
+from d3ssl_zoo.engine.config import recipe_from_dict
+from d3ssl_zoo.engine.trainer import EpochShuffleSampler, build_method
+from experiments import ladder
 
 
 def build(recipe, state: dict | None):

@@ -1,4 +1,4 @@
-"""Why the mini ladder's coupling rate reads 1.000 on the paper's model (issue 9 diagnostic)
+"""Why the mini ladder's coupling rate reads 1.000 on the paper's model
 
 With zero padding every self-supervised rung of the mini ladder has a layer4 coupling rate (CR,
 Sec. 3.1) of 1.000-1.002, like its random initialisation, while the supervised ceiling reads 1.08.
@@ -17,9 +17,9 @@ its shortcut, a 1x1 convolution or the identity, and mixes nothing across space)
 starts every block's last BN weight at 0. The rows: the run's seed initialised both ways, with the
 last BN weights at 0 (SoCo's) and at 1 (torchvision's, as the supervised ceiling starts), one of
 which is the run's exact start; the trained checkpoint(s); and, with ``--ceiling-steps``, the supervised ceiling of
-``reproduce_mini.py`` trained again here (the ladder does not keep its weights):
+``experiments.mini_ladder`` trained again here (the ladder does not keep its weights):
 
-    python train/diagnose_coupling.py --run runs/mini_shape/d3ssl_s0 runs/mini_shape/soco_s0 \\
+    python -m experiments.diagnose_coupling --run runs/cuefree_ladder/d3ssl_s0 runs/cuefree_ladder/soco_s0 \\
         --ceiling-steps 150 --out coupling.json
 
 The first run's recipe sets the data and the seed of the random initialisations.
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_mini as ladder  # noqa: E402  (checkpoint and random-init loaders)
-from d3ssl_zoo.data import load_rgb, scenes as gen  # noqa: E402
-from d3ssl_zoo.evaluation.coupling import run_coupling  # noqa: E402
-from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_mean_std  # noqa: E402
-from d3ssl_zoo.evaluation.objects import load_coco_objects, to_tensor  # noqa: E402
+from d3ssl_zoo.data import load_rgb
+from d3ssl_zoo.data import scenes as gen
+from d3ssl_zoo.evaluation.coupling import run_coupling
+from d3ssl_zoo.evaluation.features import STAGES, eval_mode, model_mean_std
+from d3ssl_zoo.evaluation.objects import load_coco_objects, to_tensor
+from experiments import ladder
 
 
 def last_norm(block: nn.Module) -> nn.Module:
@@ -98,9 +98,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", nargs="+", required=True, help="mini-ladder run folders (train/pretrain.py output)")
     p.add_argument("--ceiling-steps", type=int, default=0,
-                   help="also train the supervised ceiling as reproduce_mini.py does (its --ceiling-steps; 0: no)")
-    p.add_argument("--num-pairs", type=int, default=100, help="coupling-rate pairs (reproduce_mini.py's default)")
-    p.add_argument("--object-size", type=int, default=128, help="CR object crop side (reproduce_mini.py's default)")
+                   help="also train the supervised ceiling as the ladder does (its --ceiling-steps; 0: no)")
+    p.add_argument("--num-pairs", type=int, default=100, help="coupling-rate pairs (the ladder's default)")
+    p.add_argument("--object-size", type=int, default=128, help="CR object crop side (the ladder's default)")
     p.add_argument("--short-side", type=int, default=256, help="the ceiling's training scale and the branch images'")
     p.add_argument("--images", type=int, default=32, help="val images for the branch-to-shortcut ratios")
     p.add_argument("--out", default=None, help="JSON of every number printed")

@@ -1,6 +1,6 @@
-"""What do the mini ladder's region features encode besides the shape? (issue 9 diagnostic)
+"""What do the mini ladder's region features encode besides the shape?
 
-The scene set's class is a shape's outline; everything else about an object is drawn at random per
+The generated scenes' class is a shape's outline; everything else about an object is drawn at random per
 instance: the photo its image's background is cut from, the fill (solid or a gradient), the fill's
 colour, the size. Region-instance discrimination can tell instances apart by any of these, and
 only the outline is scored by O-KNN. This script replays the generator of the labelled splits
@@ -10,16 +10,16 @@ c4_head:7`` reads the pre-training path instead, RoIAlign on C4 -> res5) of a
 run's final checkpoint and of its exact random initialisation, and runs the same weighted k-NN
 (k 20, T 0.07) with each attribute as the label:
 
-    python train/diagnose_instance_cues.py --run runs/mini/d3ssl_s0 [--out cues.json]
+    python -m experiments.diagnose_instance_cues --run runs/coloured_ladder/d3ssl_s0 [--out cues.json]
 
-The attributes: the shape (the class); the instance cues of the coloured set (the photo behind the
-object, a solid or gradient fill, the fill's hue; on the cue-free twin, ``instance_cues=0``, these are
-not drawn, so they are left out); the pose (size, rotation, aspect); the object's place (the cell of a
+The attributes: the shape (the class); the instance cues of the coloured scenes (the photo behind the
+object, a solid or gradient fill, the fill's hue; the cue-free scenes, ``instance_cues=0``, do not draw
+them, so they are left out); the pose (size, rotation, aspect); the object's place (the cell of a
 3x3 grid of the image its box centre falls in, and that cell's row and column apart: the views are
-flipped left-right independently, so only the row is shared by both views of every pair); and its context in the image (how many shapes the
-image holds, the shape of its nearest neighbour). Pose, place and context survive both views of one
-image as well as the colours do, so a pretext that can tell instances apart by them need not learn
-the outline.
+flipped left-right independently, so only the row is shared by both views of every pair); and its
+context in the image (how many shapes the image holds, the shape of its nearest neighbour). Pose,
+place and context survive both views of one image as well as the colours do, so a pretext that can
+tell instances apart by them need not learn the outline.
 
 The bank is every object of the train split (O-KNN proper takes one per image, balanced over the
 shapes; a balanced bank per attribute would need one extraction per attribute), so the attributes
@@ -46,12 +46,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_mini as ladder  # noqa: E402  (checkpoint and random-init loaders)
-from d3ssl_zoo.data import scenes as gen  # noqa: E402
-from d3ssl_zoo.evaluation.features import eval_mode  # noqa: E402
-from d3ssl_zoo.evaluation.objects import load_coco_objects  # noqa: E402
-from d3ssl_zoo.evaluation.oknn import extract_object_features, iter_shards, knn_topk, topk_accuracy, weighted_vote  # noqa: E402
+from d3ssl_zoo.data import scenes as gen
+from d3ssl_zoo.evaluation.features import eval_mode
+from d3ssl_zoo.evaluation.objects import load_coco_objects
+from d3ssl_zoo.evaluation.oknn import (
+    extract_object_features,
+    iter_shards,
+    knn_topk,
+    topk_accuracy,
+    weighted_vote,
+)
+from experiments import ladder
 
 HUE_BINS = 6
 
@@ -151,7 +156,8 @@ def shape_within(feats: dict[str, torch.Tensor], attrs: dict[str, dict[str, np.n
             sims, labels = knn_topk(feats["val"][queries], [(feats["train"][bank], torch.from_numpy(shape[bank]))],
                                     min(20, len(bank)))  # fewer neighbours only where a small set has fewer
             scores = weighted_vote(sims, labels, len(gen.SHAPES), 0.07)
-            correct[name] += topk_accuracy(scores, torch.from_numpy(attrs["val"]["shape"][queries]), (1,))[1] * len(queries)
+            top1 = topk_accuracy(scores, torch.from_numpy(attrs["val"]["shape"][queries]), (1,))[1]
+            correct[name] += top1 * len(queries)
         scored += len(queries)
     return {name: c / scored for name, c in correct.items()}
 

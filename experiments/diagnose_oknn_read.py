@@ -1,11 +1,11 @@
-"""Does O-KNN's read hide what the mini ladder's D3SSL backbone learned? (issue 9 diagnostic)
+"""Does O-KNN's read hide what the mini ladder's D3SSL backbone learned?
 
 O-KNN reads RoIAlign 7x7 on the full-image C5 map at 256 px short side (the paper's protocol);
 pre-training optimises RoIAlign on C4 -> res5 (the region head) on 128 px views. This evaluates a
 ladder run's final checkpoint and the exact random initialisation of the same seed through both
 reads, at both scales, and prints trained - random init for each:
 
-    python train/diagnose_oknn_read.py --runs-dir runs/mini --seed 0
+    python -m experiments.diagnose_oknn_read --runs-dir runs/coloured_ladder --seed 0
 
 The scenes and the random init are the run's own (its checkpoint's recipe). Results are stored in
 ``--out`` as they finish (a rerun skips what is there). ``--all-checkpoints`` reads every checkpoint
@@ -26,15 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_mini as ladder  # noqa: E402  (the ladder's checkpoint and random-init loaders)
-from d3ssl_zoo.data.coco_json import coco_records  # noqa: E402
-from d3ssl_zoo.data.scenes import SceneConfig, SceneDataset, get_scene_dataset  # noqa: E402
-from d3ssl_zoo.detection.finetune import precise_bn  # noqa: E402
-from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
-from d3ssl_zoo.evaluation.features import model_mean_std, stage_maps  # noqa: E402
-from d3ssl_zoo.evaluation.objects import read_image, resized_size, to_tensor  # noqa: E402
-from d3ssl_zoo.evaluation.oknn import run_oknn  # noqa: E402
+from d3ssl_zoo.data.coco_json import coco_records
+from d3ssl_zoo.data.scenes import SceneConfig, SceneDataset, get_scene_dataset
+from d3ssl_zoo.detection.finetune import precise_bn
+from d3ssl_zoo.engine import list_checkpoints
+from d3ssl_zoo.evaluation.features import model_mean_std, stage_maps
+from d3ssl_zoo.evaluation.objects import read_image, resized_size, to_tensor
+from d3ssl_zoo.evaluation.oknn import run_oknn
+from experiments import ladder
 
 BN_MODES = ("checkpoint", "precise", "precise-res5")
 
@@ -84,8 +83,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     run = Path(args.runs_dir) / f"{args.rung}_s{args.seed}"
-    final, recipe = ladder.final_checkpoint(run, f"; run train/reproduce_mini.py --runs-dir {args.runs_dir} first")
-    # The run's own recipe: its scene set (the coloured one or the cue-free twin) and its model's init.
+    hint = f"; run python -m experiments.mini_ladder --runs-dir {args.runs_dir} first"
+    final, recipe = ladder.final_checkpoint(run, hint)
+    # The run's own recipe: its scene set (the coloured scenes or the cue-free scenes) and its model's init.
     scenes = get_scene_dataset(SceneConfig.from_source(recipe["dataset"]["source"]))
     ckpts = sorted(list_checkpoints(run), key=ladder.checkpoint_step) if args.all_checkpoints else [final]
     # (name, checkpoint): the random init is one model, keyed under the last checkpoint as before
@@ -105,9 +105,10 @@ def main(argv=None) -> int:
             return models[name, ckpt]
         if (name, ckpt, side) not in reads:
             norm = model_mean_std(models[name, ckpt])
-            if (side, *norm) not in images:
-                images[side, *norm] = recalibration_batches(scenes, side, args.bn_images, args.seed, *norm)
-            reads[name, ckpt, side] = recalibrated(models[name, ckpt], images[side, *norm], args.bn)
+            batches = (side, *norm)  # decoded once per side and normalisation, for every model
+            if batches not in images:
+                images[batches] = recalibration_batches(scenes, side, args.bn_images, args.seed, *norm)
+            reads[name, ckpt, side] = recalibrated(models[name, ckpt], images[batches], args.bn)
         return reads[name, ckpt, side]
 
     for features in args.features or ("c5", f"c4_head:{args.roi_size}"):

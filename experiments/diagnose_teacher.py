@@ -1,4 +1,4 @@
-"""How far the momentum teacher follows the student in a mini-ladder run (issue 9 diagnostic)
+"""How far the momentum teacher follows the student in a mini-ladder run
 
 The teacher f_k is an exponential moving average of the student, theta_k <- m theta_k + (1 - m) theta_q,
 with m going from ``method.momentum_base`` to 1 on a cosine (SoCo / BYOL). After n steps the teacher
@@ -14,7 +14,7 @@ the parameter difference over the backbone's weights, without the BN running sta
 of the initial weights' norm), and with ``--oknn`` the O-KNN top-1 of both backbones as the ladder
 evaluates it:
 
-    python train/diagnose_teacher.py --run runs/mini_shape/d3ssl_s0 --oknn --out teacher.json
+    python -m experiments.diagnose_teacher --run runs/cuefree_ladder/d3ssl_s0 --oknn --out teacher.json
 """
 from __future__ import annotations
 
@@ -28,11 +28,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_mini as ladder  # noqa: E402  (checkpoint and random-init loaders, the O-KNN evaluation)
-from d3ssl_zoo.data import scenes as gen  # noqa: E402
-from d3ssl_zoo.engine import list_checkpoints  # noqa: E402
-from d3ssl_zoo.method import momentum_at  # noqa: E402
+from d3ssl_zoo.data import scenes as gen
+from d3ssl_zoo.engine import list_checkpoints
+from d3ssl_zoo.method import momentum_at
+from experiments import ladder
 
 
 def init_weight_held(steps: int, total_steps: int, base: float, final: float) -> float:
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", nargs="+", required=True, help="mini-ladder run folders (train/pretrain.py output)")
     p.add_argument("--oknn", action="store_true", help="also O-KNN top-1 of student and teacher per checkpoint")
-    p.add_argument("--short-side", type=int, default=256, help="O-KNN scale (reproduce_mini.py's default)")
+    p.add_argument("--short-side", type=int, default=256, help="O-KNN scale (the ladder's default)")
     p.add_argument("--out", default=None, help="JSON of every number printed")
     args = p.parse_args(argv)
 
@@ -93,7 +92,8 @@ def main(argv=None) -> int:
                     row[f"oknn_{network}"] = ladder.evaluate(model, scenes, {"short_side": args.short_side},
                                                              seed, full=False)["oknn"]["top1"]
             rows.append(row)
-            line = (f"| {run.parent.name}/{run.name} | {step} | {row['momentum']:.4f} | {row['init_weight_held']:.3f} | "
+            line = (f"| {run.parent.name}/{run.name} | {step} | {row['momentum']:.4f} | "
+                    f"{row['init_weight_held']:.3f} | "
                     f"{row['student_moved']:.3f} | {row['teacher_moved']:.3f} | {row['teacher_to_student']:.3f} |")
             if args.oknn:
                 line += f" {row['oknn_student']:.1f} | {row['oknn_teacher']:.1f} |"

@@ -1,4 +1,4 @@
-"""A supervised ceiling for the diagnostics: the same backbone trained *with* the labels.
+"""The mini ladder's supervised ceiling: the same backbone trained *with* the labels.
 
 Self-supervised numbers on a small dataset mean little without the two ends of the scale: the
 random initialisation (floor) and the backbone trained on the labelled train split with the
@@ -14,8 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from d3ssl_zoo.evaluation.objects import load_coco_objects, read_image, resized_size, scale_boxes, to_tensor
 from d3ssl_zoo.evaluation.features import model_mean_std, region_features, stage_maps
+from d3ssl_zoo.evaluation.objects import (
+    load_coco_objects,
+    read_image,
+    resized_size,
+    scale_boxes,
+    to_tensor,
+)
 
 __all__ = ["train_roi_classifier"]
 

@@ -1,17 +1,23 @@
-"""train/reproduce_mini.py on a tiny scene set: two rungs through `accelerate launch`, every
-evaluation stored, the report and figures written, and a relaunch that redoes nothing (resume)."""
+"""The mini ladder (experiments.mini_ladder) on a tiny scene set: two rungs through `accelerate launch`,
+every evaluation stored, the report and figures written, and a relaunch that redoes nothing (resume);
+the report's judgements; the diagnostics on the ladder's runs; experiments.report on a diagnostics folder."""
 import json
-import sys
-from pathlib import Path
+import shlex
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-import reproduce_mini  # noqa: E402  (train/ is a scripts folder, not a package)
+from experiments import (
+    diagnose_bn_leak,
+    diagnose_coupling,
+    diagnose_instance_cues,
+    diagnose_teacher,
+    mini_ladder,
+    report,
+)
+from experiments import ladder as ladder_helpers
 
 SOURCE = "scenes:num_pretrain=12,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=1"
 ARGS = ["--rungs", "d3ssl", "soco", "--seeds", "0", "--short-side", "96", "--num-pairs", "4", "--num-crops", "4",
@@ -25,7 +31,7 @@ ARGS = ["--rungs", "d3ssl", "soco", "--seeds", "0", "--short-side", "96", "--num
 def ladder(tmp_path_factory):
     root = tmp_path_factory.mktemp("ladder")
     argv = ARGS + ["--out", str(root / "results"), "--runs-dir", str(root / "runs")]
-    assert reproduce_mini.main(argv) == 0
+    assert mini_ladder.main(argv) == 0
     return root, argv
 
 
@@ -73,28 +79,28 @@ def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_c
             out.update({f"d3ssl/s{s}/step{step}": {"step": step, "oknn": {"top1": v}} for step, v in pts})
         return out
 
-    curves = reproduce_mini.learning_curves(evals([20.0, 25.0], [[(20, 26.0), (10, 24.0)], [(10, 36.0), (20, 35.5)]]))
+    curves = report.learning_curves(evals([20.0, 25.0], [[(20, 26.0), (10, 24.0)], [(10, 36.0), (20, 35.5)]]))
     assert curves["d3ssl"] == {"s0": [(0, 20.0), (10, 24.0), (20, 26.0)], "s1": [(0, 25.0), (10, 36.0), (20, 35.5)]}
-    line = reproduce_mini.gain_line(curves)
+    line = report.gain_line(curves)
     # mean gain +8.25: s0 rises but gains +6.0; s1 gains +10.5 but falls at its last checkpoint
     assert "**no** (+8.2 points on the mean; s0 +6.0, rising at every checkpoint; " in line
     assert "s1 +10.5, not rising at every checkpoint (25.0 → 36.0 → 35.5)" in line
-    met = reproduce_mini.gain_line(reproduce_mini.learning_curves(evals([20.0], [[(10, 25.0), (20, 31.0)]])))
+    met = report.gain_line(report.learning_curves(evals([20.0], [[(10, 25.0), (20, 31.0)]])))
     assert "**yes** (+11.0 points on the mean; s0 +11.0, rising at every checkpoint)" in met
-    assert reproduce_mini.gain_line({}) is None  # nothing trained yet: no verdict
+    assert report.gain_line({}) is None  # nothing trained yet: no verdict
     # with the val split's size, a fall is told apart from the evaluation's noise; the verdict stays "no"
-    noisy = reproduce_mini.gain_line(curves, num_queries=900)
+    noisy = report.gain_line(curves, num_queries=900)
     assert "(25.0 → 36.0 → 35.5; its largest fall, 0.5 points (standard error 2.3), is within twice its standard error)" in noisy
     assert "**no** (+8.2 points on the mean;" in noisy and "s0 +6.0, rising at every checkpoint;" in noisy
-    fell = reproduce_mini.learning_curves(evals([20.0], [[(10, 40.0), (20, 38.0), (30, 30.0)]]))
+    fell = report.learning_curves(evals([20.0], [[(10, 40.0), (20, 38.0), (30, 30.0)]]))
     assert ("(20.0 → 40.0 → 38.0 → 30.0; its largest fall, 8.0 points (standard error 2.2), is beyond twice its standard error)"
-            in reproduce_mini.gain_line(fell, num_queries=900))
+            in report.gain_line(fell, num_queries=900))
 
 
 def test_directions_compare_two_rungs_on_the_seeds_both_have():
     rows = {"d3ssl": {"oknn_top1": {"s0": 30.0, "s1": 20.0}, "disturbed_oknn_top1": {"s0": 29.0, "s1": 19.0}},
             "soco": {"oknn_top1": {"s0": 27.0}, "disturbed_oknn_top1": {"s0": 23.0}}}
-    lines = reproduce_mini.directions(rows)
+    lines = report.directions(rows)
     # on the mean over both seeds D3SSL (25.0) would be below SoCo (27.0); paired on s0 it is above
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes (1 seed: no spread to compare with)** "
             "(d3ssl 30.0 vs soco 27.0; no standard error stored; on the seeds both have: s0)") in lines
@@ -102,19 +108,19 @@ def test_directions_compare_two_rungs_on_the_seeds_both_have():
             "with)** (+3.0 vs +6.0; no standard error stored; on the seeds both have: s0)") in lines
     rows["soco"] = {"oknn_top1": {"s0": 27.0, "s1": 21.0}, "disturbed_oknn_top1": {"s0": 23.0, "s1": 18.0}}
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes on the mean, within the seed-to-seed spread** "
-            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in reproduce_mini.directions(rows)
+            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in report.directions(rows)
     assert "- L_dp raises MCS (layer4) (Tab. 7): not measured yet" in lines
     # Sec. 3's claims compare D3SSL with SoCo on the diagnostics: lower MCS for D3SSL is "no"
     rows["d3ssl"]["mcs_layer4"], rows["soco"]["mcs_layer4"] = {"s0": 0.92, "s1": 0.93}, {"s0": 0.95, "s1": 0.99}
     assert ("- D3SSL less positional bias than SoCo: higher MCS (layer4) (Sec. 3.2, Fig. 4b): **no** "
-            "(d3ssl 0.925 ±0.005 vs soco 0.970 ±0.020; no standard error stored)") in reproduce_mini.directions(rows)
+            "(d3ssl 0.925 ±0.005 vs soco 0.970 ±0.020; no standard error stored)") in report.directions(rows)
 
 
 def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
     def line(d3ssl, dconly, se, key="cr_layer4", text="L_dp lowers CR (layer4) (Tab. 7)"):
         rows = {"d3ssl": {key: d3ssl, f"{key}_se": {s: se for s in d3ssl}},
                 "d3ssl_dconly": {key: dconly, f"{key}_se": {s: se for s in dconly}}}
-        return next(x for x in reproduce_mini.directions(rows) if x.startswith(f"- {text}:"))
+        return next(x for x in report.directions(rows) if x.startswith(f"- {text}:"))
 
     # lower on every seed by 0.001, but each evaluation's standard error is 0.002: the difference's is
     # sqrt(2 * 2 * 0.002^2) / 2 = 0.002, and 0.001 is within twice that
@@ -139,7 +145,7 @@ def test_more_so_on_disturbed_is_judged_against_the_noise_of_the_four_evaluation
         for row in rows.values():
             for key in ("oknn_top1", "disturbed_oknn_top1"):
                 row[f"{key}_se"] = {s: se for s in seeds}
-        return next(x for x in reproduce_mini.directions(rows) if x.startswith("- ... and more so"))
+        return next(x for x in report.directions(rows) if x.startswith("- ... and more so"))
 
     # gaps of +2.6 and +2.7 (the twin's four seeds read +2.6 vs +2.6): an excess of 0.1 point is no direction;
     # each excess has 4 evaluations' noise, sqrt(4 * 1.5^2) = 3.0 per seed, 3.0 / sqrt(2) = 2.1 on the mean of two
@@ -156,18 +162,18 @@ def test_more_so_on_disturbed_is_judged_against_the_noise_of_the_four_evaluation
 def test_the_top1_standard_error_is_binomial_over_the_queries():
     evals = {"random_init/s0": {"step": 0, "oknn": {"top1": 20.0, "top5": 60.0, "num_queries": 400},
                                 "disturbed_oknn": {"top1": 50.0, "top5": 90.0, "num_queries": 100}}}
-    row = reproduce_mini.summary(SimpleNamespace(data={"evals": evals}))["random_init"]
+    row = report.summary(SimpleNamespace(data={"evals": evals}))["random_init"]
     assert row["oknn_top1_se"]["s0"] == pytest.approx(2.0)  # sqrt(20 * 80 / 400)
     assert row["disturbed_oknn_top1_se"]["s0"] == pytest.approx(5.0)  # sqrt(50 * 50 / 100)
     assert row["cr_layer4_se"] == {}  # not evaluated: no error either
 
 
 def test_the_learning_curve_figure_gives_every_seed_its_own_line_style_in_seed_order():
-    styles = reproduce_mini.seed_linestyles({"s10", "s2", "s0", "s1"})
+    styles = report.seed_linestyles({"s10", "s2", "s0", "s1"})
     assert list(styles) == ["s0", "s1", "s2", "s10"]  # by number, not as strings ("s10" < "s2")
     assert [name for name, _ in styles.values()] == ["solid", "dashed", "dash-dot", "dotted"]
     assert len({str(ls) for _, ls in styles.values()}) == 4
-    assert reproduce_mini.seed_linestyles({"s0", "s1", "s2", "s3", "s4"})["s4"] == styles["s0"]  # cycles past four
+    assert report.seed_linestyles({"s0", "s1", "s2", "s3", "s4"})["s4"] == styles["s0"]  # cycles past four
 
 
 def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeypatch):
@@ -175,14 +181,14 @@ def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeyp
     path = root / "results" / "results.json"
     before = json.loads(path.read_text())
     launched = []
-    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: launched.append(a))
-    assert reproduce_mini.main(argv) == 0
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: launched.append(a))
+    assert mini_ladder.main(argv) == 0
     assert launched == [] and json.loads(path.read_text())["evals"] == before["evals"]
     # a ladder killed before one evaluation finished: only that one is computed again, identically
     lost = dict(before)
     lost["evals"] = {k: v for k, v in before["evals"].items() if k != "soco/s0/step6"}
     path.write_text(json.dumps(lost))
-    assert reproduce_mini.main(argv) == 0
+    assert mini_ladder.main(argv) == 0
     assert launched == []
     assert json.loads(path.read_text())["evals"]["soco/s0/step6"] == before["evals"]["soco/s0/step6"]
 
@@ -191,7 +197,7 @@ def test_evaluations_stored_without_standard_errors_get_them_on_relaunch_and_not
     root, argv = ladder
     path = root / "results" / "results.json"
     before = path.read_text()
-    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
 
     def without_errors(change=None):
         data = json.loads(before)
@@ -203,17 +209,17 @@ def test_evaluations_stored_without_standard_errors_get_them_on_relaunch_and_not
 
     try:
         without_errors()
-        assert reproduce_mini.main(argv) == 0
+        assert mini_ladder.main(argv) == 0
         assert json.loads(path.read_text())["evals"] == json.loads(before)["evals"]  # the same errors, the rest untouched
         # a stored mean that the weights no longer give is refused, not mixed with new errors
         without_errors(lambda evals: evals["soco/s0/step6"]["cr"].update(layer4=evals["soco/s0/step6"]["cr"]["layer4"] + 0.01))
         with pytest.raises(RuntimeError, match=r"soco/s0/step6: cr at layer4 comes out as .* delete soco/s0/step6 "):
-            reproduce_mini.main(argv)
+            mini_ladder.main(argv)
         # a run whose checkpoints are gone keeps its evaluation as it was, and says so
         without_errors()
         (root / "runs" / "soco_s0").rename(root / "runs" / "soco_s0.moved")
         capsys.readouterr()
-        assert reproduce_mini.main(argv) == 0
+        assert mini_ladder.main(argv) == 0
         assert "soco/s0/step6: no step-6 checkpoint in " in capsys.readouterr().out
         assert "cr_se" not in json.loads(path.read_text())["evals"]["soco/s0/step6"]
     finally:
@@ -234,29 +240,27 @@ def test_ceiling_steps_zero_skips_the_ceiling_and_a_negative_count_is_refused(la
     data = json.loads(before)
     del data["evals"]["supervised/s0"]
     path.write_text(json.dumps(data))
-    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
     try:
-        assert reproduce_mini.main(with_ceiling_steps(argv, "0")) == 0
+        assert mini_ladder.main(with_ceiling_steps(argv, "0")) == 0
         assert "supervised/s0" not in json.loads(path.read_text())["evals"]
         md = (root / "results" / "results.md").read_text()
         assert "| random init (floor) | 1 |" in md and "supervised RoI classifier" not in md
         with pytest.raises(SystemExit):
-            reproduce_mini.main(with_ceiling_steps(argv, "-1"))
+            mini_ladder.main(with_ceiling_steps(argv, "-1"))
         assert "--ceiling-steps must be >= 0 (0 skips the supervised ceiling), got -1" in capsys.readouterr().err
     finally:
         path.write_text(before)
-        assert reproduce_mini.main(argv) == 0  # the report again from the untouched results
+        assert mini_ladder.main(argv) == 0  # the report again from the untouched results
 
 
 def test_other_settings_are_refused(ladder):
     root, argv = ladder
     with pytest.raises(ValueError, match="other settings"):
-        reproduce_mini.main([a if a != "4" else "5" for a in argv])
+        mini_ladder.main([a if a != "4" else "5" for a in argv])
 
 
 def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
-    import diagnose_bn_leak
-    import diagnose_instance_cues
 
     root, _ = ladder
     run = root / "runs" / "d3ssl_s0"
@@ -285,7 +289,6 @@ def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
 
 
 def test_coupling_diagnostic_on_ladder_runs(ladder, tmp_path):
-    import diagnose_coupling
 
     root, _ = ladder
     runs = [str(root / "runs" / f"{r}_s0") for r in ("d3ssl", "soco")]
@@ -313,7 +316,6 @@ def test_coupling_diagnostic_on_ladder_runs(ladder, tmp_path):
 
 
 def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
-    import diagnose_teacher
 
     # a constant momentum leaves m^n of the start; SoCo's cosine from 0.99 to 1 over the ladder's 279 steps, 1/4
     assert diagnose_teacher.init_weight_held(5, 10, 0.9, 0.9) == pytest.approx(0.9 ** 5)
@@ -330,9 +332,9 @@ def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
     assert rows[0]["init_weight_held"] > rows[1]["init_weight_held"] > 0
     assert rows[1]["momentum"] == 1.0  # the cosine ends at momentum_final
     # the gap is the one between the two backbones the checkpoint holds, relative to the random init's norm
-    ckpt = reproduce_mini.final_checkpoint(run)[0]
-    student, teacher = (reproduce_mini.backbone_from_checkpoint(ckpt, n).state_dict() for n in ("student", "teacher"))
-    init = reproduce_mini.initial_backbone(reproduce_mini.final_checkpoint(run)[1], 0).state_dict()
+    ckpt = ladder_helpers.final_checkpoint(run)[0]
+    student, teacher = (ladder_helpers.backbone_from_checkpoint(ckpt, n).state_dict() for n in ("student", "teacher"))
+    init = ladder_helpers.initial_backbone(ladder_helpers.final_checkpoint(run)[1], 0).state_dict()
     learnt = [k for k, v in init.items() if v.is_floating_point() and "running_" not in k]
     gap = sum(float((teacher[k] - student[k]).pow(2).sum()) for k in learnt) ** 0.5
     assert rows[1]["teacher_to_student"] == pytest.approx(gap / sum(float(init[k].pow(2).sum()) for k in learnt) ** 0.5)
@@ -346,7 +348,6 @@ def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
 
 
 def test_replayed_attributes_match_the_stored_split(tmp_path):
-    import diagnose_instance_cues
     from d3ssl_zoo.data import scenes
     from d3ssl_zoo.evaluation.objects import load_coco_objects
 
@@ -392,7 +393,7 @@ def test_replayed_attributes_match_the_stored_split(tmp_path):
 
 def test_replayed_pose_is_the_drawn_pose():
     import cv2
-    import diagnose_instance_cues
+
     from d3ssl_zoo.data import scenes
 
     # one shape per image on the cue-free twin, no clutter: a square's outline shows its drawn rotation
@@ -424,7 +425,6 @@ def test_replayed_pose_is_the_drawn_pose():
 
 
 def test_shape_within_position_shows_what_the_place_hides(capsys):
-    import diagnose_instance_cues
 
     rng = np.random.default_rng(0)
 

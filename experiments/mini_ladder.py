@@ -86,8 +86,10 @@ def run_rung(rung: str, seed: int, runs_dir: Path, overrides: list[str], log_dir
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    """The ladder's command line."""
+    p = argparse.ArgumentParser(prog="python -m experiments.mini_ladder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "coloured_ladder"),
@@ -107,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="O-KNN of every intermediate checkpoint (the learning curves)")
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite results.md, the figures and command.sh from the --out folder's results.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
     args = p.parse_args(argv)
     if args.ceiling_steps < 0:
         p.error(f"--ceiling-steps must be >= 0 (0 skips the supervised ceiling), got {args.ceiling_steps}")

@@ -66,13 +66,15 @@ def _question_and_commands(data: dict) -> list[str]:
     return lines
 
 
-def write_command_sh(folder: Path, data: dict) -> Path | None:
-    """``command.sh``: the folder's commands, run from the repository root (none stored: no file)."""
+def write_command_sh(folder: Path, data: dict, name: str | None = None) -> Path | None:
+    """``command.sh`` of the folder ``name`` (default: ``folder``'s) into ``folder``: its commands, run from the
+    repository root (none stored: no file)."""
     made = commands(data)
     if not made:
         return None
-    lines = ["#!/usr/bin/env bash", f"# {folder.name}: {data['question']}" if data.get("question") else
-             f"# {folder.name}", "# " + GENERATED.replace("`", "")]
+    name = name or folder.name
+    lines = ["#!/usr/bin/env bash", f"# {name}: {data['question']}" if data.get("question") else f"# {name}",
+             "# " + GENERATED.replace("`", "")]
     lines += [f"# Reads the training runs of experiments/results/{n}/ (made by its command.sh): run that first."
               for n in data.get("needs", [])]
     lines += ["set -euo pipefail", 'cd "$(dirname "$0")/../../.."', "", *(_wrapped(c) for c in made), ""]
@@ -267,9 +269,9 @@ def directions(rows: dict, curves: dict | None = None, num_queries: int | None =
     return lines
 
 
-def write_report(results: Results, out: Path) -> None:
-    """``results.md`` (tables, directions), the figures and ``command.sh`` of a ladder folder, from its
-    ``results.json``."""
+def write_report(results: Results, out: Path, figures: bool = True) -> None:
+    """``results.md`` (tables, directions), the figures (unless ``figures`` is false) and ``command.sh`` of a
+    ladder folder, from its ``results.json``."""
     rows = summary(results)
     meta = results.data["meta"]
     source = next((o.split("=", 1)[1] for o in meta["settings"]["overrides"] if o.startswith("dataset.source=")),
@@ -308,8 +310,9 @@ def write_report(results: Results, out: Path) -> None:
     lines += ["", "![O-KNN vs steps](oknn_vs_steps.png)", "", "![CR and MCS per stage](cr_mcs_per_stage.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(lines))
-    _figures(results, rows, out)
-    write_command_sh(out, results.data)
+    if figures:
+        _figures(results, rows, out)
+    write_command_sh(out, results.data, results.path.parent.name)
 
 
 def cr_room_lines(rows: dict, names: dict) -> list[str]:
@@ -544,9 +547,11 @@ def _kind(name: str) -> str:
     raise ValueError(f"no table for {name}: its name starts with none of {', '.join(KINDS)}")
 
 
-def write_diagnostics_report(folder: Path) -> Path:
-    """``results.md`` and ``command.sh`` of a diagnostics folder, from its ``results.json`` index: every JSON file
-    it lists, under its command, as a table (the ``instance_cues_*`` and ``bn_leak_*`` files each in one table)."""
+def write_diagnostics_report(folder: Path, out: Path | None = None) -> Path:
+    """``results.md`` and ``command.sh`` of a diagnostics folder (into ``out``, default the folder itself), from its
+    ``results.json`` index: every JSON file it lists, under its command, as a table (the ``instance_cues_*`` and
+    ``bn_leak_*`` files each in one table)."""
+    out = folder if out is None else out
     data = json.loads((folder / "results.json").read_text())
     lines = [f"# {data.get('title', folder.name)}", "", GENERATED, "", *_question_and_commands(data)]
     if (folder / "findings.md").is_file():
@@ -568,9 +573,10 @@ def write_diagnostics_report(folder: Path) -> Path:
                 lines += ["```bash", *(_wrapped(c) for c in made), "```", ""]
         files = {e["file"]: json.loads((folder / e["file"]).read_text()) for e in group}
         lines += [*(KINDS[kind](files) if kind in GROUPED else KINDS[kind](files[entry["file"]])), ""]
-    (folder / "results.md").write_text("\n".join(lines))
-    write_command_sh(folder, data)
-    return folder / "results.md"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("\n".join(lines))
+    write_command_sh(out, data, folder.name)
+    return out / "results.md"
 
 
 # ---------------------------------------------------------------- the command line

@@ -50,8 +50,9 @@ def _wrapped(command: str, indent: str = "    ") -> str:
     words = shlex.split(command)
     lines: list[list[str]] = [[]]
     for word in words:
-        if word.startswith("--") and lines[-1]:
-            lines.append([])
+        if word.startswith("--") or word.endswith(".py"):  # an option, or the script a launcher runs
+            if lines[-1]:
+                lines.append([])
         lines[-1].append(word)
     return f" \\\n{indent}".join(shlex.join(line) for line in lines)
 
@@ -400,7 +401,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _gain(value: float) -> str:
-    return f"**{value:+.1f}**"
+    return f"**{round(value, 1) + 0.0:+.1f}**"  # + 0.0: a gain that rounds to zero reads +0.0, not -0.0
 
 
 def _read_name(features: str) -> str:
@@ -425,10 +426,13 @@ def instance_cues_table(files: dict[str, dict]) -> list[str]:
     if within:
         header += ["shape, bank of the query's cell", "shape, as many from anywhere"]
     rows = []
-    chances = [d.get("chance") for d in files.values()]
-    one_chance = all(c == chances[0] for c in chances) and chances[0] is not None
+    chance: dict = {}  # the val share of each attribute's commonest value, where every file agrees on it
+    one_chance = all("chance" in d for d in files.values())
+    for d in files.values():
+        for a, v in d.get("chance", {}).items():
+            one_chance = one_chance and abs(chance.setdefault(a, v) - v) < 1e-9
     if one_chance:
-        rows.append(["(commonest value)", "", *(f"{chances[0][a]:.1f}" if a in chances[0] else "–" for a in attrs)]
+        rows.append(["(commonest value)", "", *(f"{chance[a]:.1f}" if a in chance else "–" for a in attrs)]
                     + (["", ""] if within else []))
     for name, d in files.items():
         label = name.removeprefix("instance_cues_").removesuffix(".json")
@@ -445,8 +449,9 @@ def instance_cues_table(files: dict[str, dict]) -> list[str]:
             w = d.get("shape_within_position")
             row += ([_gain(w["trained"][k] - w["random init"][k]) for k in ("same", "random")] if w else ["–", "–"])
         rows.append(row)
-    return ["Weighted k-NN top-1 % (k 20, T 0.07) of each attribute replayed from the generator: bank = every "
-            "train-split object, queries = every val object; `–`: not measured by that run's diagnostic.", "",
+    return ["Weighted k-NN top-1 % (k 20, T 0.07) of each attribute replayed from the generator, for a run's final "
+            "checkpoint and its exact random init: bank = every train-split object, queries = every val object; `–`: "
+            "not measured by that run's diagnostic.", "",
             *_table(header, rows)]
 
 
@@ -534,9 +539,15 @@ def oknn_read_table(data: dict) -> list[str]:
             *_table(["run", "read", "short side", "BN", "random init", "trained", "gain (last)"], rows)]
 
 
-KINDS = {  # file-name prefix -> the table of one file, or (for instance_cues, bn_leak) of every such file at once
-    "instance_cues_": instance_cues_table, "bn_leak_": bn_leak_table, "teacher_": teacher_table,
-    "coupling_": coupling_table, "oknn_read_": oknn_read_table, "oknn": checkpoint_oknn_table}
+KINDS = {  # file-name prefix -> (section title, the table of one file or, for GROUPED kinds, of every such file)
+    "instance_cues_": ("What the region features encode (`experiments.diagnose_instance_cues`)", instance_cues_table),
+    "bn_leak_": ("Does the model recognise its BN batch? (`experiments.diagnose_bn_leak`)", bn_leak_table),
+    "coupling_": ("The coupling rate and how open the residual blocks are (`experiments.diagnose_coupling`)",
+                  coupling_table),
+    "teacher_": ("How far the teacher follows the student (`experiments.diagnose_teacher`)", teacher_table),
+    "oknn_read_": ("Two reads of one backbone: O-KNN's C5 map and the pre-training path "
+                   "(`experiments.diagnose_oknn_read`)", oknn_read_table),
+    "oknn": ("O-KNN at every checkpoint", checkpoint_oknn_table)}
 GROUPED = ("instance_cues_", "bn_leak_")
 
 
@@ -547,32 +558,46 @@ def _kind(name: str) -> str:
     raise ValueError(f"no table for {name}: its name starts with none of {', '.join(KINDS)}")
 
 
+def _made(entry: dict) -> list[str]:
+    command = entry.get("command")
+    return [command] if isinstance(command, str) else list(command or [])
+
+
 def write_diagnostics_report(folder: Path, out: Path | None = None) -> Path:
     """``results.md`` and ``command.sh`` of a diagnostics folder (into ``out``, default the folder itself), from its
-    ``results.json`` index: every JSON file it lists, under its command, as a table (the ``instance_cues_*`` and
-    ``bn_leak_*`` files each in one table)."""
+    ``results.json`` index: every JSON file it lists, with the command that wrote it, as a table (the
+    ``instance_cues_*`` and ``bn_leak_*`` files each in one table, their commands in a second)."""
     out = folder if out is None else out
     data = json.loads((folder / "results.json").read_text())
-    lines = [f"# {data.get('title', folder.name)}", "", GENERATED, "", *_question_and_commands(data)]
+    lines = [f"# {data.get('title', folder.name)}", "", GENERATED, ""]
+    lines += [f"**Question.** {data['question']}", ""] if data.get("question") else []
+    if data.get("needs"):
+        lines += ["The diagnostics read the training runs of " + ", ".join(
+            f"[`{n}`](../{n}/results.md)" for n in data["needs"]) + " (each made by its folder's `command.sh`).", ""]
+    if data.get("training"):
+        lines += ["The runs they read, trained first (from the repository root):", "", "```bash",
+                  *(_wrapped(c) for c in data["training"]), "```", ""]
+    lines += ["`command.sh` runs every command of this page, in order (from the repository root).", ""]
     if (folder / "findings.md").is_file():
         lines += ["What the numbers show, with the other runs they are read against: [findings.md](findings.md).", ""]
-    done = set()
+    by_kind: dict[str, list[dict]] = {}
     for entry in data["files"]:
-        kind = _kind(entry["file"])
-        if kind in done:
+        by_kind.setdefault(_kind(entry["file"]), []).append(entry)
+    for kind, entries in by_kind.items():
+        title, table = KINDS[kind]
+        lines += [f"## {title}", ""]
+        if kind in GROUPED:
+            files = {e["file"]: json.loads((folder / e["file"]).read_text()) for e in entries}
+            lines += [*table(files), "", *_table(["file", "what", "command"], [
+                [f"[`{e['file']}`]({e['file']})", e["about"], " && ".join(f"`{c}`" for c in _made(e)) or "–"]
+                for e in entries]), ""]
             continue
-        group = [e for e in data["files"] if _kind(e["file"]) == kind] if kind in GROUPED else [entry]
-        done.update([kind] if kind in GROUPED else [])
-        names = ", ".join(f"[`{e['file']}`]({e['file']})" for e in group)
-        lines += [f"## {names}", ""]
-        for e in group:
-            about = f"`{e['file']}`: {e['about']}" if len(group) > 1 else e["about"]
-            lines += [about, ""]
-            made = [e["command"]] if isinstance(e.get("command"), str) else e.get("command") or []
+        for e in entries:
+            lines += [f"### [`{e['file']}`]({e['file']})", "", e["about"], ""]
+            made = _made(e)
             if made:
                 lines += ["```bash", *(_wrapped(c) for c in made), "```", ""]
-        files = {e["file"]: json.loads((folder / e["file"]).read_text()) for e in group}
-        lines += [*(KINDS[kind](files) if kind in GROUPED else KINDS[kind](files[entry["file"]])), ""]
+            lines += [*table(json.loads((folder / e["file"]).read_text())), ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(lines))
     write_command_sh(out, data, folder.name)

@@ -82,7 +82,7 @@ def measure(method, batches: list[dict], bank_batches: list[dict], mode: str) ->
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.diagnose_bn_leak", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a train/pretrain.py output folder of a d3ssl recipe")
     p.add_argument("--batches", type=int, default=8, help="pre-training batches to measure on")
     p.add_argument("--epoch", type=int, default=1000, help="sampler epoch the batches are drawn from (any; "

@@ -95,7 +95,7 @@ def val_batch(scenes, model: nn.Module, count: int, side: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.diagnose_coupling", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", nargs="+", required=True, help="mini-ladder run folders (train/pretrain.py output)")
     p.add_argument("--ceiling-steps", type=int, default=0,
                    help="also train the supervised ceiling as the ladder does (its --ceiling-steps; 0: no)")

@@ -163,7 +163,8 @@ def shape_within(feats: dict[str, torch.Tensor], attrs: dict[str, dict[str, np.n
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.diagnose_instance_cues",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a mini-ladder run folder (train/pretrain.py output)")
     p.add_argument("--short-side", type=int, default=256)
     p.add_argument("--features", default="c5",

@@ -65,7 +65,7 @@ def recalibrated(model: torch.nn.Module, batches: list[torch.Tensor], mode: str)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.diagnose_oknn_read", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs-dir", required=True, help="the ladder's --runs-dir (holds <rung>_s<seed>)")
     p.add_argument("--rung", default="d3ssl", choices=sorted(ladder.RUNGS))
     p.add_argument("--seed", type=int, default=0)

@@ -57,7 +57,7 @@ def distances(state: dict[str, torch.Tensor], init: dict[str, torch.Tensor]) -> 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.diagnose_teacher", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", nargs="+", required=True, help="mini-ladder run folders (train/pretrain.py output)")
     p.add_argument("--oknn", action="store_true", help="also O-KNN top-1 of student and teacher per checkpoint")
     p.add_argument("--short-side", type=int, default=256, help="O-KNN scale (the ladder's default)")

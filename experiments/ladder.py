@@ -16,9 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 import d3ssl_zoo
-from d3ssl_zoo.data.composite import (
-    _depositioning_shift,  # the pipeline's own draw of t (Eq. 6-8)
-)
+from d3ssl_zoo.data.composite import _depositioning_shift
 from d3ssl_zoo.engine import list_checkpoints
 from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
 from d3ssl_zoo.engine.config import ADDED_KEYS, ModelConfig
@@ -210,6 +208,9 @@ SHIFT_READINGS = ("all K (literal)", "1 of K")  # the composites shift_statistic
 
 def shift_statistics(recipe: dict, scenes, num_images: int = 400, seed: int = 0) -> dict:
     """How far Eq. 6-8 moves the pasted proposals, for the literal reading (all K) and for 1 of K.
+
+    The shift t is drawn by the data pipeline's own function (private to the package, which needs it for
+    nothing else), so the statistics are those of the views the rungs train on.
 
     Draws the views of ``num_images`` pre-training images as the data pipeline does and reports
     the share of zero shifts, the median |t| in pixels of the view, and the median share of the

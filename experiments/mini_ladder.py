@@ -190,3 +190,7 @@ def stored_before_standard_errors(results: Results, key: str, run: Path, base: d
               flush=True)
         return
     add_standard_errors(results, key, backbone_from_checkpoint(ckpt), scenes, settings, seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -620,7 +620,7 @@ def report(folder: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", type=Path, help="result folders (each holds a results.json)")
     args = p.parse_args(argv)
     for folder in args.folders:

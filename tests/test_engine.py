@@ -70,9 +70,9 @@ def test_every_tag_has_a_complete_commented_recipe():
 
 def test_recipes_state_only_what_differs_from_their_base(tmp_path, capsys):
     # every derived recipe is a base: plus a few keys
-    for path in [*RECIPES.glob("*.yaml"), *RECIPES.glob("mini/*.yaml")]:
+    for path in [*RECIPES.glob("*.yaml"), *(ROOT / "experiments" / "recipes").glob("*.yaml")]:
         raw = yaml.safe_load(path.read_text())
-        if path.stem.startswith("det_") or path.stem in ("d3ssl_r50c4.coco_800ep", "d3ssl"):
+        if path.stem.startswith("det_") or path.stem in ("d3ssl_r50c4.coco_800ep", "demo"):
             assert "base" not in raw
             continue
         assert "base" in raw and len(list(_flat_keys(raw))) <= 12, path.name
@@ -84,9 +84,10 @@ def test_recipes_state_only_what_differs_from_their_base(tmp_path, capsys):
     assert "  epochs: 3  # override\n" in text
     assert "  name: soco  # soco_r50c4.coco_800ep.yaml: SoCo baseline" in text
     assert "  base_lr: 1.0  # d3ssl_r50c4.coco_800ep.yaml: SoCo: LARS lr per base_batch images" in text
-    assert pretrain.main(["--print-recipe", "--recipe", "mini/d3ssl_dp1"]) == 0
+    assert pretrain.main(["--print-recipe", "--recipe", str(ROOT / "experiments" / "recipes" / "d3ssl_dp1.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "  dp_proposals: 1  # d3ssl_dp1.yaml:" in out and "  image_size: 128  # d3ssl.yaml:" in out
+    assert "  dp_proposals: 1  # d3ssl_dp1.yaml:" in out and "  roi_size: 7  # d3ssl.yaml:" in out
+    assert "recipes/demo.yaml: ours: the 160 px scenes at 0.8x" in out  # an experiment's base: the packaged demo
     # a base that is missing, or a cycle, names the files
     (tmp_path / "a.yaml").write_text("base: b\ntag: x\n")
     with pytest.raises(FileNotFoundError, match=r"a.yaml: its base 'b' is neither .*b.yaml nor a recipe shipped"):
@@ -280,13 +281,13 @@ def test_soco_recipe_trains_through_the_engine(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_the_recipes_padding_mode_reaches_the_trained_model_its_export_and_the_ladder(tiny, tmp_path):
-    import reproduce_mini  # noqa: E402  (train/ is on sys.path above)
+    from experiments import ladder
 
     result = train(tiny_recipe(tiny, "model.padding_mode=circular", "train.mixed_precision=no"), tmp_path / "c")
     config = json.loads((result.export_dir / "config.json").read_text())
     assert config["model_args"] == {"padding_mode": "circular"}
     for backbone in (result.method.backbone, d3ssl_zoo.load_backbone(str(result.export_dir)),
-                     reproduce_mini.backbone_from_checkpoint(result.last_checkpoint)):
+                     ladder.backbone_from_checkpoint(result.last_checkpoint)):
         assert backbone.padding_mode == "circular" and backbone.layer4[0].conv1.padding_mode == "circular"
     with pytest.raises(ValueError, match=r"model.padding_mode must be one of .*got 'wrap'"):
         tiny_recipe(tiny, "model.padding_mode=wrap")

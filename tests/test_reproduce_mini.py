@@ -1,6 +1,9 @@
-"""train/reproduce_mini.py on a tiny scene set: two rungs through `accelerate launch`, every
-evaluation stored, the report and figures written, and a relaunch that redoes nothing (resume)."""
+"""The mini ladder (experiments.mini_ladder) on a tiny scene set: two rungs through `accelerate launch`,
+every evaluation stored, the report and figures written, and a relaunch that redoes nothing (resume);
+the report's judgements; the diagnostics on the ladder's runs; experiments.report on a diagnostics folder."""
 import json
+import runpy
+import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,9 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-import reproduce_mini  # noqa: E402  (train/ is a scripts folder, not a package)
+from experiments import (
+    diagnose_bn_leak,
+    diagnose_coupling,
+    diagnose_instance_cues,
+    diagnose_teacher,
+    mini_ladder,
+    report,
+)
+from experiments import ladder as ladder_helpers
 
 SOURCE = "scenes:num_pretrain=12,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=1"
 ARGS = ["--rungs", "d3ssl", "soco", "--seeds", "0", "--short-side", "96", "--num-pairs", "4", "--num-crops", "4",
@@ -23,12 +32,14 @@ ARGS = ["--rungs", "d3ssl", "soco", "--seeds", "0", "--short-side", "96", "--num
 
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory):
+    """Two rungs of the ladder on a tiny scene set, trained through ``accelerate launch``: slow."""
     root = tmp_path_factory.mktemp("ladder")
     argv = ARGS + ["--out", str(root / "results"), "--runs-dir", str(root / "runs")]
-    assert reproduce_mini.main(argv) == 0
+    assert mini_ladder.main(argv) == 0
     return root, argv
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_every_evaluation_is_stored(ladder):
     root, _ = ladder
     data = json.loads((root / "results" / "results.json").read_text())
@@ -53,18 +64,105 @@ def test_every_evaluation_is_stored(ladder):
     assert shift["1 of K"]["mean_shift_px"] >= shift["all K (literal)"]["mean_shift_px"]
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_report_and_figures(ladder):
     root, _ = ladder
     md = (root / "results" / "results.md").read_text()
-    assert "| random init (floor) | 1 |" in md and "| supervised RoI classifier (ceiling, 2 steps) | 1 |" in md and "| SoCo | 1 |" in md and "| D3SSL (L_dc + L_dp) | 1 |" in md
+    assert "| random init (floor) | 1 |" in md and "| supervised RoI classifier (ceiling, 2 steps) | 1 |" in md
+    assert "| SoCo | 1 |" in md and "| D3SSL (L_dc + L_dp) | 1 |" in md
     assert "D3SSL above SoCo on O-KNN top-1 (Tab. 4): **" in md
-    assert f"Data: `{SOURCE}`" in md and "Recipe overrides for every rung: `data.image_size=64 " in md and "D3SSL trained >= random init + 10 points O-KNN top-1, rising with training: **" in md
+    assert f"Data: `{SOURCE}`" in md and "Recipe overrides for every rung: `data.image_size=64 " in md
+    assert "D3SSL trained >= random init + 10 points O-KNN top-1, rising with training: **" in md
     assert "L_dp lowers CR (layer4) (Tab. 7): not measured yet" in md  # no w/o-L_dp rung in this run
     room = md.split("## The room the coupling rate has (layer4)")[1].split("##")[0]
     assert "| random init (floor) | 1 | 0." in room and "| D3SSL (L_dc + L_dp) | 1 | 0." in room
     for fig in ("oknn_vs_steps.png", "cr_mcs_per_stage.png"):
         assert (root / "results" / fig).stat().st_size > 5000
 
+
+
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
+def test_the_folder_keeps_its_command_and_report_only_rewrites_the_report(ladder, monkeypatch):
+    root, argv = ladder
+    out = root / "results"
+    data = json.loads((out / "results.json").read_text())
+    assert data["command"] == shlex.join(["python", "-m", "experiments.mini_ladder", *argv])
+    script = (out / "command.sh").read_text()
+    assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
+    assert shlex.split(script.split("\n\n", 1)[1].replace("\\\n", " ")) == shlex.split(data["command"])
+    report_md = (out / "results.md").read_text()
+    assert "python -m experiments.mini_ladder \\\n    --rungs d3ssl soco \\\n" in report_md
+    (out / "results.md").unlink()
+    (out / "oknn_vs_steps.png").unlink()
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    assert mini_ladder.main(argv + ["--report-only"]) == 0
+    assert (out / "results.md").read_text() == report_md and (out / "oknn_vs_steps.png").stat().st_size > 5000
+    assert json.loads((out / "results.json").read_text()) == data  # the report records no command
+    with pytest.raises(FileNotFoundError, match="run the ladder with --out"):
+        mini_ladder.main(["--out", str(root / "nowhere"), "--report-only"])
+
+
+def test_a_folder_built_by_several_commands_lists_them_once_each(tmp_path):
+    meta = {"settings": {"short_side": 256}}
+    results = ladder_helpers.Results(tmp_path / "results.json", meta)
+    results.record_command("python -m experiments.mini_ladder --seeds 0 1")
+    results.record_command("python -m experiments.mini_ladder --seeds 0 1")
+    stored = json.loads((tmp_path / "results.json").read_text())["command"]
+    assert stored == "python -m experiments.mini_ladder --seeds 0 1"
+    results.record_command("python -m experiments.mini_ladder --seeds 2 3")
+    results.record_command("python -m experiments.mini_ladder --seeds 0 1")
+    assert ladder_helpers.Results.read(tmp_path / "results.json").data["command"] == [
+        "python -m experiments.mini_ladder --seeds 0 1", "python -m experiments.mini_ladder --seeds 2 3"]
+
+
+
+@pytest.mark.parametrize("module", ["mini_ladder", "report", "diagnose_bn_leak", "diagnose_coupling",
+                                    "diagnose_instance_cues", "diagnose_oknn_read", "diagnose_teacher"])
+@pytest.mark.filterwarnings("ignore:'experiments.:RuntimeWarning")  # runpy: the test file imported them already
+def test_every_experiment_runs_as_a_module_from_the_repository_root(module, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module(f"experiments.{module}", run_name="__main__")
+    assert e.value.code == 0 and f"usage: python -m experiments.{module}" in capsys.readouterr().out
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in RESULTS.iterdir() if (p / "results.json").is_file()))
+def test_each_result_folder_is_what_its_results_json_generates(folder, tmp_path):
+    # results.md and command.sh are generated: regenerating them from results.json changes nothing
+    path = RESULTS / folder / "results.json"
+    data = json.loads(path.read_text())
+    assert data["question"] and report.commands(data)
+    if "evals" in data:
+        report.write_report(ladder_helpers.Results.read(path), tmp_path, figures=False)
+    else:
+        report.write_diagnostics_report(RESULTS / folder, tmp_path)
+        assert {e["file"] for e in data["files"]} == {p.name for p in (RESULTS / folder).glob("*.json")} - {
+            "results.json"}
+    for name in ("results.md", "command.sh"):
+        assert (tmp_path / name).read_text() == (RESULTS / folder / name).read_text(), f"{folder}/{name}"
+    assert (RESULTS / folder / "command.sh").stat().st_mode & 0o111
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in RESULTS.glob("*/results.json")
+                                          if "evals" in json.loads(p.read_text())))
+def test_each_ladder_folders_commands_make_exactly_its_runs_with_its_settings(folder):
+    data = json.loads((RESULTS / folder / "results.json").read_text())
+    settings = {k: v for k, v in data["meta"]["settings"].items() if k != "scenes"}
+    made = set()
+    for command in report.commands(data):
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "experiments.mini_ladder"]
+        args = mini_ladder.parser().parse_args(words[3:])
+        assert args.out == f"experiments/results/{folder}" and args.runs_dir == f"runs/{folder}"
+        # the settings the ladder checks results.json against: another command would be refused
+        assert {**mini_ladder.eval_settings(args), "overrides": args.override} == settings
+        assert args.ceiling_steps == data["evals"].get("supervised/s0", {}).get("training", {}).get("steps", 0)
+        made |= {(rung, f"s{seed}") for rung in args.rungs for seed in args.seeds}
+    stored = {tuple(k.split("/")[:2]) for k in data["evals"] if k.split("/")[0] in ladder_helpers.RUNGS}
+    assert made == stored
+    assert {k.split("/")[1] for k in data["evals"] if k.startswith("random_init/")} == {s for _, s in made}
 
 def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_curve():
     def evals(inits, curves):
@@ -73,28 +171,30 @@ def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_c
             out.update({f"d3ssl/s{s}/step{step}": {"step": step, "oknn": {"top1": v}} for step, v in pts})
         return out
 
-    curves = reproduce_mini.learning_curves(evals([20.0, 25.0], [[(20, 26.0), (10, 24.0)], [(10, 36.0), (20, 35.5)]]))
+    curves = report.learning_curves(evals([20.0, 25.0], [[(20, 26.0), (10, 24.0)], [(10, 36.0), (20, 35.5)]]))
     assert curves["d3ssl"] == {"s0": [(0, 20.0), (10, 24.0), (20, 26.0)], "s1": [(0, 25.0), (10, 36.0), (20, 35.5)]}
-    line = reproduce_mini.gain_line(curves)
+    line = report.gain_line(curves)
     # mean gain +8.25: s0 rises but gains +6.0; s1 gains +10.5 but falls at its last checkpoint
     assert "**no** (+8.2 points on the mean; s0 +6.0, rising at every checkpoint; " in line
     assert "s1 +10.5, not rising at every checkpoint (25.0 → 36.0 → 35.5)" in line
-    met = reproduce_mini.gain_line(reproduce_mini.learning_curves(evals([20.0], [[(10, 25.0), (20, 31.0)]])))
+    met = report.gain_line(report.learning_curves(evals([20.0], [[(10, 25.0), (20, 31.0)]])))
     assert "**yes** (+11.0 points on the mean; s0 +11.0, rising at every checkpoint)" in met
-    assert reproduce_mini.gain_line({}) is None  # nothing trained yet: no verdict
+    assert report.gain_line({}) is None  # nothing trained yet: no verdict
     # with the val split's size, a fall is told apart from the evaluation's noise; the verdict stays "no"
-    noisy = reproduce_mini.gain_line(curves, num_queries=900)
-    assert "(25.0 → 36.0 → 35.5; its largest fall, 0.5 points (standard error 2.3), is within twice its standard error)" in noisy
+    noisy = report.gain_line(curves, num_queries=900)
+    assert ("(25.0 → 36.0 → 35.5; its largest fall, 0.5 points (standard error 2.3), is within twice its standard "
+            "error)") in noisy
     assert "**no** (+8.2 points on the mean;" in noisy and "s0 +6.0, rising at every checkpoint;" in noisy
-    fell = reproduce_mini.learning_curves(evals([20.0], [[(10, 40.0), (20, 38.0), (30, 30.0)]]))
-    assert ("(20.0 → 40.0 → 38.0 → 30.0; its largest fall, 8.0 points (standard error 2.2), is beyond twice its standard error)"
-            in reproduce_mini.gain_line(fell, num_queries=900))
+    fell = report.learning_curves(evals([20.0], [[(10, 40.0), (20, 38.0), (30, 30.0)]]))
+    assert ("(20.0 → 40.0 → 38.0 → 30.0; its largest fall, 8.0 points (standard error 2.2), is beyond twice its "
+            "standard error)"
+            in report.gain_line(fell, num_queries=900))
 
 
 def test_directions_compare_two_rungs_on_the_seeds_both_have():
     rows = {"d3ssl": {"oknn_top1": {"s0": 30.0, "s1": 20.0}, "disturbed_oknn_top1": {"s0": 29.0, "s1": 19.0}},
             "soco": {"oknn_top1": {"s0": 27.0}, "disturbed_oknn_top1": {"s0": 23.0}}}
-    lines = reproduce_mini.directions(rows)
+    lines = report.directions(rows)
     # on the mean over both seeds D3SSL (25.0) would be below SoCo (27.0); paired on s0 it is above
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes (1 seed: no spread to compare with)** "
             "(d3ssl 30.0 vs soco 27.0; no standard error stored; on the seeds both have: s0)") in lines
@@ -102,19 +202,19 @@ def test_directions_compare_two_rungs_on_the_seeds_both_have():
             "with)** (+3.0 vs +6.0; no standard error stored; on the seeds both have: s0)") in lines
     rows["soco"] = {"oknn_top1": {"s0": 27.0, "s1": 21.0}, "disturbed_oknn_top1": {"s0": 23.0, "s1": 18.0}}
     assert ("- D3SSL above SoCo on O-KNN top-1 (Tab. 4): **yes on the mean, within the seed-to-seed spread** "
-            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in reproduce_mini.directions(rows)
+            "(d3ssl 25.0 ±5.0 vs soco 24.0 ±3.0; no standard error stored)") in report.directions(rows)
     assert "- L_dp raises MCS (layer4) (Tab. 7): not measured yet" in lines
     # Sec. 3's claims compare D3SSL with SoCo on the diagnostics: lower MCS for D3SSL is "no"
     rows["d3ssl"]["mcs_layer4"], rows["soco"]["mcs_layer4"] = {"s0": 0.92, "s1": 0.93}, {"s0": 0.95, "s1": 0.99}
     assert ("- D3SSL less positional bias than SoCo: higher MCS (layer4) (Sec. 3.2, Fig. 4b): **no** "
-            "(d3ssl 0.925 ±0.005 vs soco 0.970 ±0.020; no standard error stored)") in reproduce_mini.directions(rows)
+            "(d3ssl 0.925 ±0.005 vs soco 0.970 ±0.020; no standard error stored)") in report.directions(rows)
 
 
 def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
     def line(d3ssl, dconly, se, key="cr_layer4", text="L_dp lowers CR (layer4) (Tab. 7)"):
         rows = {"d3ssl": {key: d3ssl, f"{key}_se": {s: se for s in d3ssl}},
                 "d3ssl_dconly": {key: dconly, f"{key}_se": {s: se for s in dconly}}}
-        return next(x for x in reproduce_mini.directions(rows) if x.startswith(f"- {text}:"))
+        return next(x for x in report.directions(rows) if x.startswith(f"- {text}:"))
 
     # lower on every seed by 0.001, but each evaluation's standard error is 0.002: the difference's is
     # sqrt(2 * 2 * 0.002^2) / 2 = 0.002, and 0.001 is within twice that
@@ -125,7 +225,8 @@ def test_a_difference_within_twice_its_standard_error_is_not_a_direction():
     assert "**yes (every seed; beyond twice its standard error on 2 of 2)**" in line(
         {"s0": 1.000, "s1": 1.000}, {"s0": 1.001, "s1": 1.001}, 0.0002)
     # every seed in the direction and the ranges apart, but only s0's own difference is beyond its noise
-    mcs = line({"s0": 0.95, "s1": 0.91}, {"s0": 0.88, "s1": 0.90}, 0.004, "mcs_layer4", "L_dp raises MCS (layer4) (Tab. 7)")
+    mcs = line({"s0": 0.95, "s1": 0.91}, {"s0": 0.88, "s1": 0.90}, 0.004, "mcs_layer4",
+               "L_dp raises MCS (layer4) (Tab. 7)")
     assert "**yes (every seed; beyond twice its standard error on 1 of 2)**" in mcs
     assert "difference +0.0400, standard error 0.0040" in mcs
 
@@ -139,9 +240,10 @@ def test_more_so_on_disturbed_is_judged_against_the_noise_of_the_four_evaluation
         for row in rows.values():
             for key in ("oknn_top1", "disturbed_oknn_top1"):
                 row[f"{key}_se"] = {s: se for s in seeds}
-        return next(x for x in reproduce_mini.directions(rows) if x.startswith("- ... and more so"))
+        return next(x for x in report.directions(rows) if x.startswith("- ... and more so"))
 
-    # gaps of +2.6 and +2.7 (the twin's four seeds read +2.6 vs +2.6): an excess of 0.1 point is no direction;
+    # gaps of +2.6 and +2.7 (the cue-free ladder's four seeds read +2.6 vs +2.6): an excess of 0.1 point is no
+    # direction;
     # each excess has 4 evaluations' noise, sqrt(4 * 1.5^2) = 3.0 per seed, 3.0 / sqrt(2) = 2.1 on the mean of two
     assert line([2.6, 2.6], [2.7, 2.7], 1.5) == (
         "- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **no: within twice its standard error** "
@@ -156,42 +258,44 @@ def test_more_so_on_disturbed_is_judged_against_the_noise_of_the_four_evaluation
 def test_the_top1_standard_error_is_binomial_over_the_queries():
     evals = {"random_init/s0": {"step": 0, "oknn": {"top1": 20.0, "top5": 60.0, "num_queries": 400},
                                 "disturbed_oknn": {"top1": 50.0, "top5": 90.0, "num_queries": 100}}}
-    row = reproduce_mini.summary(SimpleNamespace(data={"evals": evals}))["random_init"]
+    row = report.summary(SimpleNamespace(data={"evals": evals}))["random_init"]
     assert row["oknn_top1_se"]["s0"] == pytest.approx(2.0)  # sqrt(20 * 80 / 400)
     assert row["disturbed_oknn_top1_se"]["s0"] == pytest.approx(5.0)  # sqrt(50 * 50 / 100)
     assert row["cr_layer4_se"] == {}  # not evaluated: no error either
 
 
 def test_the_learning_curve_figure_gives_every_seed_its_own_line_style_in_seed_order():
-    styles = reproduce_mini.seed_linestyles({"s10", "s2", "s0", "s1"})
+    styles = report.seed_linestyles({"s10", "s2", "s0", "s1"})
     assert list(styles) == ["s0", "s1", "s2", "s10"]  # by number, not as strings ("s10" < "s2")
     assert [name for name, _ in styles.values()] == ["solid", "dashed", "dash-dot", "dotted"]
     assert len({str(ls) for _, ls in styles.values()}) == 4
-    assert reproduce_mini.seed_linestyles({"s0", "s1", "s2", "s3", "s4"})["s4"] == styles["s0"]  # cycles past four
+    assert report.seed_linestyles({"s0", "s1", "s2", "s3", "s4"})["s4"] == styles["s0"]  # cycles past four
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_relaunch_redoes_nothing_and_a_lost_evaluation_is_redone(ladder, monkeypatch):
     root, argv = ladder
     path = root / "results" / "results.json"
     before = json.loads(path.read_text())
     launched = []
-    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: launched.append(a))
-    assert reproduce_mini.main(argv) == 0
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: launched.append(a))
+    assert mini_ladder.main(argv) == 0
     assert launched == [] and json.loads(path.read_text())["evals"] == before["evals"]
     # a ladder killed before one evaluation finished: only that one is computed again, identically
     lost = dict(before)
     lost["evals"] = {k: v for k, v in before["evals"].items() if k != "soco/s0/step6"}
     path.write_text(json.dumps(lost))
-    assert reproduce_mini.main(argv) == 0
+    assert mini_ladder.main(argv) == 0
     assert launched == []
     assert json.loads(path.read_text())["evals"]["soco/s0/step6"] == before["evals"]["soco/s0/step6"]
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_evaluations_stored_without_standard_errors_get_them_on_relaunch_and_nothing_else(ladder, monkeypatch, capsys):
     root, argv = ladder
     path = root / "results" / "results.json"
     before = path.read_text()
-    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
 
     def without_errors(change=None):
         data = json.loads(before)
@@ -203,17 +307,19 @@ def test_evaluations_stored_without_standard_errors_get_them_on_relaunch_and_not
 
     try:
         without_errors()
-        assert reproduce_mini.main(argv) == 0
-        assert json.loads(path.read_text())["evals"] == json.loads(before)["evals"]  # the same errors, the rest untouched
+        assert mini_ladder.main(argv) == 0
+        # the same errors, the rest untouched
+        assert json.loads(path.read_text())["evals"] == json.loads(before)["evals"]
         # a stored mean that the weights no longer give is refused, not mixed with new errors
-        without_errors(lambda evals: evals["soco/s0/step6"]["cr"].update(layer4=evals["soco/s0/step6"]["cr"]["layer4"] + 0.01))
+        without_errors(lambda evals: evals["soco/s0/step6"]["cr"].update(
+            layer4=evals["soco/s0/step6"]["cr"]["layer4"] + 0.01))
         with pytest.raises(RuntimeError, match=r"soco/s0/step6: cr at layer4 comes out as .* delete soco/s0/step6 "):
-            reproduce_mini.main(argv)
+            mini_ladder.main(argv)
         # a run whose checkpoints are gone keeps its evaluation as it was, and says so
         without_errors()
         (root / "runs" / "soco_s0").rename(root / "runs" / "soco_s0.moved")
         capsys.readouterr()
-        assert reproduce_mini.main(argv) == 0
+        assert mini_ladder.main(argv) == 0
         assert "soco/s0/step6: no step-6 checkpoint in " in capsys.readouterr().out
         assert "cr_se" not in json.loads(path.read_text())["evals"]["soco/s0/step6"]
     finally:
@@ -227,6 +333,7 @@ def with_ceiling_steps(argv: list[str], steps: str) -> list[str]:
     return argv[:i] + [steps] + argv[i + 1:]
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_ceiling_steps_zero_skips_the_ceiling_and_a_negative_count_is_refused(ladder, monkeypatch, capsys):
     root, argv = ladder
     path = root / "results" / "results.json"
@@ -234,29 +341,29 @@ def test_ceiling_steps_zero_skips_the_ceiling_and_a_negative_count_is_refused(la
     data = json.loads(before)
     del data["evals"]["supervised/s0"]
     path.write_text(json.dumps(data))
-    monkeypatch.setattr(reproduce_mini.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    monkeypatch.setattr(mini_ladder.subprocess, "run", lambda *a, **k: pytest.fail("nothing should be trained"))
     try:
-        assert reproduce_mini.main(with_ceiling_steps(argv, "0")) == 0
+        assert mini_ladder.main(with_ceiling_steps(argv, "0")) == 0
         assert "supervised/s0" not in json.loads(path.read_text())["evals"]
         md = (root / "results" / "results.md").read_text()
         assert "| random init (floor) | 1 |" in md and "supervised RoI classifier" not in md
         with pytest.raises(SystemExit):
-            reproduce_mini.main(with_ceiling_steps(argv, "-1"))
+            mini_ladder.main(with_ceiling_steps(argv, "-1"))
         assert "--ceiling-steps must be >= 0 (0 skips the supervised ceiling), got -1" in capsys.readouterr().err
     finally:
         path.write_text(before)
-        assert reproduce_mini.main(argv) == 0  # the report again from the untouched results
+        assert mini_ladder.main(argv) == 0  # the report again from the untouched results
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_other_settings_are_refused(ladder):
     root, argv = ladder
     with pytest.raises(ValueError, match="other settings"):
-        reproduce_mini.main([a if a != "4" else "5" for a in argv])
+        mini_ladder.main([a if a != "4" else "5" for a in argv])
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
-    import diagnose_bn_leak
-    import diagnose_instance_cues
 
     root, _ = ladder
     run = root / "runs" / "d3ssl_s0"
@@ -284,8 +391,8 @@ def test_diagnostics_run_on_a_ladder_run(ladder, tmp_path, capsys):
     assert "trained - random init" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_coupling_diagnostic_on_ladder_runs(ladder, tmp_path):
-    import diagnose_coupling
 
     root, _ = ladder
     runs = [str(root / "runs" / f"{r}_s0") for r in ("d3ssl", "soco")]
@@ -312,8 +419,8 @@ def test_coupling_diagnostic_on_ladder_runs(ladder, tmp_path):
         diagnose_coupling.main(["--run", str(tmp_path)])
 
 
+@pytest.mark.slow  # trains two rungs through accelerate launch (the ladder fixture)
 def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
-    import diagnose_teacher
 
     # a constant momentum leaves m^n of the start; SoCo's cosine from 0.99 to 1 over the ladder's 279 steps, 1/4
     assert diagnose_teacher.init_weight_held(5, 10, 0.9, 0.9) == pytest.approx(0.9 ** 5)
@@ -330,9 +437,9 @@ def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
     assert rows[0]["init_weight_held"] > rows[1]["init_weight_held"] > 0
     assert rows[1]["momentum"] == 1.0  # the cosine ends at momentum_final
     # the gap is the one between the two backbones the checkpoint holds, relative to the random init's norm
-    ckpt = reproduce_mini.final_checkpoint(run)[0]
-    student, teacher = (reproduce_mini.backbone_from_checkpoint(ckpt, n).state_dict() for n in ("student", "teacher"))
-    init = reproduce_mini.initial_backbone(reproduce_mini.final_checkpoint(run)[1], 0).state_dict()
+    ckpt = ladder_helpers.final_checkpoint(run)[0]
+    student, teacher = (ladder_helpers.backbone_from_checkpoint(ckpt, n).state_dict() for n in ("student", "teacher"))
+    init = ladder_helpers.initial_backbone(ladder_helpers.final_checkpoint(run)[1], 0).state_dict()
     learnt = [k for k, v in init.items() if v.is_floating_point() and "running_" not in k]
     gap = sum(float((teacher[k] - student[k]).pow(2).sum()) for k in learnt) ** 0.5
     assert rows[1]["teacher_to_student"] == pytest.approx(gap / sum(float(init[k].pow(2).sum()) for k in learnt) ** 0.5)
@@ -346,7 +453,6 @@ def test_teacher_diagnostic_on_ladder_runs(ladder, tmp_path):
 
 
 def test_replayed_attributes_match_the_stored_split(tmp_path):
-    import diagnose_instance_cues
     from d3ssl_zoo.data import scenes
     from d3ssl_zoo.evaluation.objects import load_coco_objects
 
@@ -383,19 +489,20 @@ def test_replayed_attributes_match_the_stored_split(tmp_path):
     assert attrs["position"].tolist() == position and attrs["count"].tolist() == count
     assert attrs["row"].tolist() == row and attrs["column"].tolist() == column and row != column
     assert attrs["neighbour"].tolist() == neighbour
-    # the twin: the same layouts, so the same shapes and poses, and no photo, fill or hue to replay
-    twin = diagnose_instance_cues.replay_attributes(scenes.SceneConfig(**{**cfg.__dict__, "instance_cues": 0}), "val", 5)
-    assert set(twin) == set(attrs) - {"photo", "fill", "hue"}
-    assert all(np.array_equal(twin[k], attrs[k]) for k in twin)
+    # the cue-free scenes: the same layouts, so the same shapes and poses, and no photo, fill or hue to replay
+    cue_free = diagnose_instance_cues.replay_attributes(scenes.SceneConfig(**{**cfg.__dict__, "instance_cues": 0}),
+                                                        "val", 5)
+    assert set(cue_free) == set(attrs) - {"photo", "fill", "hue"}
+    assert all(np.array_equal(cue_free[k], attrs[k]) for k in cue_free)
     assert scenes.shape_mask is original_mask
 
 
 def test_replayed_pose_is_the_drawn_pose():
     import cv2
-    import diagnose_instance_cues
+
     from d3ssl_zoo.data import scenes
 
-    # one shape per image on the cue-free twin, no clutter: a square's outline shows its drawn rotation
+    # one shape per image on the cue-free scenes, no clutter: a square's outline shows its drawn rotation
     # and aspect (its sides are scaled by sqrt(aspect) and 1/sqrt(aspect) before it is rotated)
     cfg = scenes.SceneConfig(num_val=150, image_size=96, object_size=(64, 72), objects_per_image=(1, 1),
                              clutter=(0, 0), max_rotation=30, instance_cues=0, seed=1)
@@ -424,7 +531,6 @@ def test_replayed_pose_is_the_drawn_pose():
 
 
 def test_shape_within_position_shows_what_the_place_hides(capsys):
-    import diagnose_instance_cues
 
     rng = np.random.default_rng(0)
 

@@ -13,8 +13,7 @@ from torch import Tensor
 
 from .region_aug import boxes_pixels, prc_cut_mask
 
-__all__ = ["foreground_mask", "depositioning_shift", "shift_mask", "depositioning_masks",
-           "composite_depositioned"]
+__all__ = ["foreground_mask", "shift_mask", "depositioning_masks", "composite_depositioned"]
 
 
 def foreground_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -25,7 +24,7 @@ def foreground_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return m
 
 
-def depositioning_shift(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def _depositioning_shift(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """One integer shift ``t = (tx, ty)`` for all boxes of the image, uniform among the shifts
     that keep every ``b̂ = b + t`` inside the image (Sec. 4.2). Integer so the paste is exact."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -53,7 +52,7 @@ def depositioning_masks(boxes: np.ndarray, height: int, width: int, rng: np.rand
     ``m`` = foreground mask of ``boxes``; ``t`` = the shift; ``m̂ = PRC(shift(m, t), b + t)``.
     """
     m = foreground_mask(boxes, height, width)
-    t = depositioning_shift(boxes, height, width, rng)
+    t = _depositioning_shift(boxes, height, width, rng)
     shifted_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.tile(t, 2)
     cut = prc_cut_mask(shifted_boxes, height, width, rng, side_range=side_range,
                        max_cover=max_cover, area_reading=area_reading)

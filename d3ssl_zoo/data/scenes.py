@@ -1,9 +1,21 @@
 """Generated multi-object scenes: data on which a few CPU-minutes of pre-training can show learning.
 
-Every image is a crop of a real photo (bundled with scikit-image) with 2-4 shapes pasted on it.
-A shape's class is its outline only (10 classes: disk, ring, square, triangle, star, cross,
-crescent, arrow, L, heart): every instance gets random colours and a random fill (solid, or a gradient
-between two colours at a random angle), a random size, aspect, rotation and place. Later shapes
+What they are for: the embedded demo (``python train/pretrain.py --recipe demo``) pre-trains on them
+and reads O-KNN on their labelled split, and any recipe can use them through ``dataset.source``
+(``scenes`` or ``scenes:key=value,...``, :meth:`SceneConfig.from_source`), so a change to the method
+can be checked for learning without a download. Two variants share every layout:
+
+* **the coloured scenes** (``scenes``, the default): every instance in its own random colours, on a
+  crop of a real photo;
+* **the cue-free scenes** (``scenes:instance_cues=0``, the demo's): the same random draws, so the
+  same layouts and boxes, in one grey background, fill and clutter colour, where shape and pose are
+  all that tells one instance from another. A short run on the coloured scenes learns each
+  instance's colour and background rather than its shape (``experiments/README.md``).
+
+Every image of the coloured scenes is a crop of a real photo (bundled with scikit-image) with 2-4
+shapes pasted on it. A shape's class is its outline only (10 classes: disk, ring, square, triangle,
+star, cross, crescent, arrow, L, heart): every instance gets random colours and a random fill (solid,
+or a gradient between two colours at a random angle), a random size, aspect, rotation and place. Later shapes
 may occlude earlier ones (each keeps at least ``MIN_VISIBLE`` of its pixels); small unlabelled
 blobs and lines add clutter. Boxes are the tight boxes of each shape's visible pixels.
 
@@ -16,10 +28,6 @@ Three splits from disjoint random streams, one seed:
 
 Every split draws its backgrounds from every photo, with its own random crops: the shapes, not
 the photos, are what the labelled splits test.
-
-``instance_cues=0`` (``scenes:instance_cues=0``) gives the set's cue-free twin: the same random
-draws, so the same layouts and boxes, in one grey background, fill and clutter colour, where shape
-and pose are all that tells one instance from another (the demo's data; see the README's mini ladder).
 
 Built on first use into ``$D3SSL_ZOO_CACHE/scenes-v<VERSION>-<key>`` (``key`` hashes the
 parameters), in a temp folder renamed into place when complete; the same parameters give the
@@ -42,7 +50,7 @@ from .cache import build_atomically, cache_base
 from .coco_json import coco_records
 from .selective_search import make_proposals
 
-__all__ = ["SHAPES", "SceneConfig", "SceneDataset", "render_scene", "shape_mask", "get_scene_dataset"]
+__all__ = ["SHAPES", "SceneConfig", "SceneDataset", "get_scene_dataset"]
 
 SCENES_VERSION = 4
 SHAPES = ("disk", "ring", "square", "triangle", "star", "cross", "crescent", "arrow", "L", "heart")
@@ -53,6 +61,8 @@ MIN_VISIBLE = 0.7  # an occluded shape keeps at least this share of its pixels
 
 @dataclass(frozen=True)
 class SceneConfig:
+    """The parameters of a generated scene set; :meth:`key` names its cache folder."""
+
     num_pretrain: int = 3000  # unlabelled pre-training images
     num_train: int = 1000  # labelled images of the O-KNN bank / supervised ceiling
     num_val: int = 300  # labelled held-out images (O-KNN queries, CR, MCS)
@@ -63,9 +73,9 @@ class SceneConfig:
     max_rotation: int = 30  # degrees either way
     background_contrast: int = 25  # percent: the photo is blended toward its mean colour (100 = as is)
     seed: int = 0
-    # 1: every instance has its own colours on its own photo crop (the set). 0: a diagnostic twin, the same
-    # layouts (same seed, same shapes, sizes, poses, places, occlusion) drawn in one grey background, one
-    # fill and one clutter colour, so that shape and pose are all that tells one instance from another.
+    # 1: the coloured scenes, every instance in its own colours on its own photo crop. 0: the cue-free scenes,
+    # the same layouts (same seed, same shapes, sizes, poses, places, occlusion) drawn in one grey background,
+    # one fill and one clutter colour, so that shape and pose are all that tells one instance from another.
     instance_cues: int = 1
 
     @classmethod
@@ -102,7 +112,7 @@ class SceneConfig:
 
 
 _LATER_FIELDS = {"instance_cues": 1}  # field -> default
-# The cue-free twin's appearance (instance_cues=0): RGB
+# The cue-free scenes' appearance (instance_cues=0): RGB
 FLAT_BACKGROUND, FLAT_FILL, FLAT_CLUTTER = (110.0, 110.0, 110.0), (215.0, 215.0, 215.0), (35.0, 35.0, 35.0)
 
 
@@ -180,7 +190,7 @@ def _texture(size: int, rng: np.random.Generator, cues: bool = True) -> np.ndarr
     """
     c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     solid = rng.random() < 0.5
-    a = 0.0 if solid else rng.uniform(0, 2 * math.pi)  # drawn whatever ``cues`` says: the twin keeps the layouts
+    a = 0.0 if solid else rng.uniform(0, 2 * math.pi)  # drawn whatever ``cues`` says: same layouts either way
     if not cues:
         return np.broadcast_to(np.float32(FLAT_FILL), (size, size, 3)).astype(np.float32)
     if solid:
@@ -208,7 +218,7 @@ def _background(photos: list[np.ndarray], size: int, rng: np.random.Generator, c
 def _clutter(img: np.ndarray, n: int, rng: np.random.Generator, cues: bool = True) -> None:
     size = img.shape[0]
     for _ in range(n):
-        drawn = tuple(float(c) for c in rng.uniform(0, 255, 3))  # drawn either way: the twin keeps the layouts
+        drawn = tuple(float(c) for c in rng.uniform(0, 255, 3))  # drawn either way: same layouts
         colour = drawn if cues else FLAT_CLUTTER
         if rng.random() < 0.5:
             p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
@@ -324,7 +334,7 @@ def _build(root: Path, cfg: SceneConfig, workers: int, progress: bool) -> None:
 
 def get_scene_dataset(cfg: SceneConfig | None = None, cache_dir: str | os.PathLike | None = None, *,
                       workers: int | None = None, progress: bool = True) -> SceneDataset:
-    """The generated scene set of ``cfg`` (default :class:`SceneConfig`), built on first use.
+    """The generated scene set of ``cfg`` (default :class:`SceneConfig`: the coloured scenes), built on first use.
 
     Idempotent and atomic: built in a temp folder, renamed into place when complete; later calls
     return at once. ``workers`` for selective search default to the CPU count.

@@ -18,11 +18,12 @@ PACKAGE_RECIPES = Path(d3ssl_zoo.__file__).resolve().parent / "recipes"
 def test_recipes_live_in_the_package():
     assert recipes_dir().resolve() == PACKAGE_RECIPES
     assert not (ROOT / "train" / "recipes").exists()  # one copy only
+    assert not (PACKAGE_RECIPES / "mini").exists()  # the research ladder's recipes live in experiments/
     for tag in TAGS:
         assert tag.recipe == recipe_path(tag.name) == f"d3ssl_zoo/recipes/{tag.name}.yaml"
         assert tag.recipe_file.resolve() == PACKAGE_RECIPES / f"{tag.name}.yaml"
         assert load_recipe(tag.recipe_file).tag == tag.name
-    for name in ("demo", "det_voc", "det_coco", "mini/d3ssl", "mini/soco_d3aug"):
+    for name in ("demo", "det_voc", "det_coco"):
         assert recipe_file(name).resolve() == PACKAGE_RECIPES / f"{name}.yaml"
     assert recipe_file("my/own.yaml") == Path("my/own.yaml")
 
@@ -32,7 +33,7 @@ def test_unknown_recipe_names_the_folder_and_the_known_recipes():
         recipe_file("d3ssl_r50c4.coco_900ep")
     msg = str(e.value)
     assert f"no recipe 'd3ssl_r50c4.coco_900ep' in {recipes_dir()}" in msg
-    assert "d3ssl_r50c4.coco_800ep" in msg and "mini/d3ssl_dp1" in msg and "det_voc" in msg
+    assert "d3ssl_r50c4.coco_800ep" in msg and "demo" in msg and "det_voc" in msg
     assert "path of a .yaml file" in msg
 
 
@@ -47,9 +48,10 @@ import json, sys
 import d3ssl_zoo
 from d3ssl_zoo.engine import load_recipe
 from d3ssl_zoo.tags import recipe_file
-files = {n: str(recipe_file(n)) for n in ("d3ssl_r50c4.coco_800ep", "demo", "det_voc", "mini/soco")}
-print(json.dumps({"package": d3ssl_zoo.__file__, "files": files,
-                  "tags": {n: load_recipe(f).tag for n, f in files.items() if not n.startswith("det_")}}))
+files = {n: str(recipe_file(n)) for n in ("d3ssl_r50c4.coco_800ep", "demo", "det_voc")}
+tags = {n: load_recipe(f).tag for n, f in files.items() if not n.startswith("det_")}
+tags["mine.yaml"] = load_recipe("mine.yaml").tag  # a recipe outside the package, on a packaged base
+print(json.dumps({"package": d3ssl_zoo.__file__, "files": files, "tags": tags}))
 """
 
 
@@ -72,6 +74,7 @@ def test_recipes_ship_with_a_non_editable_install(tmp_path):
                               "--quiet", str(src)], cwd=tmp_path, capture_output=True, text=True)
     assert install.returncode == 0, install.stdout + install.stderr
 
+    (tmp_path / "mine.yaml").write_text("base: demo\ntrain:\n  epochs: 3\n")
     run = subprocess.run([str(python), "-c", _CHECK], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
@@ -80,7 +83,7 @@ def test_recipes_ship_with_a_non_editable_install(tmp_path):
     for name, path in out["files"].items():
         assert Path(path) == site / "d3ssl_zoo" / "recipes" / f"{name}.yaml", name
     assert out["tags"] == {"d3ssl_r50c4.coco_800ep": "d3ssl_r50c4.coco_800ep", "demo": "d3ssl_r18c4.demo",
-                           "mini/soco": "soco_r18c4.mini_soco"}
+                           "mine.yaml": "d3ssl_r18c4.demo"}
     assert (site / "d3ssl_zoo" / "data" / "coco_openimages_classes.csv").is_file()
 
     info = subprocess.run([str(venv / "bin" / "d3ssl-zoo"), "info", "soco_r50c4.oimini_200ep"], cwd=tmp_path,

@@ -12,15 +12,16 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 import d3ssl_zoo
-from d3ssl_zoo.engine.checkpoint import list_checkpoints, verify_checkpoint
-from d3ssl_zoo.tags import recipe_file
+from d3ssl_zoo.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.data import ImageObjects, ImageRecord
+from d3ssl_zoo.tags import recipe_file
 from d3ssl_zoo.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
                                           coco_results, collate_detection, detector_backbone_state_dict,
                                           evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
                                           read_voc, voc_ap)
 from d3ssl_zoo.detection.data import hflip_sample
 from d3ssl_zoo.detection.finetune import finetune
+from d3ssl_zoo.detection.recipe import describe_det_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -350,7 +351,7 @@ def test_lr_schedule_is_detectron2s_warmup_multistep():
 
 
 def test_detection_recipes_are_typed_like_pretraining_recipes(tmp_path):
-    # one loader for both (issue 12.2): PyYAML reads 2e-2 as a string; the field's type decides
+    # one loader for both (d3ssl_zoo.recipe): PyYAML reads 2e-2 as a string; the field's type decides
     (tmp_path / "r.yaml").write_text("base_lr: 2e-2\nsteps: [10, 20]\nmixed_precision: 'no'\n")
     r = load_det_recipe(tmp_path / "r.yaml", ["max_iter=30", "mixed_precision=no", "voc_test=['2007', test]"])
     assert (r.base_lr, r.steps, r.max_iter, r.mixed_precision) == (0.02, (10, 20), 30, "no")
@@ -368,6 +369,14 @@ def test_shipped_recipes_are_the_papers_protocol():
     assert (coco.max_iter, list(coco.steps), coco.num_classes, coco.mask_on) == (90000, [60000, 80000], 80, True)
     for r in (voc, coco):
         assert (r.ims_per_batch, r.base_lr, r.sync_bn, r.extra_norm) == (16, 0.02, True, True)
+
+
+def test_det_coco_builds_on_det_voc_and_says_where_each_value_comes_from():
+    assert "base: det_voc" in recipe_file("det_coco").read_text()
+    text = describe_det_recipe(recipe_file("det_coco"), ["num_workers=2"])
+    assert "max_iter: 90000  # det_coco.yaml\n" in text and "base_lr: 0.02  # det_voc.yaml\n" in text
+    assert "extra_norm: true  # det_voc.yaml: MoCo's Res5ROIHeadsExtraNorm" in text
+    assert "num_workers: 2  # override\n" in text and "roi_size: 14  # default of d3ssl_zoo.detection.recipe\n" in text
 
 
 @pytest.fixture
@@ -401,7 +410,7 @@ def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate, caplog)
                  resume="auto", log=logs.append)
     optimizer_file = second / "optimizer.bin"
     optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])   # a damaged newest checkpoint
-    with caplog.at_level("WARNING", logger="d3ssl_zoo.engine.checkpoint"):
+    with caplog.at_level("WARNING", logger="d3ssl_zoo.checkpoint"):
         out = finetune(load_det_recipe(None, dict(over, max_iter=3)), str(model_dir), data, tmp_path / "run",
                        resume="auto", log=logs.append)
     assert any(str(second) in r.getMessage() and "optimizer.bin" in r.getMessage() for r in caplog.records)

@@ -1,8 +1,8 @@
 """Detection fine-tuning without detectron2 (paper §5 "Setting"), on Accelerate.
 
 One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accelerate's
-``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the engine's
-(``d3ssl_zoo.engine.checkpoint``): atomic, verified and loaded without unpickling code, with the
+``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the package's checkpoint
+folders (``d3ssl_zoo.checkpoint``), as in pre-training: atomic, verified and loaded without unpickling code, with the
 same guard against mixing runs in one output folder as pre-training. The learning rate is a pure
 function of the step, so the step restores it. Evaluation is separate from training:
 ``evaluate_detector`` runs the test split and hands the predictions to the VOC or COCO evaluator.
@@ -21,9 +21,8 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader
 
+from d3ssl_zoo.checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
-from d3ssl_zoo.engine.checkpoint import (check_output_dir, decide_on_main, load_checkpoint, resolve_resume,
-                                       save_checkpoint)
 
 from .data import DetectionDataset, ReadStats, collate_detection, read_coco, read_voc_splits
 from .evaluate import coco_results, evaluate_coco, evaluate_voc

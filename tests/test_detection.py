@@ -14,8 +14,9 @@ from torchvision.models.detection.image_list import ImageList
 import d3ssl_zoo
 from d3ssl_zoo.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.data import ImageObjects, ImageRecord
+from d3ssl_zoo.data.coco_json import no_skips
 from d3ssl_zoo.tags import recipe_file
-from d3ssl_zoo.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
+from d3ssl_zoo.detection import (C4DetectorConfig, DetectionDataset, build_c4_detector,
                                           coco_results, collate_detection, detector_backbone_state_dict,
                                           evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
                                           read_voc, voc_ap)
@@ -26,15 +27,15 @@ from d3ssl_zoo.detection.recipe import describe_det_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _counted(skips):
+    return {k: n for k, n in skips.items() if n}
+
+
 def _rec(image_id, boxes, labels, difficult=None):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     difficult = np.asarray(difficult if difficult is not None else [False] * len(labels), bool)
     return ImageRecord(image_id, f"{image_id}.jpg", file_name=f"{image_id}.jpg", width=64, height=64,
                        objects=ImageObjects(boxes, np.asarray(labels, np.int64), difficult=difficult))
-
-
-def test_detection_records_are_the_package_record_type():
-    assert DetRecord is ImageRecord  # the old name, kept for imports
 
 
 # --- VOC evaluator ------------------------------------------------------------------------------------------------
@@ -125,11 +126,10 @@ def test_voc_reader_counts_objects_without_finite_corners_and_names_bad_xml(tmp_
     xml = tmp_path / "VOC2007" / "Annotations" / "000001.xml"
     xml.write_text(_voc_xml([("dog", (11, 5, 40, 30), False), ("cat", ("nan", 1, 8, 9), False),
                              ("cat", ("x", 1, 8, 9), False)]))
-    from d3ssl_zoo.detection.data import ReadStats
-    stats = ReadStats()
-    (r,) = read_voc(tmp_path, "2007", "test", stats=stats)
+    skips = no_skips()
+    (r,) = read_voc(tmp_path, "2007", "test", skips=skips)
     np.testing.assert_array_equal(r.objects.boxes, [[10, 4, 40, 30]])
-    assert stats.skipped == {"objects without 4 finite box corners": 2}
+    assert _counted(skips) == {"invalid_annotations": 2}
     xml.write_text("<annotation><size>")
     with pytest.raises(ValueError, match=r"000001\.xml is not valid XML"):
         read_voc(tmp_path, "2007", "test")
@@ -157,12 +157,15 @@ def make_coco(path):
 
 def test_coco_reader_and_perfect_detections_score_100(tmp_path, capsys):
     make_coco(tmp_path / "ann.json")
-    from d3ssl_zoo.detection.data import ReadStats, _masks
-    stats = ReadStats()
-    train, cats, _ = read_coco(tmp_path / "ann.json", tmp_path, train=True, stats=stats)
+    from d3ssl_zoo.detection.data import _masks
+    objects = read_coco(tmp_path / "ann.json", tmp_path, train=True)
+    train, cats = objects.images, objects.category_ids
     assert cats == [3, 7] and [r.image_id for r in train] == [1, 2]
-    assert stats.skipped == {"crowd annotations (training)": 1, "images without objects (training)": 1}
-    test, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=False)
+    assert _counted(objects.skips) == {"crowd_boxes": 1, "images_without_objects": 1}
+    assert objects.summary() == "2 images, 2 objects; skipped: 1 images without objects, 1 crowd boxes"
+    test_split = read_coco(tmp_path / "ann.json", tmp_path, train=False)
+    test, gt = test_split.images, test_split.coco
+    assert [r.image_id for r in test] == [1, 2, 3] and _counted(test_split.skips) == {}  # every test image and box
     np.testing.assert_array_equal(test[0].objects.boxes, [[10, 8, 30, 24]])
     masks = _masks(train[0])
     assert masks.shape == (1, 48, 64) and masks[0, 10:20, 12:28].all() and not masks[0, 30:].any()
@@ -193,12 +196,11 @@ def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_n
         {"id": 12, "image_id": 1, "category_id": 3, "bbox": "1,1,8,8", "area": 64, "iscrowd": 0},
     ]
     (tmp_path / "ann.json").write_text(json.dumps(d))
-    from d3ssl_zoo.detection.data import ReadStats
     for train in (True, False):
-        stats = ReadStats()
-        records, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=train, stats=stats)
-        assert stats.skipped["annotations of a category id not in 'categories'"] == 1
-        assert stats.skipped["invalid annotations (bbox not 4 finite numbers, or no image/category id)"] == 2
+        objects = read_coco(tmp_path / "ann.json", tmp_path, train=train)
+        records, gt = objects.images, objects.coco
+        assert objects.skips["boxes_unknown_category"] == 1
+        assert objects.skips["invalid_annotations"] == 2
         assert all(np.isfinite(r.objects.boxes).all() for r in records)
         np.testing.assert_array_equal(records[0].objects.boxes, [[10, 8, 30, 24]])
         assert sorted(gt.anns) == [1, 2, 3, 10]  # the unreadable boxes are not ground truth either
@@ -206,6 +208,30 @@ def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_n
     (tmp_path / "ann.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"ann\.json lists image id\(s\) 1 more than once"):
         read_coco(tmp_path / "ann.json", tmp_path, train=True)
+
+
+def test_detection_reads_objects_as_evaluation_does_one_box_rule(tmp_path):
+    make_coco(tmp_path / "ann.json")
+    d = json.loads((tmp_path / "ann.json").read_text())
+    d["annotations"] += [  # on the 64x48 image 1: across the right border, outside it, thinner than 1 px once cut
+        {"id": 20, "image_id": 1, "category_id": 7, "bbox": [50, 30, 30, 10], "area": 300, "iscrowd": 0},
+        {"id": 21, "image_id": 1, "category_id": 7, "bbox": [70, 10, 5, 5], "area": 25, "iscrowd": 0},
+        {"id": 22, "image_id": 1, "category_id": 7, "bbox": [63.5, 10, 5, 5], "area": 25, "iscrowd": 0},
+    ]
+    (tmp_path / "ann.json").write_text(json.dumps(d))
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / name)
+    from d3ssl_zoo.evaluation.objects import load_coco_objects
+    det, ev = read_coco(tmp_path / "ann.json", tmp_path, train=True), load_coco_objects(tmp_path / "ann.json", tmp_path)
+    np.testing.assert_array_equal(det.images[0].objects.boxes, [[10, 8, 30, 24], [50, 30, 64, 40]])
+    assert det.skips == ev.skips and det.clipped_boxes == ev.clipped_boxes == 1
+    assert _counted(det.skips) == {"images_without_objects": 1, "crowd_boxes": 1, "boxes_outside_image": 1,
+                                   "boxes_too_small": 1}
+    for a, b in zip(det.images, ev.images, strict=True):
+        assert (a.image_id, a.path, a.width, a.height) == (b.image_id, b.path, b.width, b.height)
+        np.testing.assert_array_equal(a.objects.boxes, b.objects.boxes)
+        np.testing.assert_array_equal(a.objects.labels, b.objects.labels)
+    assert det.coco is not None and ev.coco is None  # the ground truth only where it is scored
 
 
 # --- detector -----------------------------------------------------------------------------------------------------

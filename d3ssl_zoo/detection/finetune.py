@@ -31,7 +31,7 @@ from .evaluate import coco_results, evaluate_coco, evaluate_voc
 from .model import build_c4_detector
 from .recipe import DetRecipe, lr_factor
 
-__all__ = ["TaskData", "load_task_data", "param_groups", "precise_bn", "evaluate_detector", "finetune",
+__all__ = ["TaskData", "param_groups", "precise_bn", "evaluate_detector", "finetune",
            "RESUMABLE_CHANGES"]
 
 # Recipe keys a resumed run may change: they do not alter the steps already taken.
@@ -70,10 +70,6 @@ class TaskData:
         """What the reader of ``split`` ('train' or 'test') kept and skipped, in one line."""
         records, skips = (self.train, self.train_skips) if split == "train" else (self.test, self.test_skips)
         return format_read(len(records), sum(len(r.objects.labels) for r in records), skips)
-
-
-def load_task_data(recipe: DetRecipe, data_dir: Path) -> TaskData:
-    return TaskData(recipe, data_dir)
 
 
 def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> List[Dict[str, object]]:
@@ -185,7 +181,7 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
         raise ValueError(f"ims_per_batch {recipe.ims_per_batch} must be divisible by the {acc.num_processes} processes")
     run_recipe = json.loads(json.dumps({**asdict(recipe), "model": model_spec}))  # as recipe.yaml reads back
     ckpt = decide_on_main(acc, lambda: _resume_point(run_recipe, output_dir, resume))
-    data = load_task_data(recipe, data_dir)
+    data = TaskData(recipe, data_dir)
     log(f"[finetune_det] {recipe.task} train: {data.summary('train')}; test: {data.summary('test')}")
 
     trunk = d3ssl_zoo.load_backbone(model_spec)

@@ -54,8 +54,8 @@ def test_builder_writes_coco_json_and_statistics(tmp_path, capsys):
         "categories": []}
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     out = tmp_path / "mini.json"
-    assert main(["oimini", "--boxes", str(tmp_path / "boxes.csv"), "--classes", str(tmp_path / "classes.csv"), "--images",
-                 str(tmp_path / "imgs"), "--coco", str(tmp_path / "coco.json"), "--out", str(out)]) == 0
+    assert main(["oimini", "--boxes", str(tmp_path / "boxes.csv"), "--classes", str(tmp_path / "classes.csv"),
+                 "--images", str(tmp_path / "imgs"), "--coco", str(tmp_path / "coco.json"), "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "OpenImage-MINI" in printed.out and "#Obj/Img" in printed.out
     assert "1 labels missing" in printed.err

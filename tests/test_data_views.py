@@ -31,7 +31,8 @@ def test_crop_reduction_is_the_largest_factor_that_keeps_every_view_a_shrink():
     r50 = PretrainDataConfig()  # the R50 recipes' 224 px views
     assert crop_reduction(640, 480, (0, 0, 303, 303), r50) == 1  # COCO: a ~303 px crop is below 2 x 224
     small = cfg(image_size=32, small_size=16)
-    assert crop_reduction(256, 192, (0, 0, 128, 96), small) == 2 and crop_reduction(512, 384, (0, 0, 256, 192), small) == 4
+    assert crop_reduction(256, 192, (0, 0, 128, 96), small) == 2
+    assert crop_reduction(512, 384, (0, 0, 256, 192), small) == 4
     assert crop_reduction(60, 2000, (0, 0, 60, 1000), small) == 1  # x1 is the whole image: its short side counts
     for w, h, c in [(256, 192, small), (512, 384, small), (1024, 768, r50), (333, 900, cfg()), (4000, 3000, r50)]:
         for seed in range(200):

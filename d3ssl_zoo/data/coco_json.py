@@ -226,7 +226,8 @@ def _xyxy(bbox: Sequence[float]) -> np.ndarray:
     return np.array([x, y, x + w, y + h], np.float64)
 
 
-def clip_box(bbox: Sequence[float], width: int, height: int, min_box_size: float = 1.0) -> Tuple[Optional[np.ndarray], str]:
+def clip_box(bbox: Sequence[float], width: int, height: int,
+             min_box_size: float = 1.0) -> Tuple[Optional[np.ndarray], str]:
     """The package's one rule for a labelled box: COCO ``[x, y, w, h]`` -> xyxy float64 pixels cut to
     the ``width x height`` image. Returns ``(box, "")``, or ``(None, reason)`` (a key of
     :data:`SKIP_REASONS`) for a box with nothing inside the image or a side under ``min_box_size``

@@ -22,9 +22,10 @@ from .composite import depositioning_masks
 from .config import PretrainDataConfig
 from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
 
-__all__ = ["crop_reduction", "reduce_crop", "plan_crop", "random_resized_crop_params", "select_proposals", "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view",
-           "chw_batch", "color_augment", "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views", "soco_views",
-           "make_views"]
+__all__ = ["crop_reduction", "reduce_crop", "plan_crop", "random_resized_crop_params", "select_proposals",
+           "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view", "chw_batch", "color_augment",
+           "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views",
+           "soco_views", "make_views"]
 
 
 DECODE_REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder gives for free (DCT scaling)

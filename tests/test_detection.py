@@ -383,6 +383,9 @@ def test_detection_recipes_are_typed_like_pretraining_recipes(tmp_path):
         load_det_recipe(None, ["max_iter=1.5"])
     with pytest.raises(ValueError, match="steps must increase"):
         load_det_recipe(None, ["steps=[20, 10]"])
+    (tmp_path / "list.yaml").write_text("- max_iter: 3\n")
+    with pytest.raises(ValueError, match=r"list\.yaml holds a YAML list, not a mapping of recipe keys \(num_classes:"):
+        load_det_recipe(tmp_path / "list.yaml")
 
 
 def test_shipped_recipes_are_the_papers_protocol():

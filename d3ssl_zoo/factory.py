@@ -23,11 +23,10 @@ from .tags import TAGS, get_tag
 
 __all__ = ["create_model", "list_models", "list_pretrained", "get_pretrained_cfg", "load_backbone"]
 
-_ARCHS = ("d3ssl_r50c4", "soco_r50c4", "d3ssl_r18c4")
-
 
 def list_models(pattern: str = "") -> List[str]:
-    """Architectures of the zoo (``fnmatch`` pattern, as timm)."""
+    """Architectures of the zoo (``fnmatch`` pattern, as timm): the models ``models/d3ssl_resnet.py``
+    registers in timm's registry, the one list of them."""
     return timm.list_models(pattern or "*", module="d3ssl_resnet")
 
 
@@ -38,10 +37,11 @@ def list_pretrained(pattern: str = "") -> List[str]:
 
 def _check_name(name: str) -> None:
     arch, tag = split_model_name_tag(name)
-    if arch not in _ARCHS:
-        close = difflib.get_close_matches(arch, list(_ARCHS), n=3, cutoff=0.4)
+    archs = list_models()
+    if arch not in archs:
+        close = difflib.get_close_matches(arch, archs, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"Unknown d3ssl_zoo model '{arch}'.{hint} Available: {', '.join(_ARCHS)}.")
+        raise ValueError(f"Unknown d3ssl_zoo model '{arch}'.{hint} Available: {', '.join(archs)}.")
     if tag:
         tags = [n.split(".", 1)[1] for n in list_pretrained(f"{arch}.*")]
         if tag not in tags:
@@ -120,7 +120,7 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None, pretrained: Optio
         model = _torchvision_resnet(spec.split(":", 1)[1])
         if checkpoint:
             _load_strict(model, checkpoint)
-    elif split_model_name_tag(spec)[0] in _ARCHS:
+    elif split_model_name_tag(spec)[0] in list_models():
         if checkpoint:
             model = create_model(spec, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
         else:
@@ -131,7 +131,7 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None, pretrained: Optio
         if checkpoint:
             _load_strict(model, checkpoint)
     else:
-        pool = list(_ARCHS) + timm.list_models("resnet*")
+        pool = list_models() + timm.list_models("resnet*")
         close = difflib.get_close_matches(spec, pool, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"Unknown model '{spec}': not a zoo name, a save_pretrained folder, "

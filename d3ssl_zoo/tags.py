@@ -1,4 +1,4 @@
-"""Every checkpoint the paper reports, as data (SPEC §2.1).
+"""Every checkpoint the paper reports, as data (Tab. 1, 3-7; ``docs/models.md``).
 
 Adding a checkpoint means adding one ``Tag`` entry. timm's pretrained cfgs are generated from
 this table (see ``models/d3ssl_resnet.py``); the fields timm's ``PretrainedCfg`` does not know

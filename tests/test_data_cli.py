@@ -1,5 +1,8 @@
-"""``d3ssl-zoo proposals`` / ``sample`` subcommands of the data pipeline."""
+"""``d3ssl-zoo proposals`` / ``oimini`` / ``sample``: the data pipeline's one entry point per tool."""
 import json
+from pathlib import Path
+
+import pytest
 
 import numpy as np
 from PIL import Image
@@ -34,7 +37,8 @@ def test_proposals_subcommand_rejects_bad_coco_json(tmp_path, capsys):
     no_images.write_text(json.dumps({"annotations": [], "categories": []}))
     args = ["--images", str(tmp_path / "imgs"), "--out", str(out), "--workers", "1", "--no-progress"]
     assert main(["proposals", "--coco", str(no_images), *args]) == 2
-    assert "no_images.json has no 'images' list" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("d3ssl-zoo proposals: ") and "no_images.json has no 'images' list" in err
     dup = tmp_path / "dup.json"
     dup.write_text(json.dumps({"images": [{"id": 3, "file_name": "x.png"}, {"id": 3, "file_name": "x.png"}]}))
     assert main(["proposals", "--coco", str(dup), *args]) == 2
@@ -47,3 +51,17 @@ def test_sample_subcommand_reports_a_cache_that_is_a_file(tmp_path, monkeypatch,
     monkeypatch.setenv("D3SSL_ZOO_CACHE", str(tmp_path / "f"))
     assert main(["sample"]) == 2
     assert f"d3ssl-zoo sample: D3SSL_ZOO_CACHE={tmp_path / 'f'} cannot be a cache folder" in capsys.readouterr().err
+
+
+def test_each_data_tool_has_one_entry_point_with_its_description(capsys):
+    import d3ssl_zoo.data.openimages_mini as oimini
+
+    root = Path(__file__).resolve().parents[1]
+    assert not (root / "train" / "make_proposals.py").exists() and not hasattr(oimini, "main")
+    with pytest.raises(SystemExit):
+        main(["proposals", "--help"])
+    out = capsys.readouterr().out
+    assert "Killed runs resume where they stopped" in out and "--flush-every" in out and "--min-side" in out
+    with pytest.raises(SystemExit):
+        main(["oimini", "--help"])
+    assert "print the Tab. 2 statistics" in " ".join(capsys.readouterr().out.split())

@@ -1,12 +1,12 @@
-"""OpenImage-MINI builder (Sec. 5.1) and Tab. 2 statistics."""
+"""OpenImage-MINI builder (Sec. 5.1), its ``d3ssl-zoo oimini`` command and Tab. 2 statistics."""
 import csv
 import json
 
 import numpy as np
 from PIL import Image
 
-from d3ssl_zoo.data.openimages_mini import (dataset_statistics, format_statistics, load_class_map, main,
-                                            select_images)
+from d3ssl_zoo.cli import main
+from d3ssl_zoo.data.openimages_mini import dataset_statistics, format_statistics, load_class_map, select_images
 
 
 def test_class_map_covers_80_coco_classes():
@@ -54,8 +54,8 @@ def test_builder_writes_coco_json_and_statistics(tmp_path, capsys):
         "categories": []}
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     out = tmp_path / "mini.json"
-    assert main(["--boxes", str(tmp_path / "boxes.csv"), "--classes", str(tmp_path / "classes.csv"), "--images",
-                 str(tmp_path / "imgs"), "--coco", str(tmp_path / "coco.json"), "--out", str(out)]) == 0
+    assert main(["oimini", "--boxes", str(tmp_path / "boxes.csv"), "--classes", str(tmp_path / "classes.csv"),
+                 "--images", str(tmp_path / "imgs"), "--coco", str(tmp_path / "coco.json"), "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "OpenImage-MINI" in printed.out and "#Obj/Img" in printed.out
     assert "1 labels missing" in printed.err

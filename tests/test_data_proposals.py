@@ -186,10 +186,10 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     import time
 
     root = make_folder(tmp_path / "imgs", n=64, size=(160, 120))
-    script = Path(__file__).resolve().parents[1] / "train" / "make_proposals.py"
-    parent = subprocess.Popen([sys.executable, str(script), "--images", str(root), "--out", str(tmp_path / "p.safetensors"),
-                               "--workers", "2", "--resize-long", "0", "--flush-every", "1",
-                               "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen([sys.executable, "-m", "d3ssl_zoo.cli", "proposals", "--images", str(root),
+                               "--out", str(tmp_path / "p.safetensors"), "--workers", "2", "--resize-long", "0",
+                               "--flush-every", "1", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "p.safetensors.parts"
     try:  # kill it mid-run: once the workers have written their first results
         deadline = time.monotonic() + 120

@@ -8,7 +8,7 @@ import torch
 
 from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, composite_depositioned, prepare_batch
 from d3ssl_zoo.data.views import (_adjust_hue, _gray_mean, boxes_to_view, chw_batch, color_augment, crop_reduction,
-                                  decode_reduction, draw_crop, gaussian_blur, gaussian_ksize, make_views, plan_crop,
+                                  draw_crop, gaussian_blur, gaussian_ksize, make_views, plan_crop,
                                   random_resized_crop_params, reduce_crop, resize_view, select_proposals, solarize)
 
 IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
@@ -27,20 +27,21 @@ def test_rrc_params_inside_image_and_scale():
         assert w * h >= 0.4 * 96 * 128 * 0.95
 
 
-def test_decode_reduction_keeps_every_view_a_shrink():
+def test_crop_reduction_is_the_largest_factor_that_keeps_every_view_a_shrink():
     r50 = PretrainDataConfig()  # the R50 recipes' 224 px views
-    assert decode_reduction(640, 480, r50) == 1  # COCO: the smallest x2 crop (~303 px) is below 2 x 224
-    assert decode_reduction(1024, 768, r50) == 2 and decode_reduction(4000, 3000, r50) == 8
+    assert crop_reduction(640, 480, (0, 0, 303, 303), r50) == 1  # COCO: a ~303 px crop is below 2 x 224
     small = cfg(image_size=32, small_size=16)
-    assert decode_reduction(256, 192, small) == 2 and decode_reduction(512, 384, small) == 4
-    assert decode_reduction(60, 2000, small) == 1  # x1 is the whole image: its short side counts
-    for w, h, c in [(256, 192, small), (512, 384, small), (1024, 768, r50), (333, 900, cfg())]:
-        f = decode_reduction(w, h, c)
-        rw, rh = -(-w // f), -(-h // f)
-        assert min(rw, rh) >= c.image_size
+    assert crop_reduction(256, 192, (0, 0, 128, 96), small) == 2
+    assert crop_reduction(512, 384, (0, 0, 256, 192), small) == 4
+    assert crop_reduction(60, 2000, (0, 0, 60, 1000), small) == 1  # x1 is the whole image: its short side counts
+    for w, h, c in [(256, 192, small), (512, 384, small), (1024, 768, r50), (333, 900, cfg()), (4000, 3000, r50)]:
         for seed in range(200):
-            _, _, cw, ch = random_resized_crop_params(rh, rw, c.crop_scale, c.crop_ratio, np.random.default_rng(seed))
-            assert min(cw, ch) >= c.image_size - 1  # the crop is shrunk to the view, never enlarged
+            crop = random_resized_crop_params(h, w, c.crop_scale, c.crop_ratio, np.random.default_rng(seed))
+            f = crop_reduction(w, h, crop, c)
+            rw, rh = -(-w // f), -(-h // f)
+            _, _, cw, ch = reduce_crop(crop, f, rh, rw)
+            assert min(rw, rh, cw, ch) >= c.image_size  # x1 and x2 are shrunk to the views, never enlarged
+            assert f == 8 or min(w, h, crop[2], crop[3]) < 2 * f * c.image_size  # the next factor would enlarge one
 
 
 def test_crop_reduction_keeps_x1_and_the_drawn_crop_shrinks():
@@ -53,7 +54,7 @@ def test_crop_reduction_keeps_x1_and_the_drawn_crop_shrinks():
         for seed in range(100):
             crop = random_resized_crop_params(h, w, r50.crop_scale, r50.crop_ratio, np.random.default_rng(seed))
             f = crop_reduction(w, h, crop, r50)
-            assert f >= decode_reduction(w, h, r50) or min(crop[2:]) < f * r50.image_size + 1  # rounding of the draw
+            assert f == 8 or min(w, h, crop[2], crop[3]) < 2 * f * r50.image_size  # the largest such factor
             c = reduce_crop(crop, f, -(-h // f), -(-w // f))
             assert min(c[2], c[3], -(-h // f), -(-w // f)) >= r50.image_size  # every view still a shrink
 

@@ -12,17 +12,21 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 import d3ssl_zoo
-from d3ssl_zoo.engine.checkpoint import list_checkpoints, verify_checkpoint
-from d3ssl_zoo.tags import recipe_file
+from d3ssl_zoo.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.data import ImageObjects, ImageRecord
-from d3ssl_zoo.detection import (C4DetectorConfig, DetRecord, DetectionDataset, build_c4_detector,
-                                          coco_results, collate_detection, detector_backbone_state_dict,
-                                          evaluate_coco, evaluate_voc, load_det_recipe, lr_factor, read_coco,
-                                          read_voc, voc_ap)
+from d3ssl_zoo.data.coco_json import no_skips
+from d3ssl_zoo.detection import (C4DetectorConfig, DetectionDataset, build_c4_detector, coco_results,
+                                 collate_detection, describe_det_recipe, evaluate_coco, evaluate_voc, load_det_recipe,
+                                 lr_factor, read_coco, read_voc, voc_ap)
 from d3ssl_zoo.detection.data import hflip_sample
 from d3ssl_zoo.detection.finetune import finetune
+from d3ssl_zoo.tags import recipe_file
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _counted(skips):
+    return {k: n for k, n in skips.items() if n}
 
 
 def _rec(image_id, boxes, labels, difficult=None):
@@ -30,10 +34,6 @@ def _rec(image_id, boxes, labels, difficult=None):
     difficult = np.asarray(difficult if difficult is not None else [False] * len(labels), bool)
     return ImageRecord(image_id, f"{image_id}.jpg", file_name=f"{image_id}.jpg", width=64, height=64,
                        objects=ImageObjects(boxes, np.asarray(labels, np.int64), difficult=difficult))
-
-
-def test_detection_records_are_the_package_record_type():
-    assert DetRecord is ImageRecord  # the old name, kept for imports
 
 
 # --- VOC evaluator ------------------------------------------------------------------------------------------------
@@ -124,11 +124,10 @@ def test_voc_reader_counts_objects_without_finite_corners_and_names_bad_xml(tmp_
     xml = tmp_path / "VOC2007" / "Annotations" / "000001.xml"
     xml.write_text(_voc_xml([("dog", (11, 5, 40, 30), False), ("cat", ("nan", 1, 8, 9), False),
                              ("cat", ("x", 1, 8, 9), False)]))
-    from d3ssl_zoo.detection.data import ReadStats
-    stats = ReadStats()
-    (r,) = read_voc(tmp_path, "2007", "test", stats=stats)
+    skips = no_skips()
+    (r,) = read_voc(tmp_path, "2007", "test", skips=skips)
     np.testing.assert_array_equal(r.objects.boxes, [[10, 4, 40, 30]])
-    assert stats.skipped == {"objects without 4 finite box corners": 2}
+    assert _counted(skips) == {"invalid_annotations": 2}
     xml.write_text("<annotation><size>")
     with pytest.raises(ValueError, match=r"000001\.xml is not valid XML"):
         read_voc(tmp_path, "2007", "test")
@@ -156,12 +155,15 @@ def make_coco(path):
 
 def test_coco_reader_and_perfect_detections_score_100(tmp_path, capsys):
     make_coco(tmp_path / "ann.json")
-    from d3ssl_zoo.detection.data import ReadStats, _masks
-    stats = ReadStats()
-    train, cats, _ = read_coco(tmp_path / "ann.json", tmp_path, train=True, stats=stats)
+    from d3ssl_zoo.detection.data import _masks
+    objects = read_coco(tmp_path / "ann.json", tmp_path, train=True)
+    train, cats = objects.images, objects.category_ids
     assert cats == [3, 7] and [r.image_id for r in train] == [1, 2]
-    assert stats.skipped == {"crowd annotations (training)": 1, "images without objects (training)": 1}
-    test, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=False)
+    assert _counted(objects.skips) == {"crowd_boxes": 1, "images_without_objects": 1}
+    assert objects.summary() == "2 images, 2 objects; skipped: 1 images without objects, 1 crowd boxes"
+    test_split = read_coco(tmp_path / "ann.json", tmp_path, train=False)
+    test, gt = test_split.images, test_split.coco
+    assert [r.image_id for r in test] == [1, 2, 3] and _counted(test_split.skips) == {}  # every test image and box
     np.testing.assert_array_equal(test[0].objects.boxes, [[10, 8, 30, 24]])
     masks = _masks(train[0])
     assert masks.shape == (1, 48, 64) and masks[0, 10:20, 12:28].all() and not masks[0, 30:].any()
@@ -192,12 +194,11 @@ def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_n
         {"id": 12, "image_id": 1, "category_id": 3, "bbox": "1,1,8,8", "area": 64, "iscrowd": 0},
     ]
     (tmp_path / "ann.json").write_text(json.dumps(d))
-    from d3ssl_zoo.detection.data import ReadStats
     for train in (True, False):
-        stats = ReadStats()
-        records, _, gt = read_coco(tmp_path / "ann.json", tmp_path, train=train, stats=stats)
-        assert stats.skipped["annotations of a category id not in 'categories'"] == 1
-        assert stats.skipped["invalid annotations (bbox not 4 finite numbers, or no image/category id)"] == 2
+        objects = read_coco(tmp_path / "ann.json", tmp_path, train=train)
+        records, gt = objects.images, objects.coco
+        assert objects.skips["boxes_unknown_category"] == 1
+        assert objects.skips["invalid_annotations"] == 2
         assert all(np.isfinite(r.objects.boxes).all() for r in records)
         np.testing.assert_array_equal(records[0].objects.boxes, [[10, 8, 30, 24]])
         assert sorted(gt.anns) == [1, 2, 3, 10]  # the unreadable boxes are not ground truth either
@@ -205,6 +206,30 @@ def test_coco_reader_counts_bad_annotations_instead_of_crashing_or_training_on_n
     (tmp_path / "ann.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"ann\.json lists image id\(s\) 1 more than once"):
         read_coco(tmp_path / "ann.json", tmp_path, train=True)
+
+
+def test_detection_reads_objects_as_evaluation_does_one_box_rule(tmp_path):
+    make_coco(tmp_path / "ann.json")
+    d = json.loads((tmp_path / "ann.json").read_text())
+    d["annotations"] += [  # on the 64x48 image 1: across the right border, outside it, thinner than 1 px once cut
+        {"id": 20, "image_id": 1, "category_id": 7, "bbox": [50, 30, 30, 10], "area": 300, "iscrowd": 0},
+        {"id": 21, "image_id": 1, "category_id": 7, "bbox": [70, 10, 5, 5], "area": 25, "iscrowd": 0},
+        {"id": 22, "image_id": 1, "category_id": 7, "bbox": [63.5, 10, 5, 5], "area": 25, "iscrowd": 0},
+    ]
+    (tmp_path / "ann.json").write_text(json.dumps(d))
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / name)
+    from d3ssl_zoo.evaluation.objects import load_coco_objects
+    det, ev = read_coco(tmp_path / "ann.json", tmp_path, train=True), load_coco_objects(tmp_path / "ann.json", tmp_path)
+    np.testing.assert_array_equal(det.images[0].objects.boxes, [[10, 8, 30, 24], [50, 30, 64, 40]])
+    assert det.skips == ev.skips and det.clipped_boxes == ev.clipped_boxes == 1
+    assert _counted(det.skips) == {"images_without_objects": 1, "crowd_boxes": 1, "boxes_outside_image": 1,
+                                   "boxes_too_small": 1}
+    for a, b in zip(det.images, ev.images, strict=True):
+        assert (a.image_id, a.path, a.width, a.height) == (b.image_id, b.path, b.width, b.height)
+        np.testing.assert_array_equal(a.objects.boxes, b.objects.boxes)
+        np.testing.assert_array_equal(a.objects.labels, b.objects.labels)
+    assert det.coco is not None and ev.coco is None  # the ground truth only where it is scored
 
 
 # --- detector -----------------------------------------------------------------------------------------------------
@@ -241,9 +266,8 @@ def test_c4_detector_has_the_res5_head_layout():
     rois = det.roi_heads.box_roi_pool({"0": feats}, [torch.tensor([[0.0, 0.0, 32.0, 32.0]])], None)
     assert rois.shape == (1, 256, 14, 14)                              # RoIAlign 14x14 on C4
     assert det.roi_heads.box_head(rois).shape == (1, 512, 7, 7)       # res5 with stride 2
-    sd = detector_backbone_state_dict(det)
-    ref = d3ssl_zoo.create_model("d3ssl_r18c4", num_classes=0).state_dict()
-    assert set(sd) == set(ref)
+    fine_tuned = {id(t) for t in [*det.parameters(), *det.buffers()]}
+    assert all(id(t) in fine_tuned for t in [*trunk.parameters(), *trunk.buffers()])  # the whole trunk, shared
     det.eval()
     with torch.no_grad():
         out = det([torch.rand(3, 48, 64)])
@@ -351,7 +375,7 @@ def test_lr_schedule_is_detectron2s_warmup_multistep():
 
 
 def test_detection_recipes_are_typed_like_pretraining_recipes(tmp_path):
-    # one loader for both (issue 12.2): PyYAML reads 2e-2 as a string; the field's type decides
+    # one loader for both (d3ssl_zoo.recipe): PyYAML reads 2e-2 as a string; the field's type decides
     (tmp_path / "r.yaml").write_text("base_lr: 2e-2\nsteps: [10, 20]\nmixed_precision: 'no'\n")
     r = load_det_recipe(tmp_path / "r.yaml", ["max_iter=30", "mixed_precision=no", "voc_test=['2007', test]"])
     assert (r.base_lr, r.steps, r.max_iter, r.mixed_precision) == (0.02, (10, 20), 30, "no")
@@ -360,6 +384,9 @@ def test_detection_recipes_are_typed_like_pretraining_recipes(tmp_path):
         load_det_recipe(None, ["max_iter=1.5"])
     with pytest.raises(ValueError, match="steps must increase"):
         load_det_recipe(None, ["steps=[20, 10]"])
+    (tmp_path / "list.yaml").write_text("- max_iter: 3\n")
+    with pytest.raises(ValueError, match=r"list\.yaml holds a YAML list, not a mapping of recipe keys \(num_classes:"):
+        load_det_recipe(tmp_path / "list.yaml")
 
 
 def test_shipped_recipes_are_the_papers_protocol():
@@ -369,6 +396,14 @@ def test_shipped_recipes_are_the_papers_protocol():
     assert (coco.max_iter, list(coco.steps), coco.num_classes, coco.mask_on) == (90000, [60000, 80000], 80, True)
     for r in (voc, coco):
         assert (r.ims_per_batch, r.base_lr, r.sync_bn, r.extra_norm) == (16, 0.02, True, True)
+
+
+def test_det_coco_builds_on_det_voc_and_says_where_each_value_comes_from():
+    assert "base: det_voc" in recipe_file("det_coco").read_text()
+    text = describe_det_recipe(recipe_file("det_coco"), ["num_workers=2"])
+    assert "max_iter: 90000  # det_coco.yaml\n" in text and "base_lr: 0.02  # det_voc.yaml\n" in text
+    assert "extra_norm: true  # det_voc.yaml: MoCo's Res5ROIHeadsExtraNorm" in text
+    assert "num_workers: 2  # override\n" in text and "roi_size: 14  # default of d3ssl_zoo.detection.recipe\n" in text
 
 
 @pytest.fixture
@@ -403,7 +438,7 @@ def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate, caplog)
                  resume="auto", log=logs.append)
     optimizer_file = second / "optimizer.bin"
     optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])   # a damaged newest checkpoint
-    with caplog.at_level("WARNING", logger="d3ssl_zoo.engine.checkpoint"):
+    with caplog.at_level("WARNING", logger="d3ssl_zoo.checkpoint"):
         out = finetune(load_det_recipe(None, dict(over, max_iter=3)), str(model_dir), data, tmp_path / "run",
                        resume="auto", log=logs.append)
     assert any(str(second) in r.getMessage() and "optimizer.bin" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,8 @@
 """Import structure: every module of the package imports on its own, the module-level imports
-form a DAG, and in the ``data`` package no cycle hides behind imports inside functions either
-(issue 12.3: ``datasets -> sample -> proposal_tool -> datasets`` did)."""
+form a DAG, in the ``data`` package no cycle hides behind imports inside functions either (one
+did: ``datasets -> sample -> proposal tool -> datasets``), and the layers of ``docs/design.md``
+hold: no part of the package imports a part it builds under (:data:`FORBIDDEN`), counting imports
+inside functions and the subcommand modules ``d3ssl_zoo/cli.py`` loads by name."""
 import ast
 import os
 import subprocess
@@ -41,6 +43,25 @@ def _imports(tree: ast.Module, top_level: bool = True):
             todo += node.body
 
 
+def _imported_names(node: ast.Import | ast.ImportFrom, name: str, is_init: bool, modules) -> list[str]:
+    """The dotted names an import statement of module ``name`` imports: ``from pkg import sub`` the
+    submodule ``pkg.sub``, ``from pkg import attr`` ``pkg`` (its ``__init__`` runs); relative
+    imports resolved. ``modules``: the module names of the package."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    here = name if is_init else name.rpartition(".")[0]  # the package relative imports start from
+    base = here.split(".")[:len(here.split(".")) - node.level + 1] if node.level else []
+    base = ".".join(base + ([node.module] if node.module else []))
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+
+
+def _nearest_module(target: str, modules) -> str:
+    """``import pkg.mod.attr``-like names: the nearest module of the package ("" if none)."""
+    while target and target not in modules:
+        target = target.rpartition(".")[0]
+    return target
+
+
 def import_graph(package: str, top_level: bool = True) -> dict[str, set[str]]:
     """Module -> the modules of ``package`` it imports (``pkg`` for its ``__init__``), at module
     level or, with ``top_level=False``, anywhere in the file."""
@@ -48,20 +69,10 @@ def import_graph(package: str, top_level: bool = True) -> dict[str, set[str]]:
     files = {_module_name(p): p for p in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
-        is_init = path.name == "__init__.py"
-        here = name if is_init else name.rpartition(".")[0]  # the package relative imports start from
         edges: set[str] = set()
         for node in _imports(ast.parse(path.read_text(), str(path)), top_level):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            else:
-                base = here.split(".")[:len(here.split(".")) - node.level + 1] if node.level else []
-                base = ".".join(base + ([node.module] if node.module else []))
-                # `from pkg import sub` imports the submodule; `from pkg import name` runs pkg/__init__
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
-            for t in targets:
-                while t and t not in files:  # `import pkg.mod.attr`-like names: the nearest module
-                    t = t.rpartition(".")[0]
+            for t in _imported_names(node, name, path.name == "__init__.py", files):
+                t = _nearest_module(t, files)
                 if t and t != name:
                     edges.add(t)
         graph[name] = edges
@@ -152,3 +163,111 @@ def test_every_module_imports_in_isolation():
     proc = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True, timeout=600,
                           cwd=PACKAGE.parent)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+
+
+# --- layers ---------------------------------------------------------------------------------------------------------
+
+#: The zoo core (``d3ssl_zoo/__init__.py`` and these modules / packages): what ``import d3ssl_zoo`` gives a
+#: user, and the ground floor every other part builds on.
+CORE = ("__init__", "boxes", "tags", "factory", "models", "hub", "disk", "recipe", "checkpoint")
+
+#: Layer -> the layers it must never import (docs/design.md). A layer is the core (:data:`CORE`) or a
+#: top-level part of the package (``d3ssl_zoo.<part>``); ``experiments`` (the repository's research
+#: record, not installed) is forbidden to every layer.
+FORBIDDEN = {
+    "core":       ("method", "engine", "evaluation", "detection", "convert", "data", "cli"),
+    "method":     ("engine",),
+    "evaluation": ("engine",),
+    "data":       ("method", "engine"),
+    "detection":  ("engine", "method"),
+    "convert":    ("engine", "method", "data", "evaluation", "detection"),
+}
+OUTSIDE = ("experiments",)  # forbidden to every layer of the package
+
+
+def layer_of(module: str) -> str:
+    """``core`` or the part (``engine``, ``data``, ``cli``, ...) of a module of the package; the top-level
+    name of any other module (``experiments``, ``torch``)."""
+    top, _, rest = module.partition(".")
+    if top != PACKAGE.name:
+        return top
+    part = rest.partition(".")[0] or "__init__"
+    return "core" if part in CORE else part
+
+
+def _loaded_by_name(tree: ast.Module):
+    """``(line, module)`` of the modules a file imports by their name as a string: the entries of a
+    ``SUBCOMMAND_MODULES`` tuple (``d3ssl_zoo/cli.py``) and ``importlib.import_module("...")`` calls."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "SUBCOMMAND_MODULES" for t in targets) and node.value:
+                yield from ((c.lineno, c.value) for c in ast.walk(node.value)
+                            if isinstance(c, ast.Constant) and isinstance(c.value, str))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                yield node.args[0].lineno, node.args[0].value
+
+
+def import_edges(package_dir: Path = PACKAGE):
+    """Every import of the package at ``package_dir``: ``(file, line, importer, imported module)``, with
+    the imports inside functions and classes and the modules loaded by name; an import of a module
+    outside the package is given by its full dotted name."""
+    files = {_module_name_in(p, package_dir): p for p in sorted(package_dir.rglob("*.py"))}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in _imports(tree, top_level=False):
+            for target in _imported_names(node, name, path.name == "__init__.py", files):
+                yield path, node.lineno, name, _nearest_module(target, files) or target
+        for line, target in _loaded_by_name(tree):
+            yield path, line, name, _nearest_module(target, files) or target
+
+
+def _module_name_in(path: Path, package_dir: Path) -> str:
+    parts = path.relative_to(package_dir.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layering_violations(package_dir: Path = PACKAGE) -> list[str]:
+    """One line per import that breaks :data:`FORBIDDEN`: the importing file and line, and the module."""
+    out = []
+    for path, line, importer, imported in import_edges(package_dir):
+        src, dst = layer_of(importer), layer_of(imported)
+        if dst != src and (dst in FORBIDDEN.get(src, ()) or dst in OUTSIDE):
+            out.append(f"{path.relative_to(package_dir.parent)}:{line}: {importer} ({src}) imports {imported} "
+                       f"({dst}), which the {src} layer must not import")
+    return sorted(set(out))
+
+
+def test_layers_import_only_what_they_build_on():
+    bad = layering_violations()
+    assert not bad, "imports across the layers of docs/design.md:\n" + "\n".join(bad)
+
+
+def test_layering_sees_imports_in_functions_and_modules_loaded_by_name(tmp_path):
+    pkg = tmp_path / PACKAGE.name
+    for folder in ("method", "engine", "data", "convert"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("from .factory import create_model\n")
+    (pkg / "factory.py").write_text("def create_model():\n    from .data import loader  # a core module\n")
+    (pkg / "data" / "loader.py").write_text("import numpy\n\n\ndef f():\n    import experiments.ladder\n")
+    (pkg / "method" / "loss.py").write_text("class A:\n    def f(self):\n        from ..engine import trainer\n")
+    (pkg / "engine" / "trainer.py").write_text("from d3ssl_zoo.method import loss\n")  # allowed
+    (pkg / "convert" / "cli.py").write_text("")
+    (pkg / "cli.py").write_text('SUBCOMMAND_MODULES = (\n    "d3ssl_zoo.convert.cli",\n)\n')
+    (pkg / "convert" / "export.py").write_text('import importlib\nimportlib.import_module("d3ssl_zoo.data.loader")\n')
+    assert layering_violations(pkg) == [
+        "d3ssl_zoo/convert/export.py:2: d3ssl_zoo.convert.export (convert) imports d3ssl_zoo.data.loader (data), "
+        "which the convert layer must not import",
+        "d3ssl_zoo/data/loader.py:5: d3ssl_zoo.data.loader (data) imports experiments.ladder (experiments), "
+        "which the data layer must not import",
+        "d3ssl_zoo/factory.py:2: d3ssl_zoo.factory (core) imports d3ssl_zoo.data.loader (data), "
+        "which the core layer must not import",
+        "d3ssl_zoo/method/loss.py:3: d3ssl_zoo.method.loss (method) imports d3ssl_zoo.engine.trainer (engine), "
+        "which the method layer must not import",
+    ]
+    edges = {(importer, imported) for _, _, importer, imported in import_edges(pkg)}
+    assert ("d3ssl_zoo.cli", "d3ssl_zoo.convert.cli") in edges  # a subcommand module loaded by its name

@@ -1,4 +1,4 @@
-"""Fine-tune a backbone for detection without detectron2 (paper §5 "Setting", SPEC §4).
+"""Fine-tune a backbone for detection without detectron2 (paper §5 "Setting"; docs/transfer.md).
 
     accelerate launch train/finetune_det.py --task voc --model d3ssl_r50c4.coco_800ep --data /data/VOCdevkit
     accelerate launch train/finetune_det.py --task coco --model ./my_export --data /data/coco --mixed-precision bf16
@@ -6,7 +6,8 @@
 
 VOC: Faster R-CNN R50-C4, VOC07+12 trainval, 24k iterations, VOC07 test AP/AP50/AP75.
 COCO: Mask R-CNN R50-C4, 1x (90k iterations), val2017 bbox/segm AP. Recipes:
-``d3ssl_zoo/recipes/det_voc.yaml`` / ``det_coco.yaml`` (package data); ``--set key=value`` overrides any field.
+``d3ssl_zoo/recipes/det_voc.yaml`` / ``det_coco.yaml`` (package data; ``det_coco`` has ``base: det_voc``);
+``--set key=value`` overrides any field, ``--print-recipe`` shows the resolved recipe and where each value comes from.
 ``--model`` is anything ``d3ssl_zoo.load_backbone`` takes: a zoo name/tag, a save_pretrained
 folder (e.g. from ``d3ssl-zoo convert``), ``torchvision:resnet50`` or a timm name.
 """
@@ -16,11 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-
+from d3ssl_zoo.detection.finetune import finetune
+from d3ssl_zoo.detection.recipe import describe_det_recipe, load_det_recipe
 from d3ssl_zoo.disk import DiskFullError
 from d3ssl_zoo.tags import recipe_file
-from d3ssl_zoo.detection.finetune import finetune
-from d3ssl_zoo.detection.recipe import load_det_recipe
 
 
 def main(argv=None) -> int:
@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                    help="override recipe fields, e.g. num_workers=2 (key=value may also follow later options)")
+    p.add_argument("--print-recipe", action="store_true",
+                   help="print the recipe fully resolved (base: chain and overrides), each value with the file "
+                        "and source comment it came from, and exit")
     args, rest = p.parse_known_args(argv)
     stray = [a for a in rest if a.startswith("-") or "=" not in a]
     if stray:
@@ -51,9 +54,13 @@ def main(argv=None) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
-        recipe = load_det_recipe(args.recipe or recipe_file(f"det_{args.task}"), overrides)
+        path = args.recipe or recipe_file(f"det_{args.task}")
+        recipe = load_det_recipe(path, overrides)
         if recipe.task != args.task:
             raise ValueError(f"--task {args.task} but the recipe is for {recipe.task}")
+        if args.print_recipe:
+            print(describe_det_recipe(path, overrides), end="")
+            return 0
         finetune(recipe, args.model, args.data, args.output_dir or Path("runs") / f"det_{args.task}",
                  resume=args.resume, evaluate=not args.no_eval)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, DiskFullError) as e:

@@ -26,8 +26,7 @@ from accelerate.utils import set_seed
 
 import d3ssl_zoo
 from d3ssl_zoo.disk import DiskFullError
-from d3ssl_zoo.engine import NonFiniteLossError, Recipe, UnknownRecipeKeyError, load_recipe, train
-from d3ssl_zoo.engine.config import describe_recipe
+from d3ssl_zoo.engine import NonFiniteLossError, Recipe, UnknownRecipeKeyError, describe_recipe, load_recipe, train
 from d3ssl_zoo.tags import recipe_file
 
 
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="demo", help="demo, a zoo tag (e.g. d3ssl_r50c4.coco_800ep) or a YAML file")
     p.add_argument("--data", help="pre-training images: COCO annotation json, image folder, or 'sample' "
                                   "(sets dataset.source)")
-    p.add_argument("--proposals", help="proposal file from train/make_proposals.py (sets dataset.proposals)")
+    p.add_argument("--proposals", help="proposal file from `d3ssl-zoo proposals` (sets dataset.proposals)")
     p.add_argument("--output-dir", help="run folder (default: runs/<model.tag>)")
     p.add_argument("--resume", default="auto",
                    help="'auto' (default: newest checkpoint of --output-dir, if any), 'none', or a checkpoint folder")

@@ -25,8 +25,7 @@ from pathlib import Path
 import yaml
 
 import d3ssl_zoo
-from d3ssl_zoo.engine import list_checkpoints
-from d3ssl_zoo.engine.checkpoint import RECIPE_FILE, STATE_FILE, resolve_resume, verify_checkpoint
+from d3ssl_zoo.checkpoint import RECIPE_FILE, STATE_FILE, list_checkpoints, resolve_resume, verify_checkpoint
 from d3ssl_zoo.hub import WEIGHTS_NAME, load_state_dict_file, push_to_hub, sha256_file
 from d3ssl_zoo.tags import get_tag, hub_org
 

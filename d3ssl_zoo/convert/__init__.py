@@ -1,4 +1,4 @@
-"""Checkpoints in and out (SPEC §4): foreign checkpoint files read safely, converters from SoCo / MoCo /
+"""Checkpoints in and out (``docs/transfer.md``): foreign checkpoint files read safely, converters from SoCo / MoCo /
 DenseCL / PixPro / mmdet / torchvision layouts, and the detectron2 / torchvision / mmdet export.
 Detection fine-tuning is its own wing, :mod:`d3ssl_zoo.detection`."""
 from .foreign import read_checkpoint

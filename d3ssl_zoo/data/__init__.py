@@ -1,14 +1,14 @@
 """Data: the one image record and COCO reader (``coco_json``: :class:`ImageRecord`,
-:class:`ImageObjects`), the one decoder (``images``: :func:`load_rgb`), and pre-training's data:
-selective-search proposals (``selective_search``, the file read by ``proposal_store``), views,
-region augmentations (PRC, PRM, RBJ), the de-positioning composite of Eq. 8, and the datasets
-(COCO, image folder, embedded sample, generated scenes, OpenImage-MINI builder). See SPEC Sec. 3
-and the paper's Sec. 4.
+:class:`ImageObjects`, ``read_coco_objects``), the one decoder (``images``: :func:`load_rgb`), and
+pre-training's data: selective-search proposals (``selective_search``, the file read by
+``proposal_store``), views, region augmentations (PRC, PRM, RBJ), the de-positioning composite of
+Eq. 8, and the datasets (COCO, image folder, embedded sample, generated scenes, OpenImage-MINI
+builder). See the paper's Sec. 4 and ``docs/data.md``.
 
-Engine contract: ``build_pretrain_dataset(cfg, source, proposals, seed)``, ``PretrainCollator(cfg)``
-(or ``pretrain_loader``) and ``prepare_batch(batch, cfg.mean, cfg.std)`` on the device. All
-region augmentations run in the data workers; the collator ships uint8 images and the Eq. 6-7
-masks, and ``prepare_batch`` normalises and composites x3 (Eq. 8) where the batch is.
+What the pre-training loop uses: ``build_pretrain_dataset(cfg, source, proposals, seed)``,
+``PretrainCollator(cfg)`` (or ``pretrain_loader``) and ``prepare_batch(batch, cfg.mean, cfg.std)`` on
+the device. All region augmentations run in the data workers; the collator ships uint8 images and
+the Eq. 6-7 masks, and ``prepare_batch`` normalises and composites x3 (Eq. 8) where the batch is.
 """
 from .composite import composite_depositioned
 from .config import PretrainDataConfig

@@ -9,13 +9,12 @@ become ``iscrowd=1``. The COCO<->OpenImages class map is ``coco_openimages_class
 this file (ours: the paper does not publish its map; OpenImages labels people Man/Woman/Boy/Girl
 as well as Person, all mapped to COCO's person).
 
-    python -m d3ssl_zoo.data.openimages_mini --boxes train-annotations-bbox.csv \\
+    d3ssl-zoo oimini --boxes train-annotations-bbox.csv \\
         --classes class-descriptions-boxable.csv --images train/ --coco instances_train2017.json \\
         --out openimage_mini.json
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -27,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["load_class_map", "read_class_descriptions", "read_boxes", "select_images", "build_openimages_mini",
-           "dataset_statistics", "format_statistics", "add_arguments", "run", "main"]
+           "dataset_statistics", "format_statistics", "add_arguments", "run"]
 
 CLASS_MAP_FILE = Path(__file__).with_name("coco_openimages_classes.csv")
 
@@ -191,7 +190,7 @@ def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *,
 
 
 def add_arguments(p) -> None:
-    """Command-line options of ``python -m d3ssl_zoo.data.openimages_mini`` and ``d3ssl-zoo oimini``."""
+    """Command-line options of ``d3ssl-zoo oimini``."""
     p.add_argument("--boxes", required=True, help="OpenImages box CSV (e.g. oidv6-train-annotations-bbox.csv)")
     p.add_argument("--classes", required=True, help="OpenImages class descriptions CSV (boxable)")
     p.add_argument("--images", required=True, help="folder with the OpenImages <ImageID>.jpg files")
@@ -204,14 +203,3 @@ def run(args) -> int:
     stats = build_openimages_mini(args.boxes, args.classes, args.images, args.coco, args.out, seed=args.seed)
     print(format_statistics({"OpenImage-MINI": stats["openimage_mini"], "COCO": stats["coco"]}))
     return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Build OpenImage-MINI (D3SSL Sec. 5.1) as a COCO json and print "
-                                            "the Tab. 2 statistics.")
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,7 @@
 """Selective-search proposals (Sec. 4.1): OpenCV's selective search and SoCo's filters on one
-image (:func:`image_proposals`), and the tool behind ``train/make_proposals.py`` and
-``d3ssl-zoo proposals`` (:func:`make_proposals`), which runs them over a dataset in parallel
-worker processes, resumable, with atomic writes, into one proposal file
-(:mod:`d3ssl_zoo.data.proposal_store`).
+image (:func:`image_proposals`), and the tool behind ``d3ssl-zoo proposals``
+(:func:`make_proposals`), which runs them over a dataset in parallel worker processes, resumable,
+with atomic writes, into one proposal file (:mod:`d3ssl_zoo.data.proposal_store`).
 
 Resume: finished images are flushed every ``flush_every`` images / ``flush_seconds`` seconds
 (defaults 64 / 10 s; Ctrl-C flushes too) into ``<out>.parts/part-NNNNN.safetensors``, each
@@ -67,7 +66,7 @@ def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | N
 
 def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: float = 32,
                      max_ratio: float = 3.0, scale_range=(0.3, 0.8)) -> tuple[np.ndarray, int]:
-    """SoCo's filters with fallbacks (SPEC Sec. 3); returns ``(boxes, level)``.
+    """SoCo's filters with fallbacks (``docs/data.md``); returns ``(boxes, level)``.
 
     Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8 (SoCo's
     ``ratio3size0308``). Images left with none fall back to the ratio filter (1: size + aspect,
@@ -273,7 +272,7 @@ def format_summary(s: dict) -> str:
 
 
 def add_arguments(p) -> None:
-    """Command-line options of ``train/make_proposals.py`` and ``d3ssl-zoo proposals``."""
+    """Command-line options of ``d3ssl-zoo proposals``."""
     p.add_argument("--images", help="image folder (with --coco: the folder the json's file_names refer to)")
     p.add_argument("--coco", help="COCO annotation json; its image ids key the proposal file")
     p.add_argument("--out", required=True, help="output proposal file (.safetensors)")
@@ -294,7 +293,7 @@ def run(args) -> int:
                                  workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
                                  progress=not args.no_progress)
     except (ValueError, FileNotFoundError, DiskFullError) as e:
-        print(f"make_proposals: {e}", file=sys.stderr)
+        print(f"d3ssl-zoo proposals: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
     return 0

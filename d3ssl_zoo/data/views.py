@@ -22,39 +22,25 @@ from .composite import depositioning_masks
 from .config import PretrainDataConfig
 from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
 
-__all__ = ["decode_reduction", "crop_reduction", "reduce_crop", "plan_crop", "random_resized_crop_params", "select_proposals", "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view",
-           "chw_batch", "color_augment", "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views", "soco_views",
-           "make_views"]
+__all__ = ["crop_reduction", "reduce_crop", "plan_crop", "random_resized_crop_params", "select_proposals",
+           "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view", "chw_batch", "color_augment",
+           "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views",
+           "soco_views", "make_views"]
 
 
 DECODE_REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder gives for free (DCT scaling)
 
 
-def decode_reduction(width: int, height: int, cfg: PretrainDataConfig) -> int:
-    """How much smaller (1, 2, 4 or 8) an image of ``width x height`` may be decoded for ``cfg``'s views.
-
-    The largest factor at which every view is still made by shrinking: x1 (the whole image) and
-    the smallest x2 crop RandomResizedCrop can draw (``crop_scale[0]`` of the area at the most
-    elongated aspect of ``crop_ratio``) keep each side >= ``image_size``. Views are resized
-    anyway, so a reduced decode changes only the resampling filter (libjpeg's DCT scaling, then
-    the same area resize), never what a view shows, and no view is enlarged from a reduced
-    image. COCO's 640 px images at the 224 px views of the R50 recipes get 1 (their smallest
-    crop is ~303 px); views of 64-112 px, or 1024 px and larger images, get 2-8.
-    """
-    elongation = min(cfg.crop_ratio[0], 1 / cfg.crop_ratio[1], 1.0)
-    smallest_crop = math.sqrt(cfg.crop_scale[0] * width * height * elongation)
-    need = min(width, height, smallest_crop)
-    return next((f for f in DECODE_REDUCTIONS if need >= f * cfg.image_size), 1)
-
-
 def crop_reduction(width: int, height: int, crop, cfg: PretrainDataConfig) -> int:
-    """:func:`decode_reduction` for one sample whose x2 ``crop`` ``(x0, y0, w, h)`` (stored pixels) is drawn.
+    """How much smaller (1, 2, 4 or 8) an image of ``width x height`` may be decoded for one sample whose
+    x2 ``crop`` ``(x0, y0, w, h)`` (stored pixels) is drawn.
 
-    The largest factor (1, 2, 4 or 8) at which x1 (the whole ``width x height`` image) and this
-    crop keep each side >= ``cfg.image_size``: every view is still made by shrinking.
-    :func:`decode_reduction` must hold for the smallest crop the recipe can draw; this holds for the
-    one drawn: on COCO's 640 px images at the 224 px views of the R50 recipes it is 2 for the
-    crops of >= 448 px a side, where the image-level rule must say 1.
+    The largest factor at which x1 (the whole image) and this crop keep each side >= ``cfg.image_size``:
+    every view is still made by shrinking. Views are resized anyway, so a reduced decode changes only
+    the resampling filter (libjpeg's DCT scaling, then the same area resize), never what a view shows,
+    and no view is enlarged from a reduced image. On COCO's 640 px images at the 224 px views of the
+    R50 recipes it is 2 for the crops of >= 448 px a side and 1 for the others; views of 64-112 px, or
+    1024 px and larger images, get up to 8.
     """
     need = min(width, height, crop[2], crop[3])
     return next((f for f in DECODE_REDUCTIONS if need >= f * cfg.image_size), 1)

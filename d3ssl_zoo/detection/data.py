@@ -1,6 +1,8 @@
-"""Readers for the transfer datasets (paper §5 "Setting"): PASCAL VOC XML and COCO json, into the
-package's one record type (:class:`~d3ssl_zoo.data.coco_json.ImageRecord`, objects with VOC's
-difficult flags and COCO's segmentations in ``record.objects``; ``DetRecord`` is its old name).
+"""Readers for the transfer datasets (paper §5 "Setting"): PASCAL VOC XML, and COCO json through the
+package's one COCO reader (:func:`~d3ssl_zoo.data.coco_json.read_coco_objects`), into the package's
+one record type (:class:`~d3ssl_zoo.data.coco_json.ImageRecord`, objects with VOC's difficult flags
+and COCO's segmentations in ``record.objects``). Skips are counted in the package's one skip
+counter (:data:`~d3ssl_zoo.data.coco_json.SKIP_REASONS`).
 
 Boxes follow the package convention (xyxy float pixels). VOC's 1-based inclusive corners are
 read as detectron2 reads them (``xmin - 1, ymin - 1, xmax, ymax``); the VOC evaluator converts
@@ -10,7 +12,6 @@ back at its edge. Labels are 0-based class indices here; the torchvision detecto
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -19,11 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from d3ssl_zoo.data.coco_json import ImageObjects, ImageRecord, load_coco
+from d3ssl_zoo.data.coco_json import CocoObjects, ImageObjects, ImageRecord, no_skips, read_coco_objects
 from d3ssl_zoo.data.images import load_rgb
 
-__all__ = ["VOC_CLASSES", "DetRecord", "ReadStats", "read_voc", "read_voc_splits", "read_coco",
-           "DetectionDataset", "hflip_sample", "collate_detection"]
+__all__ = ["VOC_CLASSES", "read_voc", "read_voc_splits", "read_coco", "DetectionDataset", "hflip_sample",
+           "collate_detection"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -32,38 +33,21 @@ VOC_CLASSES = (
 )
 
 
-DetRecord = ImageRecord  # the old name of detection's records: one image with its objects
-
-
-@dataclass
-class ReadStats:
-    """Counted skips of a reader, reported by the caller (never silent)."""
-
-    images: int = 0
-    objects: int = 0
-    skipped: Dict[str, int] = field(default_factory=dict)
-
-    def skip(self, why: str, n: int = 1) -> None:
-        self.skipped[why] = self.skipped.get(why, 0) + n
-
-    def summary(self) -> str:
-        extra = "; skipped: " + ", ".join(f"{n} {w}" for w, n in self.skipped.items()) if self.skipped else ""
-        return f"{self.images} images, {self.objects} objects{extra}"
-
 
 def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC_CLASSES,
-             stats: Optional[ReadStats] = None) -> List[ImageRecord]:
+             skips: Optional[Dict[str, int]] = None) -> List[ImageRecord]:
     """Read ``root/VOC<year>/ImageSets/Main/<split>.txt`` and its ``Annotations/*.xml``.
 
     Difficult objects are kept and flagged: detectron2 trains on them and its evaluator ignores
-    them.
+    them. Objects without 4 finite box corners are left out and counted as
+    ``skips["invalid_annotations"]`` (``skips``: a counter of :func:`~d3ssl_zoo.data.coco_json.no_skips`).
     """
     base = Path(root) / f"VOC{year}"
     ids_file = base / "ImageSets" / "Main" / f"{split}.txt"
     if not ids_file.is_file():
         raise FileNotFoundError(
             f"{ids_file} not found; --data must be the VOCdevkit folder holding VOC2007/ and VOC2012/")
-    stats = stats if stats is not None else ReadStats()
+    skips = skips if skips is not None else no_skips()
     index = {c: i for i, c in enumerate(class_names)}
     records = []
     for image_id in ids_file.read_text().split():
@@ -86,7 +70,7 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
             except (AttributeError, TypeError, ValueError):  # no bndbox, a missing or non-numeric corner
                 corners = []
             if len(corners) != 4 or not np.isfinite(corners).all():
-                stats.skip("objects without 4 finite box corners")
+                skips["invalid_annotations"] += 1
                 continue
             x1, y1, x2, y2 = corners
             boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
@@ -97,70 +81,29 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
             height=int(size.findtext("height")), width=int(size.findtext("width")),
             objects=ImageObjects(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
                                  difficult=np.asarray(difficult, bool))))
-        stats.images += 1
-        stats.objects += len(boxes)
     return records
 
 
 def read_voc_splits(root: Path, splits: Sequence[Tuple[str, str]],
-                    stats: Optional[ReadStats] = None) -> List[ImageRecord]:
+                    skips: Optional[Dict[str, int]] = None) -> List[ImageRecord]:
     """Concatenate VOC splits, e.g. ``[("2007", "trainval"), ("2012", "trainval")]`` (VOC07+12)."""
     out: List[ImageRecord] = []
     for year, split in splits:
-        out += read_voc(root, year, split, stats=stats)
+        out += read_voc(root, year, split, skips=skips)
     return out
 
 
-def read_coco(ann_file: Path, image_root: Path, *, train: bool,
-              stats: Optional[ReadStats] = None) -> Tuple[List[ImageRecord], List[int], object]:
-    """Read a COCO instances json with pycocotools.
+def read_coco(ann_file: Path, image_root: Path, *, train: bool) -> CocoObjects:
+    """A COCO instances json as detection reads it (detectron2's choices), with every object's
+    segmentation (Mask R-CNN) and the pycocotools ground truth (``.coco``, for COCO AP).
 
-    Returns records, the sorted category ids (label i <-> ``category_ids[i]``) and the COCO api
-    object (the ground truth for COCO AP). For training, crowd regions and boxes under one pixel
-    wide are left out and images left with no object are skipped (detectron2 does the same);
-    each is counted in ``stats``, as are (always) annotations with a bbox that is not 4 finite
-    numbers (dropped from the ground truth too), without a bbox, or of an unknown category id.
+    For training, crowd regions are left out and images left with no object are skipped; the test
+    split keeps every image and every box (pycocotools ignores crowd regions when it scores).
+    Boxes follow the package's one rule (:func:`~d3ssl_zoo.data.coco_json.clip_box`: cut to the
+    image, at least 1 px a side); every skip is counted in ``.skips``.
     """
-    stats = stats if stats is not None else ReadStats()
-    coco, invalid = load_coco(ann_file, image_keys=("id", "file_name", "width", "height"))
-    if invalid:
-        stats.skip("invalid annotations (bbox not 4 finite numbers, or no image/category id)", invalid)
-    cat_ids = sorted(coco.getCatIds())
-    if not cat_ids:
-        raise ValueError(f"{ann_file} has no 'categories'; detection needs a COCO instances json")
-    index = {c: i for i, c in enumerate(cat_ids)}
-    records = []
-    for img_id in sorted(coco.getImgIds()):
-        info = coco.loadImgs(img_id)[0]
-        boxes, labels, segs = [], [], []
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
-            if "bbox" not in ann:
-                stats.skip("annotations without bbox")
-                continue
-            if ann["category_id"] not in index:
-                stats.skip("annotations of a category id not in 'categories'")
-                continue
-            if train and ann.get("iscrowd", 0):
-                stats.skip("crowd annotations (training)")
-                continue
-            x, y, w, h = ann["bbox"]
-            if train and (w < 1 or h < 1):
-                stats.skip("boxes under 1 px (training)")
-                continue
-            boxes.append([x, y, x + w, y + h])
-            labels.append(index[ann["category_id"]])
-            segs.append(ann.get("segmentation"))
-        if train and not boxes:
-            stats.skip("images without objects (training)")
-            continue
-        records.append(ImageRecord(
-            img_id, str(Path(image_root) / info["file_name"]), file_name=info["file_name"],
-            height=int(info["height"]), width=int(info["width"]),
-            objects=ImageObjects(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-                                 difficult=np.zeros(len(boxes), bool), segmentations=segs)))
-        stats.images += 1
-        stats.objects += len(boxes)
-    return records, cat_ids, coco
+    return read_coco_objects(ann_file, image_root, keep_crowd=not train, keep_images_without_objects=not train,
+                             segmentations=True, ground_truth=True)
 
 
 def _masks(record: ImageRecord) -> Tensor:

@@ -1,8 +1,8 @@
 """Detection fine-tuning without detectron2 (paper §5 "Setting"), on Accelerate.
 
 One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accelerate's
-``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the engine's
-(``d3ssl_zoo.engine.checkpoint``): atomic, verified and loaded without unpickling code, with the
+``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the package's checkpoint
+folders (``d3ssl_zoo.checkpoint``), as in pre-training: atomic, verified and loaded without unpickling code, with the
 same guard against mixing runs in one output folder as pre-training. The learning rate is a pure
 function of the step, so the step restores it. Evaluation is separate from training:
 ``evaluate_detector`` runs the test split and hands the predictions to the VOC or COCO evaluator.
@@ -21,16 +21,17 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader
 
+from d3ssl_zoo.checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
-from d3ssl_zoo.engine.checkpoint import (check_output_dir, decide_on_main, load_checkpoint, resolve_resume,
-                                       save_checkpoint)
 
-from .data import DetectionDataset, ReadStats, collate_detection, read_coco, read_voc_splits
+from d3ssl_zoo.data.coco_json import format_read, no_skips
+
+from .data import DetectionDataset, collate_detection, read_coco, read_voc_splits
 from .evaluate import coco_results, evaluate_coco, evaluate_voc
 from .model import build_c4_detector
 from .recipe import DetRecipe, lr_factor
 
-__all__ = ["TaskData", "load_task_data", "param_groups", "precise_bn", "evaluate_detector", "finetune",
+__all__ = ["TaskData", "param_groups", "precise_bn", "evaluate_detector", "finetune",
            "RESUMABLE_CHANGES"]
 
 # Recipe keys a resumed run may change: they do not alter the steps already taken.
@@ -38,33 +39,37 @@ RESUMABLE_CHANGES = ("max_iter", "checkpoint_period", "keep_last", "log_period",
 
 
 class TaskData:
-    """Train/test records of one task, plus what its evaluator needs."""
+    """Train/test records of one task, plus what its evaluator needs; ``train_skips`` / ``test_skips``
+    count what the readers left out (the keys of :data:`d3ssl_zoo.data.coco_json.SKIP_REASONS`)."""
 
     def __init__(self, recipe: DetRecipe, data_dir: Path):
         self.task = recipe.task
-        self.train_stats, self.test_stats = ReadStats(), ReadStats()
         data_dir = Path(data_dir)
         if recipe.task == "voc":
-            self.train = read_voc_splits(data_dir, [tuple(s) for s in recipe.voc_train], self.train_stats)
-            self.test = read_voc_splits(data_dir, [tuple(recipe.voc_test)], self.test_stats)
+            self.train_skips, self.test_skips = no_skips(), no_skips()
+            self.train = read_voc_splits(data_dir, [tuple(s) for s in recipe.voc_train], self.train_skips)
+            self.test = read_voc_splits(data_dir, [tuple(recipe.voc_test)], self.test_skips)
             self.coco_gt, self.category_ids = None, None
         else:
             ann, images = recipe.coco_train
-            self.train, cats, _ = read_coco(data_dir / ann, data_dir / images, train=True, stats=self.train_stats)
+            train = read_coco(data_dir / ann, data_dir / images, train=True)
             ann, images = recipe.coco_test
-            self.test, self.category_ids, self.coco_gt = read_coco(
-                data_dir / ann, data_dir / images, train=False, stats=self.test_stats)
-            if cats != self.category_ids:
+            test = read_coco(data_dir / ann, data_dir / images, train=False)
+            if train.category_ids != test.category_ids:
                 raise ValueError("COCO train and test annotation files have different category ids")
+            self.train, self.train_skips = train.images, train.skips
+            self.test, self.test_skips = test.images, test.skips
+            self.category_ids, self.coco_gt = test.category_ids, test.coco
         n_classes = 20 if recipe.task == "voc" else len(self.category_ids)
         if n_classes != recipe.num_classes:
             raise ValueError(f"recipe num_classes {recipe.num_classes} but the {recipe.task} data has {n_classes}")
         if not self.train:
             raise ValueError(f"no training images found under {data_dir}")
 
-
-def load_task_data(recipe: DetRecipe, data_dir: Path) -> TaskData:
-    return TaskData(recipe, data_dir)
+    def summary(self, split: str) -> str:
+        """What the reader of ``split`` ('train' or 'test') kept and skipped, in one line."""
+        records, skips = (self.train, self.train_skips) if split == "train" else (self.test, self.test_skips)
+        return format_read(len(records), sum(len(r.objects.labels) for r in records), skips)
 
 
 def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> List[Dict[str, object]]:
@@ -176,8 +181,8 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
         raise ValueError(f"ims_per_batch {recipe.ims_per_batch} must be divisible by the {acc.num_processes} processes")
     run_recipe = json.loads(json.dumps({**asdict(recipe), "model": model_spec}))  # as recipe.yaml reads back
     ckpt = decide_on_main(acc, lambda: _resume_point(run_recipe, output_dir, resume))
-    data = load_task_data(recipe, data_dir)
-    log(f"[finetune_det] {recipe.task} train: {data.train_stats.summary()}; test: {data.test_stats.summary()}")
+    data = TaskData(recipe, data_dir)
+    log(f"[finetune_det] {recipe.task} train: {data.summary('train')}; test: {data.summary('test')}")
 
     trunk = d3ssl_zoo.load_backbone(model_spec)
     detector = build_c4_detector(trunk, recipe.detector_config())

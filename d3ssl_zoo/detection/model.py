@@ -33,7 +33,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from ..boxes import boxes_to_rois, region_align
 
 __all__ = ["C4DetectorConfig", "C4Backbone", "Res5Head", "C4RoIPool", "Res5ROIHeads", "Float32BoxCoder",
-           "Float32AnchorGenerator", "build_c4_detector", "box_head_losses", "detector_backbone_state_dict"]
+           "Float32AnchorGenerator", "build_c4_detector", "box_head_losses"]
 
 # ImageNet statistics for [0, 1] RGB input (= MoCo's 0-255 PIXEL_MEAN / PIXEL_STD divided by 255).
 _MEAN, _STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's
@@ -281,10 +281,3 @@ class _ScaleTransform(GeneralizedRCNNTransform):
         # torchvision draws from min_size in training and uses min_size[-1] in eval.
         self.min_size = self.train_sizes if mode else (self.test_size,)
         return super().train(mode)
-
-
-def detector_backbone_state_dict(detector: GeneralizedRCNN) -> Dict[str, Tensor]:
-    """The fine-tuned trunk back in torchvision/zoo key names (stem, layer1..layer4)."""
-    out = {k: v for k, v in detector.backbone.state_dict().items()}
-    out.update({f"layer4.{k}": v for k, v in detector.roi_heads.box_head.res5.state_dict().items()})
-    return out

@@ -1,4 +1,5 @@
-"""Fine-tuning recipes (config as data): ``d3ssl_zoo/recipes/det_voc.yaml`` and ``det_coco.yaml``.
+"""Fine-tuning recipes (config as data): ``d3ssl_zoo/recipes/det_voc.yaml`` and ``det_coco.yaml``
+(``base: det_voc``), read by the package's recipe loader (:mod:`d3ssl_zoo.recipe`).
 
 The defaults below are the paper's transfer protocol (§5 "Setting", MoCo's detectron2
 configs): Faster R-CNN R50-C4 on VOC07+12 for 24k iterations, Mask R-CNN R50-C4 on COCO with
@@ -10,11 +11,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
 
-from d3ssl_zoo.engine.config import load_config
+from d3ssl_zoo.recipe import describe, load_config
 
 from .model import C4DetectorConfig
 
-__all__ = ["DetRecipe", "load_det_recipe", "lr_factor"]
+__all__ = ["DetRecipe", "load_det_recipe", "describe_det_recipe", "lr_factor"]
 
 
 @dataclass
@@ -52,6 +53,12 @@ class DetRecipe(C4DetectorConfig):
     voc_07_metric: bool = True                                # 11-point AP on VOC2007 test
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.task not in ("voc", "coco"):
+            raise ValueError(f"recipe task must be 'voc' or 'coco', got {self.task!r}")
+        if list(self.steps) != sorted(self.steps):
+            raise ValueError(f"recipe steps must increase, got {self.steps}")
+
     def detector_config(self) -> C4DetectorConfig:
         return C4DetectorConfig(**{f.name: _as_tuple(getattr(self, f.name)) for f in fields(C4DetectorConfig)})
 
@@ -66,14 +73,14 @@ def _as_tuple(value: Any) -> Any:
 
 def load_det_recipe(path: Optional[Path] = None,
                     overrides: Union[Iterable[str], Mapping[str, Any], None] = None) -> DetRecipe:
-    """Read a recipe YAML (every key a ``DetRecipe`` field, typed as the field says), then apply
-    ``overrides`` (``key=value`` strings or a mapping): the pre-training recipes' loader."""
-    recipe = load_config(DetRecipe, path, overrides or ())
-    if recipe.task not in ("voc", "coco"):
-        raise ValueError(f"recipe task must be 'voc' or 'coco', got {recipe.task!r}")
-    if list(recipe.steps) != sorted(recipe.steps):
-        raise ValueError(f"recipe steps must increase, got {recipe.steps}")
-    return recipe
+    """Read a recipe YAML with its ``base:`` chain (every key a ``DetRecipe`` field, typed as the
+    field says), then apply ``overrides`` (``key=value`` strings or a mapping)."""
+    return load_config(DetRecipe, path, overrides or ())
+
+
+def describe_det_recipe(path: Path, overrides: Iterable[str] = ()) -> str:
+    """The recipe fully resolved, as YAML, each value followed by the file or override it comes from."""
+    return describe(DetRecipe, path, overrides)
 
 
 def lr_factor(step: int, recipe: DetRecipe) -> float:

@@ -23,10 +23,10 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 import d3ssl_zoo
+from d3ssl_zoo.checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
 from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loader, source_records
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
-from .checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
 from .config import ADDED_KEYS, Recipe, recipe_to_dict
 
 __all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",

@@ -2,7 +2,7 @@
 
 A checkpoint is ``<output_dir>/checkpoints/step_XXXXXXXX/`` holding Accelerate's ``save_state``
 (model weights as safetensors, optimiser, AMP scaler and the RNG states of every process),
-``trainer_state.json`` (step and position in the data, given by the engine), the run's
+``trainer_state.json`` (step and position in the data, given by the training loop), the run's
 ``recipe.yaml`` and ``files.json`` (name and size of every file Accelerate wrote). Schedules are
 pure functions of the step, so restoring the step restores them.
 

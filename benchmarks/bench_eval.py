@@ -60,8 +60,8 @@ def _synthetic_coco(root: str, name: str, num_images: int, seed: int):
 def bench_oknn_overhead(model_name: str, num_train: int, num_val: int, short_side: int, batch_size: int,
                         repeats: int) -> None:
     from d3ssl_zoo import boxes_to_rois, load_backbone
-    from d3ssl_zoo.evaluation.objects import load_coco_objects, read_image, resized_size, scale_boxes, to_tensor
     from d3ssl_zoo.evaluation.features import c5_region_features
+    from d3ssl_zoo.evaluation.objects import load_coco_objects, read_image, resized_size, scale_boxes, to_tensor
     from d3ssl_zoo.evaluation.oknn import _ObjectImages, _shard_batches, run_oknn, select_bank_objects
 
     model = load_backbone(model_name)

@@ -17,14 +17,14 @@ import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+
 import torch
 
+import d3ssl_zoo
 from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loader
 from d3ssl_zoo.engine import EpochShuffleSampler, build_method, load_recipe
 from d3ssl_zoo.method import LARS, lars_param_groups, nce
 from d3ssl_zoo.tags import recipes_dir
-
-import d3ssl_zoo
 
 RECIPES = recipes_dir()
 

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import torch
+
 import d3ssl_zoo
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset, prepare_batch, pretrain_loader
 from d3ssl_zoo.engine import EpochShuffleSampler, build_method, load_recipe

@@ -16,9 +16,9 @@ import yaml
 from safetensors.torch import load_file
 
 import d3ssl_zoo
+from d3ssl_zoo.checkpoint import RECIPE_FILE
 from d3ssl_zoo.data.composite import _depositioning_shift
 from d3ssl_zoo.engine import list_checkpoints
-from d3ssl_zoo.engine.checkpoint import RECIPE_FILE
 from d3ssl_zoo.engine.config import ADDED_KEYS, ModelConfig
 from d3ssl_zoo.evaluation.coupling import run_coupling
 from d3ssl_zoo.evaluation.mcs import run_mcs

@@ -34,9 +34,10 @@ from pathlib import Path
 
 import torch
 
+from d3ssl_zoo.checkpoint import list_checkpoints
 from d3ssl_zoo.data.scenes import SceneConfig, get_scene_dataset
-from d3ssl_zoo.engine import list_checkpoints
-from d3ssl_zoo.engine.config import apply_overrides, resolve_recipe_file
+from d3ssl_zoo.engine.config import apply_overrides
+from d3ssl_zoo.recipe import resolve_recipe_file
 from experiments.ladder import (
     PAPER,
     RUNGS,

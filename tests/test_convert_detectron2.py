@@ -9,11 +9,20 @@ import torch
 import yaml
 
 import d3ssl_zoo
-from d3ssl_zoo.convert import (backbone_state_dict, convert_checkpoint, detectron2_r50c4_keys, export_state_dict,
-                                match_detectron2_keys)
+from d3ssl_zoo.convert import (
+    backbone_state_dict,
+    convert_checkpoint,
+    detectron2_r50c4_keys,
+    export_state_dict,
+    match_detectron2_keys,
+)
 from d3ssl_zoo.convert.cli import register
-from d3ssl_zoo.convert.detectron2 import (detectron2_config, from_detectron2_key,
-                                           to_detectron2_key, write_detectron2_pickle)
+from d3ssl_zoo.convert.detectron2 import (
+    detectron2_config,
+    from_detectron2_key,
+    to_detectron2_key,
+    write_detectron2_pickle,
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,8 @@
 import json
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 from PIL import Image
 
 from d3ssl_zoo.cli import main

@@ -8,15 +8,22 @@ import pytest
 import torch
 from PIL import Image
 
-from d3ssl_zoo.data import (PretrainCollator, PretrainDataConfig, build_pretrain_dataset, load_rgb, prepare_batch,
-                            pretrain_loader, source_records)
+from d3ssl_zoo.data import (
+    PretrainCollator,
+    PretrainDataConfig,
+    build_pretrain_dataset,
+    load_rgb,
+    prepare_batch,
+    pretrain_loader,
+    source_records,
+)
 from d3ssl_zoo.data.coco_json import coco_records
 from d3ssl_zoo.data.datasets import data_worker_init
 from d3ssl_zoo.data.images import decode_rgb, folder_records
-from d3ssl_zoo.data.views import crop_reduction, make_views, plan_crop
-from d3ssl_zoo.engine import EpochShuffleSampler
 from d3ssl_zoo.data.proposal_store import ProposalEntry, ProposalStore, write_proposal_file
 from d3ssl_zoo.data.sample import SAMPLE_VERSION, default_cache_dir, get_sample_dataset
+from d3ssl_zoo.data.views import crop_reduction, make_views, plan_crop
+from d3ssl_zoo.engine import EpochShuffleSampler
 
 CFG = PretrainDataConfig(image_size=64, small_size=32)
 
@@ -236,7 +243,7 @@ def test_dataset_errors_and_counted_skips(tmp_path):
     write_proposal_file(prop, resized, mode="fast", resize_long=500)
     with pytest.raises(ValueError, match="was made for a 640x480 image"):
         build_pretrain_dataset(CFG, root, prop, seed=0)[0]
-    with pytest.raises(ValueError, match="make_proposals.py --images"):
+    with pytest.raises(ValueError, match="d3ssl-zoo proposals --images"):
         build_pretrain_dataset(CFG, root, None, seed=0)
     with pytest.raises(ValueError, match="neither"):
         build_pretrain_dataset(CFG, tmp_path / "x.txt", prop, seed=0)

@@ -82,7 +82,7 @@ def test_file_roundtrip_lazy_and_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="cannot read proposal file"):
         ProposalStore(tmp_path / "bad.safetensors")
-    with pytest.raises(FileNotFoundError, match="make_proposals"):
+    with pytest.raises(FileNotFoundError, match="d3ssl-zoo proposals --images DIR --out"):
         ProposalStore(tmp_path / "missing.safetensors")
 
 

@@ -4,8 +4,18 @@ import pytest
 import torch
 
 from d3ssl_zoo.data.composite import composite_depositioned, depositioning_masks, foreground_mask
-from d3ssl_zoo.data.region_aug import (box_jitter, box_pixels, boxes_pixels, fill_where, prc, prc_cut_mask, prc_cutouts,
-                                      prm, rbj, soco_cutout)
+from d3ssl_zoo.data.region_aug import (
+    box_jitter,
+    box_pixels,
+    boxes_pixels,
+    fill_where,
+    prc,
+    prc_cut_mask,
+    prc_cutouts,
+    prm,
+    rbj,
+    soco_cutout,
+)
 
 
 def random_boxes(rng, n, size):

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from d3ssl_zoo.data.scenes import SHAPES, SceneConfig, get_scene_dataset, render_scene, shape_mask
 from d3ssl_zoo.data import scenes as scenes_mod
+from d3ssl_zoo.data.scenes import SHAPES, SceneConfig, get_scene_dataset, render_scene, shape_mask
 
 TINY = SceneConfig(num_pretrain=6, num_train=5, num_val=4, image_size=96, object_size=(32, 48), seed=3)
 
@@ -108,13 +108,13 @@ def test_source_spec_parsing():
         SceneConfig.from_source("coco")
 
 
-def test_cue_free_twin_keeps_the_layouts_and_drops_instance_appearance(photos):
-    twin = SceneConfig(**{**TINY.__dict__, "instance_cues": 0})
-    assert twin == SceneConfig.from_source("scenes:object_size=32-48,image_size=96,seed=3,num_pretrain=6,"
-                                           "num_train=5,num_val=4,instance_cues=0")
+def test_cue_free_scenes_keep_the_layouts_and_drop_instance_appearance(photos):
+    cue_free = SceneConfig(**{**TINY.__dict__, "instance_cues": 0})
+    assert cue_free == SceneConfig.from_source("scenes:object_size=32-48,image_size=96,seed=3,num_pretrain=6,"
+                                               "num_train=5,num_val=4,instance_cues=0")
     for seed in range(4):
         img, boxes, labels = render_scene(photos, TINY, np.random.default_rng(seed))
-        flat, flat_boxes, flat_labels = render_scene(photos, twin, np.random.default_rng(seed))
+        flat, flat_boxes, flat_labels = render_scene(photos, cue_free, np.random.default_rng(seed))
         assert np.array_equal(boxes, flat_boxes) and np.array_equal(labels, flat_labels)  # same shapes, same places
         assert not np.array_equal(img, flat)
         # grey: background, fill and clutter carry no colour, and the fill is one value for every instance

@@ -7,9 +7,24 @@ import pytest
 import torch
 
 from d3ssl_zoo.data import PretrainCollator, PretrainDataConfig, composite_depositioned, prepare_batch
-from d3ssl_zoo.data.views import (_adjust_hue, _gray_mean, boxes_to_view, chw_batch, color_augment, crop_reduction,
-                                  draw_crop, gaussian_blur, gaussian_ksize, make_views, plan_crop,
-                                  random_resized_crop_params, reduce_crop, resize_view, select_proposals, solarize)
+from d3ssl_zoo.data.views import (
+    _adjust_hue,
+    _gray_mean,
+    boxes_to_view,
+    chw_batch,
+    color_augment,
+    crop_reduction,
+    draw_crop,
+    gaussian_blur,
+    gaussian_ksize,
+    make_views,
+    plan_crop,
+    random_resized_crop_params,
+    reduce_crop,
+    resize_view,
+    select_proposals,
+    solarize,
+)
 
 IMG = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
 PROPS = np.array([[4, 4, 60, 50], [50, 30, 120, 90], [10, 40, 70, 95], [0, 0, 128, 96], [70, 5, 100, 35]], np.float32)

@@ -15,9 +15,21 @@ import d3ssl_zoo
 from d3ssl_zoo.checkpoint import list_checkpoints, verify_checkpoint
 from d3ssl_zoo.data import ImageObjects, ImageRecord
 from d3ssl_zoo.data.coco_json import no_skips
-from d3ssl_zoo.detection import (C4DetectorConfig, DetectionDataset, build_c4_detector, coco_results,
-                                 collate_detection, describe_det_recipe, evaluate_coco, evaluate_voc, load_det_recipe,
-                                 lr_factor, read_coco, read_voc, voc_ap)
+from d3ssl_zoo.detection import (
+    C4DetectorConfig,
+    DetectionDataset,
+    build_c4_detector,
+    coco_results,
+    collate_detection,
+    describe_det_recipe,
+    evaluate_coco,
+    evaluate_voc,
+    load_det_recipe,
+    lr_factor,
+    read_coco,
+    read_voc,
+    voc_ap,
+)
 from d3ssl_zoo.detection.data import hflip_sample
 from d3ssl_zoo.detection.finetune import finetune
 from d3ssl_zoo.tags import recipe_file

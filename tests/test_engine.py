@@ -11,14 +11,29 @@ from accelerate import Accelerator
 from torch import nn
 
 import d3ssl_zoo
+from d3ssl_zoo.checkpoint import (
+    FILES_FILE,
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    check_output_dir,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from d3ssl_zoo.disk import DiskFullError
-from d3ssl_zoo.checkpoint import (FILES_FILE, DamagedCheckpointError, UnsafeCheckpointError, check_output_dir,
-                                  load_checkpoint, resolve_resume, save_checkpoint, verify_checkpoint)
-from d3ssl_zoo.engine import (NonFiniteLossError, UnknownRecipeKeyError, describe_recipe, list_checkpoints, load_recipe,
-                              train, valid_keys)
+from d3ssl_zoo.engine import (
+    NonFiniteLossError,
+    UnknownRecipeKeyError,
+    describe_recipe,
+    list_checkpoints,
+    load_recipe,
+    train,
+    valid_keys,
+)
 from d3ssl_zoo.engine import trainer as trainer_module
-from d3ssl_zoo.recipe import resolve_recipe_file
 from d3ssl_zoo.method import D3SSL
+from d3ssl_zoo.recipe import resolve_recipe_file
 from d3ssl_zoo.tags import recipes_dir
 
 ROOT = Path(__file__).resolve().parents[1]

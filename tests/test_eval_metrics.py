@@ -6,8 +6,14 @@ import timm
 import torch
 from torch import nn
 
-from d3ssl_zoo.evaluation.coupling import (compose_pair, coupling_rate, pair_coupling_cosines, pair_coupling_rates,
-                                           run_coupling, sample_pairs)
+from d3ssl_zoo.evaluation.coupling import (
+    compose_pair,
+    coupling_rate,
+    pair_coupling_cosines,
+    pair_coupling_rates,
+    run_coupling,
+    sample_pairs,
+)
 from d3ssl_zoo.evaluation.mcs import positional_mcs, run_mcs, tile_3x3
 from d3ssl_zoo.evaluation.plots import format_table, oknn_table, plot_per_stage, stage_table
 

@@ -8,11 +8,20 @@ import pytest
 import timm
 import torch
 
-from d3ssl_zoo.evaluation.objects import load_coco_objects, resized_size, scale_boxes
 from d3ssl_zoo.evaluation.features import c4_head_region_features, c5_region_features, stage_maps
-from d3ssl_zoo.evaluation.oknn import (disturb, extract_object_features, iter_shards, knn_topk,
-                                       replacement_indices, run_oknn, select_bank_objects,
-                                       topk_accuracy, weighted_vote)
+from d3ssl_zoo.evaluation.objects import load_coco_objects, resized_size, scale_boxes
+from d3ssl_zoo.evaluation.oknn import (
+    disturb,
+    extract_object_features,
+    iter_shards,
+    knn_topk,
+    replacement_indices,
+    run_oknn,
+    select_bank_objects,
+    topk_accuracy,
+    weighted_vote,
+)
+
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory, write_coco):

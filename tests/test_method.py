@@ -6,8 +6,21 @@ import torch
 import torch.nn.functional as F
 
 import d3ssl_zoo
-from d3ssl_zoo.method import (D3SSL, LARS, RegionQueue, SoCo, byol_loss, lars_param_groups, lr_at, make_teacher,
-                              momentum_at, momentum_update, nce, nce_logits, scaled_lr)
+from d3ssl_zoo.method import (
+    D3SSL,
+    LARS,
+    RegionQueue,
+    SoCo,
+    byol_loss,
+    lars_param_groups,
+    lr_at,
+    make_teacher,
+    momentum_at,
+    momentum_update,
+    nce,
+    nce_logits,
+    scaled_lr,
+)
 
 B, K, S = 2, 3, 64
 

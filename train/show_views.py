@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--proposals", help="proposal file made by train/make_proposals.py")
+    p.add_argument("--proposals", help="proposal file made by d3ssl-zoo proposals")
     p.add_argument("--image-id", type=int, help="the image's id in --proposals")
     p.add_argument("--background", help="image used as x_b of Eq. 8 (default: a scikit-image photo)")
     p.add_argument("--seed", type=int, default=0, help="sample seed")

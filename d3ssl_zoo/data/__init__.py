@@ -10,11 +10,17 @@ What the pre-training loop uses: ``build_pretrain_dataset(cfg, source, proposals
 the device. All region augmentations run in the data workers; the collator ships uint8 images and
 the Eq. 6-7 masks, and ``prepare_batch`` normalises and composites x3 (Eq. 8) where the batch is.
 """
+from .coco_json import ImageObjects, ImageRecord
 from .composite import composite_depositioned
 from .config import PretrainDataConfig
-from .coco_json import ImageObjects, ImageRecord
-from .datasets import (PretrainCollator, PretrainDataset, build_pretrain_dataset, prepare_batch, pretrain_loader,
-                       source_records)
+from .datasets import (
+                       PretrainCollator,
+                       PretrainDataset,
+                       build_pretrain_dataset,
+                       prepare_batch,
+                       pretrain_loader,
+                       source_records,
+)
 from .images import load_rgb
 from .proposal_store import ProposalStore
 from .region_aug import box_jitter, prc, prm, rbj, soco_cutout

@@ -250,7 +250,7 @@ def build_pretrain_dataset(cfg: PretrainDataConfig, source: str | os.PathLike, p
     if records is None:
         records = _records(cfg, source, builtin)
     if proposals is None:
-        raise ValueError(f"no proposal file given for {source}; make one with `python train/make_proposals.py "
+        raise ValueError(f"no proposal file given for {source}; make one with `d3ssl-zoo proposals "
                          f"{'--coco' if str(source).endswith('.json') else '--images'} {source} --out FILE` "
                          f"and pass it")
     return PretrainDataset(cfg, records, ProposalStore(proposals), seed)

@@ -57,7 +57,7 @@ def decode_rgb(path: str | os.PathLike, reduce: int = 1) -> Decoded:
             return Decoded(np.asarray(im), applied, stored)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e} (unreadable or truncated file; remove or "
-                         f"replace it, or rerun make_proposals which records it as skipped)") from e
+                         f"replace it, or rerun d3ssl-zoo proposals, which records it as skipped)") from e
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:

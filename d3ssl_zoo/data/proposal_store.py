@@ -108,7 +108,7 @@ class ProposalStore:
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"proposal file {self.path} does not exist; make it with "
-                f"`python train/make_proposals.py --images DIR --out {self.path}`")
+                f"`d3ssl-zoo proposals --images DIR --out {self.path}`")
         try:
             with safe_open(str(self.path), framework="numpy") as f:
                 meta = f.metadata() or {}
@@ -134,7 +134,7 @@ class ProposalStore:
         r = int(np.searchsorted(self.image_ids, image_id))
         if r >= self.image_ids.size or self.image_ids[r] != image_id:
             raise KeyError(f"proposal file {self.path} has no entry for image id {image_id}; rerun "
-                           f"train/make_proposals.py on this dataset (it resumes and adds missing images)")
+                           f"d3ssl-zoo proposals on this dataset (it resumes and adds missing images)")
         return r
 
     def __contains__(self, image_id: int) -> bool:
@@ -174,7 +174,7 @@ class ProposalStore:
                     raise ValueError(
                         f"proposal file {self.path} belongs to another dataset: image id {image_id} "
                         f"is {file_name!r} here but the file was made for a different image; make "
-                        f"proposals for this dataset with train/make_proposals.py")
+                        f"proposals for this dataset with d3ssl-zoo proposals")
                 usable.append(image_id)
             elif image_id in skipped_ids:
                 skipped.append(skipped_ids[image_id])
@@ -183,6 +183,6 @@ class ProposalStore:
         if missing:
             raise ValueError(
                 f"proposal file {self.path} lacks {len(missing)} image(s) of this dataset (first ids "
-                f"{missing[:5]}); run train/make_proposals.py with the same dataset and --out "
+                f"{missing[:5]}); run d3ssl-zoo proposals with the same dataset and --out "
                 f"{self.path} to add them (it resumes)")
         return usable, skipped

@@ -212,9 +212,9 @@ def solarize(img: np.ndarray) -> np.ndarray:
 
 
 def color_augment(img: np.ndarray, rng: np.random.Generator, cfg: PretrainDataConfig, view: int) -> np.ndarray:
-    """SoCo's colour augmentation for view 1 (``view=0``) or view 2 (``view=1``), SPEC Sec. 3.
+    """SoCo's colour augmentation for view 1 (``view=0``) or view 2 (``view=1``).
 
-    Colour jitter (brightness, contrast, saturation, hue in random order) with p=0.8, grayscale
+    As in SoCo's ``contrast/data/transform.py`` (BYOL's asymmetric pair): colour jitter (brightness, contrast, saturation, hue in random order) with p=0.8, grayscale
     p=0.2, Gaussian blur sigma U(0.1, 2) (p=1.0 view 1, 0.1 view 2), solarize (p=0 / 0.2).
     Draws are made in a fixed order whatever fires, so a sample is a function of its seed only.
     All on uint8 with OpenCV (no float copy of the image): brightness and contrast saturate and
@@ -368,7 +368,7 @@ def d3ssl_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfi
 
 def soco_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig,
                rng: np.random.Generator, plan=None) -> dict:
-    """SoCo's two views (whole image 224, RandomResizedCrop 224; SPEC Sec. 3).
+    """SoCo's two views (whole image 224, RandomResizedCrop 224; SoCo's ``contrast/data/transform.py``).
 
     SoCo's random cutout goes on view 2 only; PRC/PRM (SoCo + Aug_D3SSL, Tab. 6) on both views.
     """

@@ -22,9 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from d3ssl_zoo.checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
-from d3ssl_zoo.disk import DiskFullError, is_disk_full
-
 from d3ssl_zoo.data.coco_json import format_read, no_skips
+from d3ssl_zoo.disk import DiskFullError, is_disk_full
 
 from .data import DetectionDataset, collate_detection, read_coco, read_voc_splits
 from .evaluate import coco_results, evaluate_coco, evaluate_voc
@@ -166,9 +165,10 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     "metrics"}``; writes ``metrics.json``, ``model.safetensors`` (the whole detector) and
     ``checkpoints/step_*`` under ``output_dir``.
     """
-    import d3ssl_zoo
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
+
+    import d3ssl_zoo
 
     # Several processes on a machine without GPUs must be told to use the CPU (gloo backend).
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -6,9 +6,21 @@ method (``d3ssl_zoo.method``) and the data pipeline (``d3ssl_zoo.data``) know no
 """
 from d3ssl_zoo.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 
-from .config import (DatasetConfig, MethodConfig, ModelConfig, OptimConfig, Recipe, TrainConfig,
-                     UnknownRecipeKeyError, apply_overrides, describe_recipe, load_recipe, recipe_from_dict,
-                     recipe_to_dict, valid_keys)
+from .config import (
+                     DatasetConfig,
+                     MethodConfig,
+                     ModelConfig,
+                     OptimConfig,
+                     Recipe,
+                     TrainConfig,
+                     UnknownRecipeKeyError,
+                     apply_overrides,
+                     describe_recipe,
+                     load_recipe,
+                     recipe_from_dict,
+                     recipe_to_dict,
+                     valid_keys,
+)
 from .trainer import EpochShuffleSampler, NonFiniteLossError, TrainResult, accumulation_steps, build_method, train
 
 __all__ = [

@@ -16,8 +16,13 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration,
-                              is_wandb_available, set_seed)
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    is_wandb_available,
+    set_seed,
+)
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm

@@ -28,8 +28,14 @@ from tqdm.auto import tqdm
 
 from d3ssl_zoo.boxes import boxes_to_rois
 from d3ssl_zoo.data.coco_json import CocoObjects, ImageRecord
-from d3ssl_zoo.evaluation.features import (c4_head_region_features, c5_region_features, eval_mode, model_device,
-                                          model_fingerprint, model_mean_std)
+from d3ssl_zoo.evaluation.features import (
+    c4_head_region_features,
+    c5_region_features,
+    eval_mode,
+    model_device,
+    model_fingerprint,
+    model_mean_std,
+)
 from d3ssl_zoo.evaluation.objects import load_coco_objects, read_image, resized_size, scale_boxes, to_tensor
 
 __all__ = ["select_bank_objects", "replacement_indices", "disturb", "knn_topk", "weighted_vote",

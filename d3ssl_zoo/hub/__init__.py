@@ -11,8 +11,16 @@ Weights are safetensors. A ``.pth`` is read with ``torch.load(..., weights_only=
 from .download import pretrained_state_dict
 from .save import save_pretrained
 from .upload import push_to_hub
-from .weights import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, PretrainedWeightsError, ResolvedWeights,
-                      load_state_dict_file, sha256_file, verify_sha256)
+from .weights import (
+                      CARD_NAME,
+                      CONFIG_NAME,
+                      WEIGHTS_NAME,
+                      PretrainedWeightsError,
+                      ResolvedWeights,
+                      load_state_dict_file,
+                      sha256_file,
+                      verify_sha256,
+)
 
 __all__ = [
     "PretrainedWeightsError", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "ResolvedWeights", "sha256_file",

@@ -4,10 +4,10 @@ Region-level augmentations (PRC, PRM, RBJ, the composite of Eq. 8) live in ``d3s
 this package holds the networks, the memory bank, the losses and the optimiser of the method.
 """
 from .d3ssl import D3SSL
-from .region_encoder import MLPHead, RegionEncoder
 from .lars import LARS, lars_param_groups
 from .losses import byol_loss, nce, nce_logits
 from .queue import RegionQueue, gather_from_all_processes
+from .region_encoder import MLPHead, RegionEncoder
 from .schedule import lr_at, momentum_at, scaled_lr
 from .soco import SoCo
 from .teacher import make_teacher, momentum_update

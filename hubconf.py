@@ -1,7 +1,7 @@
 """torch.hub entry points: one per pretrained tag of d3ssl_zoo.
 
-    model = torch.hub.load('ztt1024/denseSSL', 'd3ssl_r50c4_coco')          # d3ssl_r50c4.coco_800ep
-    model = torch.hub.load('/path/to/checkout', 'soco_r50c4_oimini', source='local', pretrained=False)
+    model = torch.hub.load('/path/to/checkout', 'd3ssl_r50c4_coco', source='local')   # d3ssl_r50c4.coco_800ep
+    model = torch.hub.load('<owner>/<repo>', 'soco_r50c4_oimini', pretrained=False)    # a GitHub copy of it
 
 Every entry point is ``<arch>_<short tag>``, takes ``pretrained=True`` by default and passes
 other keyword arguments to ``d3ssl_zoo.create_model`` (``num_classes``, ``features_only``,

@@ -97,7 +97,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser(subcommand_modules: Iterable[str] = SUBCOMMAND_MODULES) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d3ssl-zoo", description="d3ssl_zoo: dense self-supervised ResNet-C4 backbones — models, training data, evaluation and transfer.")
+    parser = argparse.ArgumentParser(prog="d3ssl-zoo", description="d3ssl_zoo: dense self-supervised ResNet-C4 "
+                                     "backbones — models, training data, evaluation and transfer.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print the table of pretrained tags")
     p.add_argument("--format", choices=LIST_FORMATS, default=None,

@@ -82,8 +82,8 @@ def recipes_dir() -> Path:
 
 
 def recipe_file(name: str) -> Path:
-    """The installed recipe file of ``name``: a zoo tag, ``demo``, ``det_voc``, ``det_coco`` or
-    ``mini/<rung>``. A name ending in ``.yaml``/``.yml`` is a path of the user's and returned as is."""
+    """The installed recipe file of ``name``: a zoo tag, ``demo``, ``det_voc`` or ``det_coco``.
+    A name ending in ``.yaml``/``.yml`` is a path of the user's and returned as is."""
     if name.endswith((".yaml", ".yml")):
         return Path(name)
     root = recipes_dir()

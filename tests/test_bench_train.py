@@ -28,7 +28,8 @@ def test_step_breakdown_on_the_sample(capsys):
     finally:
         torch.set_num_threads(before)
     out = capsys.readouterr().out
-    assert "d3ssl_r18c4, 64 px, batch 9, K=4, precision no, contiguous, cpu" in out  # 2 x 9 > the sample's 16 photos: the sampler repeats them
+    # 2 x 9 > the sample's 16 photos: the sampler repeats them
+    assert "d3ssl_r18c4, 64 px, batch 9, K=4, precision no, contiguous, cpu" in out
     parts = dict(re.findall(r"^  (\S.*?)\s+[\d.]+ ms\s+([\d.]+)%$", out, re.M))
     for name in ("data wait", "fwd f_q x1", "fwd f_q x2s", "fwd f_q x3", "fwd f_k x1", "fwd f_k x2",
                  "bwd f_q x1", "bwd f_q x2s", "bwd f_q x3", "optimizer (LARS)", "teacher EMA"):

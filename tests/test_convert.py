@@ -27,7 +27,8 @@ def soco_ckpt(t):
     model = {**_with_prefix(t, "module.encoder."), **_with_prefix(t, "module.encoder_k.", 1.0),
              "module.projector.linear1.weight": torch.randn(16, 512), "module.projector.bn1.weight": torch.ones(16),
              "module.projector_k.linear1.weight": torch.randn(16, 512),
-             "module.predictor.linear1.weight": torch.randn(16, 8), "module.predictor.linear2.weight": torch.randn(8, 16)}
+             "module.predictor.linear1.weight": torch.randn(16, 8),
+             "module.predictor.linear2.weight": torch.randn(8, 16)}
     return {"opt": argparse.Namespace(arch="resnet18", lr=1.0, output_dir="x"), "model": model,
             "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}
 
@@ -56,7 +57,8 @@ def densecl_ckpt(t):
 
 def timm_ckpt(t):
     sd = {**t, "fc.weight": torch.randn(10, 512), "fc.bias": torch.randn(10)}
-    return {"epoch": 5, "arch": "resnet18", "state_dict": sd, "version": 2, "args": argparse.Namespace(model="resnet18")}
+    return {"epoch": 5, "arch": "resnet18", "state_dict": sd, "version": 2,
+            "args": argparse.Namespace(model="resnet18")}
 
 
 def torchvision_ckpt(t):

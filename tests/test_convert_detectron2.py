@@ -39,7 +39,8 @@ def r50():
 def test_key_renaming_follows_detectron2_names():
     cases = {"conv1.weight": "stem.conv1.weight", "bn1.running_var": "stem.conv1.norm.running_var",
              "layer1.0.conv2.weight": "res2.0.conv2.weight", "layer1.0.bn3.bias": "res2.0.conv3.norm.bias",
-             "layer3.5.bn1.weight": "res4.5.conv1.norm.weight", "layer4.0.downsample.0.weight": "res5.0.shortcut.weight",
+             "layer3.5.bn1.weight": "res4.5.conv1.norm.weight",
+             "layer4.0.downsample.0.weight": "res5.0.shortcut.weight",
              "layer2.0.downsample.1.running_mean": "res3.0.shortcut.norm.running_mean"}
     for tv, d2 in cases.items():
         assert to_detectron2_key(tv) == d2 and from_detectron2_key(d2) == tv

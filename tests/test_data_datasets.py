@@ -327,8 +327,8 @@ def _write_json(path, payload):
 def test_coco_json_errors_name_the_file_and_the_fix(tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    dup = _write_json(tmp_path / "dup.json", {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"},
-                                                         {"id": 1, "file_name": "c.png"}], "annotations": []})
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}, {"id": 1, "file_name": "c.png"}]
+    dup = _write_json(tmp_path / "dup.json", {"images": images, "annotations": []})
     with pytest.raises(ValueError, match=r"dup\.json lists image id\(s\) 1 more than once.*must be unique"):
         coco_records(dup, imgs)
     bad = _write_json(tmp_path / "bad.json", '{"images": [\n  {"id": 1,}\n]}')

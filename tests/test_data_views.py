@@ -64,7 +64,8 @@ def test_crop_reduction_keeps_x1_and_the_drawn_crop_shrinks():
     assert crop_reduction(640, 480, (10, 20, 460, 450), r50) == 2  # both crop sides >= 448, short side 480
     assert crop_reduction(640, 480, (10, 20, 460, 447), r50) == 1
     assert crop_reduction(640, 427, (0, 0, 640, 427), r50) == 1  # x1's short side 427 < 448
-    assert crop_reduction(4000, 3000, (0, 0, 1800, 1800), r50) == 8 and crop_reduction(4000, 3000, (0, 0, 900, 1800), r50) == 4
+    assert crop_reduction(4000, 3000, (0, 0, 1800, 1800), r50) == 8
+    assert crop_reduction(4000, 3000, (0, 0, 900, 1800), r50) == 4
     for w, h in [(640, 480), (1024, 768), (333, 900)]:
         for seed in range(100):
             crop = random_resized_crop_params(h, w, r50.crop_scale, r50.crop_ratio, np.random.default_rng(seed))
@@ -95,7 +96,8 @@ def test_a_planned_crop_gives_the_same_views_at_full_size():
 def test_resize_view_is_close_to_the_area_filter_and_fast_paths_are_exact():
     rng = np.random.default_rng(1)
     smooth = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3)).astype(np.uint8), (0, 0), 3)
-    for crop, size in [((0, 0, 640, 480), 224), ((37, 11, 301, 260), 224), ((5, 5, 230, 300), 224), ((0, 0, 600, 350), 96)]:
+    for crop, size in [((0, 0, 640, 480), 224), ((37, 11, 301, 260), 224), ((5, 5, 230, 300), 224),
+                       ((0, 0, 600, 350), 96)]:
         x0, y0, w, h = crop
         want = cv2.resize(smooth[y0:y0 + h, x0:x0 + w], (size, size), interpolation=cv2.INTER_AREA).astype(int)
         got = resize_view(smooth, crop, size, False)
@@ -160,7 +162,8 @@ def test_crop_redrawn_until_enough_proposals_qualify():
 def test_view1_keeps_the_whole_proposal_view2_is_clipped():
     p = np.array([[0, 0, 128, 96]], np.float32)  # the whole image: x2's crop always clips it
     for whole in (True, False):
-        s = make_views(IMG, p, cfg(num_proposals=1, whole_box_view1=whole, flip_p=0.0, rbj=False), np.random.default_rng(3))
+        s = make_views(IMG, p, cfg(num_proposals=1, whole_box_view1=whole, flip_p=0.0, rbj=False),
+                       np.random.default_rng(3))
         assert np.allclose(s["boxes2"], [[0, 0, 64, 64]])
         if whole:
             assert np.allclose(s["boxes1"], [[0, 0, 64, 64]])  # the whole image in the whole-image view

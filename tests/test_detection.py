@@ -258,7 +258,7 @@ def _tiny_batch():
     images[1][:, 20:44, 30:60] = torch.tensor([0.1, 0.1, 0.9]).view(3, 1, 1)
     targets = [{"boxes": torch.tensor([[10.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[30.0, 20.0, 60.0, 44.0]]), "labels": torch.tensor([2])}]
-    for img, t in zip(images, targets):
+    for t in targets:
         m = torch.zeros(1, 48, 64, dtype=torch.uint8)
         x1, y1, x2, y2 = t["boxes"][0].int().tolist()
         m[0, y1:y2, x1:x2] = 1
@@ -429,7 +429,8 @@ def fresh_accelerate():
 @pytest.mark.slow
 def test_finetune_voc_end_to_end_with_resume(tmp_path, fresh_accelerate, caplog):
     data = tmp_path / "VOCdevkit"
-    make_voc(data, "2007", "trainval", {"a": [("cat", (11, 9, 40, 30), False)], "b": [("dog", (31, 21, 60, 44), False)]})
+    make_voc(data, "2007", "trainval",
+             {"a": [("cat", (11, 9, 40, 30), False)], "b": [("dog", (31, 21, 60, 44), False)]})
     make_voc(data, "2012", "trainval", {"c": [("dog", (5, 5, 30, 40), False), ("cat", (35, 2, 60, 20), False)]}, 1)
     make_voc(data, "2007", "test", {"t": [("cat", (11, 9, 40, 30), False), ("dog", (41, 5, 60, 20), True)]}, 2)
     over = dict(TINY, min_size_train=[64], anchor_sizes=[16, 32, 64], ims_per_batch=2, max_iter=2, steps=[3],

@@ -168,7 +168,7 @@ def test_bn_groups_are_checked_against_method_and_batch(overrides, message):
         with pytest.raises(ValueError, match=message):
             load_recipe(RECIPES / "demo.yaml", overrides)
     with pytest.raises(ValueError, match="SoCo's BYOL loss has no negatives"):
-        load_recipe(RECIPES / "mini" / "soco.yaml", ["method.bn_groups=2"])
+        load_recipe(ROOT / "experiments" / "recipes" / "soco.yaml", ["method.bn_groups=2"])
 
 
 def test_malformed_recipe_yaml_names_file_and_line(tmp_path, capsys):

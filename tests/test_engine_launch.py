@@ -37,7 +37,8 @@ def _overrides(images: Path, proposals: Path, *extra: str) -> list[str]:
     return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
             "data.small_size=32", "data.num_proposals=2", "method.roi_size=4", "method.roi_size_small=2",
             "method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
-            "method.queue_size=48", "train.global_batch=4", "train.batch_size=2", "train.epochs=3", "train.num_workers=0",
+            "method.queue_size=48", "train.global_batch=4", "train.batch_size=2", "train.epochs=3",
+            "train.num_workers=0",
             "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1", "train.keep_last=20",
             "optim.warmup_epochs=0.5", "optim.base_lr=4.0", *extra]
 

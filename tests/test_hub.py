@@ -325,7 +325,8 @@ def test_mismatched_checkpoint_lists_keys(tmp_path):
     sd = {("module.encoder." + k): v for k, v in sd.items()}
     from safetensors.torch import save_file
     save_file(sd, str(tmp_path / "soco_like.safetensors"))
-    with pytest.raises(PretrainedWeightsError, match=r"missing keys \[.*unexpected keys \[module\.encoder\..*d3ssl-zoo convert"):
+    with pytest.raises(PretrainedWeightsError,
+                       match=r"missing keys \[.*unexpected keys \[module\.encoder\..*d3ssl-zoo convert"):
         d3ssl_zoo.create_model("d3ssl_r18c4", pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(tmp_path / "soco_like.safetensors")))
 

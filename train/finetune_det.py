@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--task", required=True, choices=("voc", "coco"))
-    p.add_argument("--model", required=True, help="zoo name/tag, save_pretrained folder, torchvision:resnet50, timm name")
+    p.add_argument("--model", required=True,
+                   help="zoo name/tag, save_pretrained folder, torchvision:resnet50, timm name")
     p.add_argument("--data", required=True, type=Path, help="VOCdevkit folder (voc) or COCO root (coco)")
     p.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: d3ssl_zoo/recipes/det_<task>.yaml)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: runs/det_<task>")

@@ -1,8 +1,8 @@
 """Pre-train a D3SSL or SoCo backbone with Accelerate.
 
     accelerate launch train/pretrain.py                       # the embedded demo (CPU, minutes)
-    accelerate launch train/pretrain.py --recipe d3ssl_r50c4.coco_800ep --data /data/coco/annotations/instances_train2017.json \
-        --proposals /data/coco/proposals_train2017.safetensors
+    accelerate launch train/pretrain.py --recipe d3ssl_r50c4.coco_800ep \
+        --data /data/coco/annotations/instances_train2017.json --proposals /data/coco/proposals_train2017.safetensors
     accelerate launch train/pretrain.py --recipe demo train.epochs=4 method.tau=0.1   # key=value overrides
 
 ``--recipe`` is a tag of the zoo, ``demo`` (both shipped in the package: ``d3ssl_zoo/recipes/<name>.yaml``,
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     weights = result.export_dir / "model.safetensors"
     extra = f", padding_mode={recipe.model.padding_mode!r}" if recipe.model.padding_mode != "zeros" else ""
-    print(f"\nTrained {result.step} steps; checkpoint {result.last_checkpoint}; backbone exported to {result.export_dir}\n"
+    print(f"\nTrained {result.step} steps; checkpoint {result.last_checkpoint}; "
+          f"backbone exported to {result.export_dir}\n"
           f"Load it with:\n"
           f"  import timm, d3ssl_zoo\n"
           f"  model = timm.create_model('{recipe.model.name}', pretrained=True, "

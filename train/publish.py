@@ -88,7 +88,8 @@ def export_folder(checkpoint: Path, tag: str, out: Path, metrics: dict[str, obje
     weights = load_state_dict_file(checkpoint / WEIGHTS_NAME)
     backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in weights.items() if k.startswith(BACKBONE_PREFIX)}
     if not backbone:
-        raise ValueError(f"{checkpoint / WEIGHTS_NAME} holds no {BACKBONE_PREFIX}* weights: not a pretrain.py checkpoint")
+        raise ValueError(f"{checkpoint / WEIGHTS_NAME} holds no {BACKBONE_PREFIX}* weights: "
+                         "not a pretrain.py checkpoint")
     model = d3ssl_zoo.create_model(arch, pretrained=False)
     model.load_state_dict(backbone, strict=True)
     epochs = state["step"] / state["steps_per_epoch"]

@@ -239,7 +239,7 @@ def build_pretrain_dataset(cfg: PretrainDataConfig, source: str | os.PathLike, p
     (the embedded sample) or ``"scenes"`` / ``"scenes:key=value,..."`` (the generated scene set,
     :mod:`d3ssl_zoo.data.scenes`).
 
-    ``proposals`` is the file written by ``d3ssl-zoo data proposals`` (for ``"sample"`` and
+    ``proposals`` is the file written by ``d3ssl-zoo proposals`` (for ``"sample"`` and
     ``"scenes"`` it may be ``None``: they bring their own). ``records``: the images of ``source``
     when the caller has them (:func:`source_records`; the engine reads them on one process and
     broadcasts them, so a 450 MB COCO json is parsed once, not by every rank).

@@ -24,8 +24,8 @@ from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
 
 __all__ = ["crop_reduction", "reduce_crop", "plan_crop", "random_resized_crop_params", "select_proposals",
            "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view", "chw_batch", "color_augment",
-           "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes", "d3ssl_views",
-           "soco_views", "make_views"]
+           "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes",
+           "d3ssl_views", "soco_views", "make_views"]
 
 
 DECODE_REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder gives for free (DCT scaling)
@@ -214,8 +214,9 @@ def solarize(img: np.ndarray) -> np.ndarray:
 def color_augment(img: np.ndarray, rng: np.random.Generator, cfg: PretrainDataConfig, view: int) -> np.ndarray:
     """SoCo's colour augmentation for view 1 (``view=0``) or view 2 (``view=1``).
 
-    As in SoCo's ``contrast/data/transform.py`` (BYOL's asymmetric pair): colour jitter (brightness, contrast, saturation, hue in random order) with p=0.8, grayscale
-    p=0.2, Gaussian blur sigma U(0.1, 2) (p=1.0 view 1, 0.1 view 2), solarize (p=0 / 0.2).
+    As in SoCo's ``contrast/data/transform.py`` (BYOL's asymmetric pair): colour jitter
+    (brightness, contrast, saturation, hue in random order) with p=0.8, grayscale p=0.2, Gaussian
+    blur sigma U(0.1, 2) (p=1.0 view 1, 0.1 view 2), solarize (p=0 / 0.2).
     Draws are made in a fixed order whatever fires, so a sample is a function of its seed only.
     All on uint8 with OpenCV (no float copy of the image): brightness and contrast saturate and
     round as ``convertScaleAbs``, saturation as ``addWeighted``, hue in 8-bit HSV; the blur is

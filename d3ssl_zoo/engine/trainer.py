@@ -97,7 +97,8 @@ def accumulation_steps(global_batch: int | None, micro_batch: int, num_processes
                 "launch on a number of processes that divides it")
         raise ValueError(
             f"train.global_batch={global_batch} (the recipe's) cannot be reached with {num_processes} process(es) "
-            f"x micro-batches of train.batch_size={micro_batch}: it is not a multiple of {per_step}. {hint.capitalize()}, "
+            f"x micro-batches of train.batch_size={micro_batch}: it is not a multiple of {per_step}. "
+            f"{hint.capitalize()}, "
             f"or override train.global_batch (that changes the recipe's optimisation)")
     return global_batch // per_step
 

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                    help="also run disturbed O-KNN (backgrounds replaced by another random image)")
     p.add_argument("--objects-per-image", type=_at_least(0), default=1,
                    help="bank objects per training image, balanced over classes; 0 = all (default 1)")
-    p.add_argument("--short-side", type=_at_least(1), default=512, help="resize images to this shorter side (default 512)")
+    p.add_argument("--short-side", type=_at_least(1), default=512,
+                   help="resize images to this shorter side (default 512)")
     p.add_argument("--k", type=_at_least(1), default=20, help="neighbours of the weighted vote (default 20)")
     p.add_argument("--temperature", type=_positive_float, default=0.07, help="temperature of the vote (default 0.07)")
     p.add_argument("--num-workers", type=_at_least(0), default=0, help="image-loading worker processes (default 0)")
@@ -48,15 +49,18 @@ def register(subparsers) -> None:
     _common(p)
     _objects_source(p)
     p.add_argument("--num-pairs", type=_at_least(1), default=100, help="object pairs A, B (default 100)")
-    p.add_argument("--object-size", type=_at_least(32), default=224, help="side of each object crop, multiple of 32 (default 224)")
-    p.add_argument("--gap", type=_at_least(0), default=0, help="black pixels between A and B, multiple of 32 (default 0)")
+    p.add_argument("--object-size", type=_at_least(32), default=224,
+                   help="side of each object crop, multiple of 32 (default 224)")
+    p.add_argument("--gap", type=_at_least(0), default=0,
+                   help="black pixels between A and B, multiple of 32 (default 0)")
     p.set_defaults(func=_cmd_coupling)
 
     p = sub.add_parser("mcs", help="positional mean cosine similarity per stage (paper Sec. 3.2, Fig. 4b)")
     _common(p)
     _objects_source(p)
     p.add_argument("--num-crops", type=_at_least(1), default=100, help="object crops tiled 3x3 (default 100)")
-    p.add_argument("--tile-size", type=_at_least(32), default=224, help="side of each tile, multiple of 32 (default 224)")
+    p.add_argument("--tile-size", type=_at_least(32), default=224,
+                   help="side of each tile, multiple of 32 (default 224)")
     p.set_defaults(func=_cmd_mcs)
 
 
@@ -93,7 +97,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "give none or one per --model")
     p.add_argument("--out", required=True, help="output folder (results.json, plots, feature cache)")
     p.add_argument("--sample", action="store_true", help="use the embedded sample dataset's labelled split")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice, random weights included (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice, random weights included (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=_at_least(1), default=8, help="images per forward pass (default 8)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -127,7 +132,8 @@ def _split_files(args, names: Dict[str, str]) -> Dict[str, str]:
     given = {d: getattr(args, d) for d in names if getattr(args, d)}
     if args.sample:
         if given:
-            raise ValueError(f"--sample replaces {', '.join('--' + d.replace('_', '-') for d in given)}; give one or the other")
+            flags = ", ".join("--" + d.replace("_", "-") for d in given)
+            raise ValueError(f"--sample replaces {flags}; give one or the other")
         from d3ssl_zoo.data.sample import get_sample_dataset
 
         ds = get_sample_dataset()

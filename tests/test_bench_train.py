@@ -3,6 +3,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,7 @@ def test_repeated_epoch_sampler_visits_every_index_repeats_times_per_epoch():
     assert [e for e, _ in keys] == [6] * 5 + [7] * 5 + [8] * 5  # distinct sub-epochs: distinct random views
 
 
+@pytest.mark.slow
 def test_step_breakdown_on_the_sample(capsys):
     before = torch.get_num_threads()
     torch.set_num_threads(1)

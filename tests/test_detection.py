@@ -503,6 +503,7 @@ def test_dataset_flip_is_reproducible_per_epoch(tmp_path):
     assert len(images) == 2 and targets[0]["labels"].tolist() == [8]          # 'cat' is class 7, +1 background
 
 
+@pytest.mark.slow
 def test_finetune_coco_mask_rcnn_end_to_end(tmp_path, fresh_accelerate):
     make_coco(tmp_path / "ann.json")
     rng = np.random.default_rng(0)

@@ -307,6 +307,7 @@ def test_the_recipes_padding_mode_reaches_the_trained_model_its_export_and_the_l
         tiny_recipe(tiny, "model.padding_mode=wrap")
 
 
+@pytest.mark.slow
 def test_demo_on_scenes_reports_oknn_against_random_init(tmp_path, capsys):
     # the demo command on a tiny scene set: trains, exports, then O-KNN random init vs trained
     source = "scenes:num_pretrain=8,num_train=24,num_val=6,image_size=96,object_size=40-56,seed=2"

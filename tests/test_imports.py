@@ -123,6 +123,7 @@ def test_no_import_cycle_in_data_even_through_imports_inside_functions():
     assert cycle is None, "import cycle in d3ssl_zoo.data (counting imports inside functions): " + " -> ".join(cycle)
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_isolation():
     """Each module imported first, in a process where no module of the package is loaded yet (as
     ``python -c 'import d3ssl_zoo.x.y'`` would), so an import cycle that breaks an isolated import

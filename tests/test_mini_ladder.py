@@ -145,6 +145,20 @@ def test_each_result_folder_is_what_its_results_json_generates(folder, tmp_path)
     assert (RESULTS / folder / "command.sh").stat().st_mode & 0o111
 
 
+def test_the_experiments_index_has_one_row_per_result_folder_with_its_commands():
+    index = (RESULTS.parent / "README.md").read_text()
+    rows = {line.split("`")[1]: line.split(" | ") for line in index.splitlines() if line.startswith("| [`")}
+    assert set(rows) == {p.name for p in RESULTS.iterdir() if p.is_dir()}
+    for folder, cells in rows.items():
+        data = json.loads((RESULTS / folder / "results.json").read_text())
+        listed = [c.strip("`") for c in cells[2].split("<br>")]
+        if "evals" in data:  # a ladder folder: the very commands its results.json keeps
+            assert listed == report.commands(data), folder
+        else:  # a diagnostics folder: its command.sh, which runs every command results.json keeps
+            assert listed[0].startswith(f"bash experiments/results/{folder}/command.sh"), folder
+        assert cells[3].strip() and cells[4].strip().rstrip(" |"), folder  # a finding and a date
+
+
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in RESULTS.glob("*/results.json")
                                           if "evals" in json.loads(p.read_text())))
 def test_each_ladder_folders_commands_make_exactly_its_runs_with_its_settings(folder):

@@ -1,7 +1,7 @@
 """Tests of d3ssl_zoo.engine and train/pretrain.py: recipes, resume, NaN guard, checkpoints, export."""
 import errno
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,8 +38,9 @@ from d3ssl_zoo.tags import recipes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = recipes_dir()
-sys.path.insert(0, str(ROOT / "train"))
-import pretrain  # noqa: E402  (train/ is a scripts folder, not a package)
+_spec = importlib.util.spec_from_file_location("pretrain", ROOT / "train" / "pretrain.py")  # a script, not a module
+pretrain = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pretrain)
 
 
 @pytest.fixture(scope="module")

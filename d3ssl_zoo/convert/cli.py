@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     + "; ".join(f"{n}: {lay.source}" for n, lay in LAYOUTS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help=".pth/.pt/.tar (read with torch.load(weights_only=True)) or .safetensors")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new, or a zoo folder to write again)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="checkpoint layout (default: detect)")
     p.add_argument("--model-name", default=None,
                    help="zoo architecture to load into (default: from the layout and the ResNet depth)")
@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output file (.pkl for detectron2)")
     p.add_argument("--no-configs", action="store_true",
                    help="detectron2: do not write the VOC / COCO R50-C4 config files next to the pickle")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output file (and detectron2 configs) if they exist; without it they are kept "
+                        "and the export refused")
     p.set_defaults(func=_cmd_export)
 
 
@@ -42,15 +45,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"d3ssl-zoo convert: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output folder stopped being writable, or the checkpoint cannot be opened
+        print(f"d3ssl-zoo convert: {_os_error(e)}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     try:
-        report = export_backbone(args.model, args.to, args.out, configs=not args.no_configs)
+        report = export_backbone(args.model, args.to, args.out, configs=not args.no_configs,
+                                 overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as e:
         print(f"d3ssl-zoo export: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output folder stopped being writable
+        print(f"d3ssl-zoo export: {_os_error(e)}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 0
+
+
+def _os_error(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return (f"cannot access{where}: {e.strerror or e}; no file is left half-written. Fix the permissions "
+            f"(or choose another --out) and run the command again")

@@ -9,17 +9,19 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping
 
 import torch
 from torch import Tensor
 
 from .detectron2 import DETECTRON2_TASKS, detectron2_export_check, write_detectron2_config, write_detectron2_pickle
-from .foreign import BACKBONE_KEY, PathLike
+from .foreign import BACKBONE_KEY, PathLike, check_writable
 
-__all__ = ["EXPORT_TARGETS", "ExportReport", "backbone_state_dict", "export_state_dict", "export_backbone"]
+__all__ = ["EXPORT_TARGETS", "ExportReport", "backbone_state_dict", "check_export_out", "export_state_dict",
+           "export_backbone"]
 
 EXPORT_TARGETS = ("detectron2", "torchvision", "mmdet")
 
@@ -44,44 +46,86 @@ def backbone_state_dict(model: torch.nn.Module) -> Dict[str, Tensor]:
     return sd
 
 
-def export_state_dict(state_dict: Mapping[str, Tensor], target: str, out: PathLike, *,
-                      configs: bool = True, author: str = "d3ssl_zoo") -> ExportReport:
-    """Write a trunk state dict (torchvision names) in ``target``'s format to ``out``."""
+def _config_path(out: Path, task: str) -> Path:
+    return out.with_name(f"{out.stem}_{DETECTRON2_TASKS[task]['filename']}")
+
+
+def check_export_out(target: str, out: PathLike, *, configs: bool = True, overwrite: bool = False) -> None:
+    """Refuse, before any work, an export the files of which could not be written or would
+    replace existing files (unless ``overwrite``): the target, ``out``'s suffix, a directory in
+    the way, existing files, a folder that cannot be written."""
+    if target not in EXPORT_TARGETS:
+        raise ValueError(f"unknown export target {target!r}; choose one of {', '.join(EXPORT_TARGETS)}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; the export is one file: name it, e.g. {out / 'model.pkl'} for "
+                         f"detectron2 or {out / 'model.pth'}")
+    if target == "detectron2" and out.suffix != ".pkl":
+        raise ValueError(f"detectron2 reads its converted weights from a .pkl file; got {out}")
+    paths = [out] + ([_config_path(out, task) for task in DETECTRON2_TASKS]
+                     if target == "detectron2" and configs else [])
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; choose another "
+                         f"output file, or replace {'it' if len(existing) == 1 else 'them'} with --overwrite "
+                         f"(overwrite=True in Python)")
+    check_writable(out.parent, f"export {out}")
+
+
+def _write_atomically(out: Path, write: Callable[[Path], object]):
+    """``write(temp)`` next to ``out``, then rename: a failed write leaves any earlier ``out`` as it was."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        result = write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
+
+
+def export_state_dict(state_dict: Mapping[str, Tensor], target: str, out: PathLike, *,
+                      configs: bool = True, author: str = "d3ssl_zoo", overwrite: bool = False) -> ExportReport:
+    """Write a trunk state dict (torchvision names) in ``target``'s format to ``out``.
+
+    Existing files are replaced only with ``overwrite=True`` (:func:`check_export_out`).
+    """
+    check_export_out(target, out, configs=configs, overwrite=overwrite)
+    out = Path(out)
     if target == "detectron2":
         why = detectron2_export_check(state_dict)
         if why:
             raise ValueError(why)
-        if out.suffix != ".pkl":
-            raise ValueError(f"detectron2 reads its converted weights from a .pkl file; got {out}")
-        model = write_detectron2_pickle(state_dict, out, author=author)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if target == "detectron2":
+        model = _write_atomically(out, lambda p: write_detectron2_pickle(state_dict, p, author=author))
         written = []
         if configs:
             depth = 101 if "layer3.22.conv1.weight" in state_dict else 50
-            for task, spec in DETECTRON2_TASKS.items():
-                cfg_path = out.with_name(f"{out.stem}_{spec['filename']}")
-                written.append(str(write_detectron2_config(task, cfg_path, weights=str(out.resolve()), depth=depth)))
+            for task in DETECTRON2_TASKS:
+                cfg = write_detectron2_config(task, _config_path(out, task), weights=str(out.resolve()), depth=depth)
+                written.append(str(cfg))
         return ExportReport(target, str(out), len(model), written)
     if target == "torchvision":
         sd = dict(state_dict)
         if out.suffix == ".safetensors":
             from safetensors.torch import save_file
-            save_file(sd, str(out), metadata={"format": "pt"})
+            _write_atomically(out, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
         else:
-            torch.save(sd, out)
+            _write_atomically(out, lambda p: torch.save(sd, p))
         return ExportReport(target, str(out), len(sd))
-    if target == "mmdet":
-        sd = {f"backbone.{k}": v for k, v in state_dict.items()}
-        torch.save({"state_dict": sd, "meta": {"author": author, "layout": "mmdet ResNet backbone"}}, out)
-        return ExportReport(target, str(out), len(sd))
-    raise ValueError(f"unknown export target {target!r}; choose one of {', '.join(EXPORT_TARGETS)}")
+    sd = {f"backbone.{k}": v for k, v in state_dict.items()}  # mmdet
+    _write_atomically(out, lambda p: torch.save(
+        {"state_dict": sd, "meta": {"author": author, "layout": "mmdet ResNet backbone"}}, p))
+    return ExportReport(target, str(out), len(sd))
 
 
-def export_backbone(spec: str, target: str, out: PathLike, *, configs: bool = True) -> ExportReport:
+def export_backbone(spec: str, target: str, out: PathLike, *, configs: bool = True,
+                    overwrite: bool = False) -> ExportReport:
     """Load ``spec`` with ``d3ssl_zoo.load_backbone`` (zoo name/tag, save_pretrained folder,
-    ``torchvision:resnet50``, timm name) and export its trunk to ``target``."""
+    ``torchvision:resnet50``, timm name) and export its trunk to ``target``; ``out`` is checked
+    (:func:`check_export_out`) before the model is loaded."""
     import d3ssl_zoo
 
+    check_export_out(target, out, configs=configs, overwrite=overwrite)
     model = d3ssl_zoo.load_backbone(spec)
-    return export_state_dict(backbone_state_dict(model), target, out, configs=configs)
+    return export_state_dict(backbone_state_dict(model), target, out, configs=configs, overwrite=overwrite)

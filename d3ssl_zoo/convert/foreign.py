@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Tuple, Union
@@ -16,7 +17,7 @@ from typing import Dict, Mapping, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["read_checkpoint", "is_state_dict", "resnet_arch", "BACKBONE_KEY", "STEM_AND_STAGES"]
+__all__ = ["read_checkpoint", "check_writable", "is_state_dict", "resnet_arch", "BACKBONE_KEY", "STEM_AND_STAGES"]
 
 PathLike = Union[str, Path]
 
@@ -25,11 +26,18 @@ PathLike = Union[str, Path]
 BACKBONE_KEY = re.compile(r"^(conv1\.weight|bn1\.[a-z_]+|layer[1-4]\.\d+\.[a-z0-9_.]+)$")
 #: Dotted names that start a ResNet trunk inside a longer key (used to report key prefixes).
 STEM_AND_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+#: Suffixes of the checkpoint files ``read_checkpoint`` takes.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
 
 
 def read_checkpoint(path: PathLike) -> Dict[str, object]:
     """Load a ``.safetensors`` file or a ``.pth``/``.pt``/``.tar`` file with ``weights_only=True``."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+        raise ValueError(f"checkpoint {path} is a directory; give one checkpoint file (.pth, .pt, .tar or "
+                         f".safetensors)" + (f", e.g. {path / inside[0]} (it holds {', '.join(inside[:5])}"
+                                             f"{', ...' if len(inside) > 5 else ''})" if inside else ""))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -66,6 +74,26 @@ def read_checkpoint(path: PathLike) -> Dict[str, object]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
     return dict(obj)
+
+
+def check_writable(folder: PathLike, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the reason unless files can be created in ``folder``
+    (judged by its nearest existing parent while it does not exist yet).
+
+    Run before any work: the folder is probed with a temporary file, which is removed; nothing
+    else is created.
+    """
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {what}: {folder} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {what}: {folder} is not writable ({e.strerror}); choose another path "
+                         f"or make the folder writable") from e
 
 
 def _first_line(e: Exception) -> str:

@@ -17,7 +17,15 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .foreign import BACKBONE_KEY, STEM_AND_STAGES, PathLike, is_state_dict, read_checkpoint, resnet_arch
+from .foreign import (
+    BACKBONE_KEY,
+    STEM_AND_STAGES,
+    PathLike,
+    check_writable,
+    is_state_dict,
+    read_checkpoint,
+    resnet_arch,
+)
 
 __all__ = ["Layout", "LAYOUTS", "FORMATS", "ConvertReport", "detect_layout", "extract_backbone",
            "zoo_arch_for", "convert_checkpoint", "key_prefixes"]
@@ -207,9 +215,16 @@ def convert_checkpoint(src: PathLike, out_dir: PathLike, fmt: str = "auto", *,
 
     The trunk is loaded strictly into the zoo architecture before saving, so the folder loads
     with ``create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``.
+    ``out_dir`` is checked before the checkpoint is read: an existing file there, or a folder
+    that cannot be written, is refused.
     """
     import d3ssl_zoo
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is an existing file; convert writes a folder (model.safetensors, "
+                         f"config.json, README.md) there: remove the file or choose another output folder")
+    check_writable(out, f"output folder {out}")
     ckpt = read_checkpoint(src)
     if fmt == "auto":
         layout, container = detect_layout(ckpt)

@@ -25,8 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["load_class_map", "read_class_descriptions", "read_boxes", "select_images", "build_openimages_mini",
-           "dataset_statistics", "format_statistics", "add_arguments", "run"]
+from d3ssl_zoo.disk import DiskFullError, is_disk_full
+
+from .proposal_store import NotWritableError, check_writable
+
+__all__ = ["load_class_map", "read_class_descriptions", "read_boxes", "select_images", "check_output",
+           "build_openimages_mini", "dataset_statistics", "format_statistics", "add_arguments", "run"]
 
 CLASS_MAP_FILE = Path(__file__).with_name("coco_openimages_classes.csv")
 
@@ -128,11 +132,30 @@ def format_statistics(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *, seed: int = 0) -> dict:
+def check_output(out, inputs=(), *, overwrite: bool = False) -> None:
+    """Refuse, before reading anything, an ``out`` that is a directory, one of the ``inputs``, an
+    existing file (unless ``overwrite``) or in a folder that cannot be written."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"output json {out} is a directory; name the file to write, e.g. {out / 'oimini.json'}")
+    for given in inputs:
+        if out.exists() and Path(given).exists() and out.samefile(given):
+            raise ValueError(f"output json {out} is the input {given}; choose another --out")
+    if out.exists() and not overwrite:
+        raise ValueError(f"output json {out} already exists; choose another --out, or replace it with --overwrite "
+                         f"(overwrite=True in Python)")
+    check_writable(out.parent, f"output json {out}")
+
+
+def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *, seed: int = 0,
+                          overwrite: bool = False) -> dict:
     """Build OpenImage-MINI as a COCO json at ``out``; returns its Tab. 2 statistics.
 
-    Images missing from ``images_dir`` or unreadable are counted, reported and left out.
+    Images missing from ``images_dir`` or unreadable are counted, reported and left out. ``out``
+    is checked before any input is read (:func:`check_output`); an existing file is replaced only
+    with ``overwrite=True``, and never when it is one of the inputs.
     """
+    check_output(out, (boxes_csv, classes_csv, coco_json), overwrite=overwrite)
     descriptions = read_class_descriptions(classes_csv)
     mids = sorted(descriptions)
     label_index = {m: i for i, m in enumerate(mids)}
@@ -181,10 +204,21 @@ def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *,
     if missing:
         print(f"left out {sum(missing.values())} selected images: {dict(missing)}", file=sys.stderr)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out)
+    kept = (f"{'the earlier ' + str(out) + ' is as it was' if out.exists() else 'nothing was written'}; the "
+            f"selection is seeded (--seed {seed}), so a rerun writes the same file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself refuses: nothing of ours is left in it
+        if is_disk_full(e, out.parent):
+            raise DiskFullError(out, kept) from e
+        raise NotWritableError(out, e.strerror or str(e), kept) from e
     return {"openimage_mini": dataset_statistics(result), "coco": dataset_statistics(coco),
             "skipped": dict(missing)}
 
@@ -197,9 +231,15 @@ def add_arguments(p) -> None:
     p.add_argument("--coco", required=True, help="COCO instances json giving the per-class object budget")
     p.add_argument("--out", required=True, help="output COCO json")
     p.add_argument("--seed", type=int, default=0, help="order in which images are considered")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input file)")
 
 
 def run(args) -> int:
-    stats = build_openimages_mini(args.boxes, args.classes, args.images, args.coco, args.out, seed=args.seed)
+    try:
+        stats = build_openimages_mini(args.boxes, args.classes, args.images, args.coco, args.out, seed=args.seed,
+                                      overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, DiskFullError, NotWritableError) as e:
+        print(f"d3ssl-zoo oimini: {e}", file=sys.stderr)
+        return 2
     print(format_statistics({"OpenImage-MINI": stats["openimage_mini"], "COCO": stats["coco"]}))
     return 0

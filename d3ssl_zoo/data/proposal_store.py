@@ -19,9 +19,12 @@ eagerly; box rows are read lazily through the memory map, so COCO's 118k images 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,9 +35,46 @@ from safetensors.numpy import save_file
 
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
 
-__all__ = ["FORMAT", "ProposalEntry", "name_hash", "write_proposal_file", "ProposalStore"]
+__all__ = ["FORMAT", "NotWritableError", "ProposalEntry", "check_writable", "name_hash", "write_proposal_file",
+           "ProposalStore"]
 
 FORMAT = "d3ssl_zoo.proposals/1"
+
+_SAFETENSORS_IO = re.compile(r"I/O error: (.+?) \(os error \d+\)")
+
+
+class NotWritableError(OSError):
+    """``path`` could not be written (permissions, a read-only disk; a full disk is
+    :class:`~d3ssl_zoo.disk.DiskFullError`); ``kept`` says what earlier work is intact."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, kept: str):
+        path = Path(path)
+        super().__init__(errno.EACCES, f"cannot write {path} ({reason}); {kept}. Make {path.parent} writable "
+                                       f"again and run the same command")
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the reason unless files can be created in ``folder``
+    (judged by its nearest existing parent while it does not exist yet).
+
+    Run before any work: the folder is probed with a temporary file, which is removed; nothing
+    else is created.
+    """
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {what}: {folder} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {what}: {folder} is not writable ({e.strerror}); choose another path "
+                         f"or make the folder writable") from e
 
 
 def name_hash(file_name: str) -> int:
@@ -57,10 +97,14 @@ class ProposalEntry:
 
 
 def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry], *, mode: str,
-                        resize_long: int | None, skipped: Sequence[dict] = ()) -> None:
+                        resize_long: int | None, skipped: Sequence[dict] = (),
+                        kept: str = "the proposal files written before are intact, and a rerun of the same "
+                                    "command keeps the images they hold") -> None:
     """Write entries (any order, unique ids) as one proposal file, atomically (temp + rename).
 
-    A full disk raises :class:`~d3ssl_zoo.disk.DiskFullError`; files written before stay intact.
+    A full disk raises :class:`~d3ssl_zoo.disk.DiskFullError`, a folder that cannot be written
+    :class:`NotWritableError`; both say ``kept``, what earlier work is intact. Files written
+    before stay intact.
     """
     path = Path(path)
     entries = sorted(entries, key=lambda e: e.image_id)
@@ -83,18 +127,25 @@ def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry
     meta = {"format": FORMAT, "mode": mode, "resize_long": str(resize_long),
             "filters": json.dumps({"min_size": 32, "max_ratio": 3.0, "scale_range": [0.3, 0.8]}),
             "skipped": json.dumps(list(skipped))}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # a shared dataset file, not a secret
+        os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
-        tmp.unlink(missing_ok=True)
-        if not is_disk_full(e, path.parent):
-            raise
-        raise DiskFullError(path, "the proposal files written before are intact, and a rerun of the same command "
-                                  "keeps the images they hold") from e
-    os.chmod(tmp, 0o644)  # a shared dataset file, not a secret
-    os.replace(tmp, path)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself refuses: nothing of ours is left in it
+        if is_disk_full(e, path.parent):
+            raise DiskFullError(path, kept) from e
+        if isinstance(e, OSError):
+            raise NotWritableError(path, e.strerror or str(e), kept) from e
+        io = _SAFETENSORS_IO.search(str(e))  # safetensors' text for an OSError of its own
+        if io:
+            raise NotWritableError(path, io.group(1), kept) from e
+        raise
 
 
 class ProposalStore:

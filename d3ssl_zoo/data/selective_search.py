@@ -16,6 +16,7 @@ Workers end with the tool: killed, even by SIGKILL, it leaves no worker computin
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import os
 import shutil
@@ -34,10 +35,17 @@ from d3ssl_zoo.disk import DiskFullError
 
 from .coco_json import ImageRecord, coco_records
 from .images import folder_records, load_rgb
-from .proposal_store import ProposalEntry, ProposalStore, name_hash, write_proposal_file
+from .proposal_store import (
+    NotWritableError,
+    ProposalEntry,
+    ProposalStore,
+    check_writable,
+    name_hash,
+    write_proposal_file,
+)
 
 __all__ = ["FALLBACK_LEVELS", "MODES", "selective_search", "filter_proposals", "image_proposals", "process_image",
-           "read_entries", "make_proposals", "format_summary", "add_arguments", "run"]
+           "read_entries", "check_output", "make_proposals", "format_summary", "add_arguments", "run"]
 
 FALLBACK_LEVELS = ("size+ratio+scale", "size+ratio", "size", "whole_image")
 MODES = ("fast", "single", "quality")
@@ -48,6 +56,9 @@ def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | N
     side (``None``: as is); returns ``(N, 4)`` float32 xyxy boxes in the original image's pixels."""
     if mode not in MODES:
         raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
+    if resize_long is not None and resize_long < 0:
+        raise ValueError(f"resize_long must be a long side in pixels (> 0) or 0 / None for the original size, "
+                         f"got {resize_long}")
     h, w = image.shape[:2]
     scale = 1.0 if not resize_long else resize_long / max(h, w)
     work = image if scale == 1.0 else cv2.resize(
@@ -152,15 +163,42 @@ def read_entries(path: str | os.PathLike) -> tuple[ProposalStore, list[ProposalE
     return store, entries, list(store.skipped)
 
 
+def check_output(out: str | os.PathLike) -> None:
+    """Refuse, before any search, an ``out`` the tool could not write: a directory, or a folder
+    (of ``out`` or of its resumable parts ``<out>.parts``) that is not writable."""
+    out = Path(out)
+    parts_dir = out.with_name(out.name + ".parts")
+    if out.is_dir():
+        raise ValueError(f"proposal file {out} is a directory; name the file to write, e.g. "
+                         f"{out / 'proposals.safetensors'}")
+    if parts_dir.exists() and not parts_dir.is_dir():
+        raise ValueError(f"{parts_dir} is a file, but the tool keeps the resumable parts of {out} in a folder of "
+                         f"that name; move the file away or choose another --out")
+    check_writable(out.parent, f"proposal file {out}")
+    if parts_dir.is_dir():
+        check_writable(parts_dir, f"the resumable parts of {out} in {parts_dir}")
+
+
 def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mode: str = "fast",
                    resize_long: int | None = 500, workers: int = 1, min_side: int = 32, flush_every: int = 64,
                    flush_seconds: float = 10.0, progress: bool = True) -> dict:
     """Selective search + SoCo filters for every record; writes one proposal file at ``out``.
 
     ``workers <= 1`` runs in this process. Returns a summary dict (see :func:`format_summary`).
+    ``out`` is checked before any search (:func:`check_output`); a folder that stops being
+    writable later raises :class:`~d3ssl_zoo.data.proposal_store.NotWritableError`, which says
+    which images are kept for the rerun.
     """
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
+    if resize_long is not None and resize_long < 0:
+        raise ValueError(f"resize_long must be a long side in pixels (> 0) or None for the original size, "
+                         f"got {resize_long}")
+    if min_side < 0:
+        raise ValueError(f"min_side must be >= 0 pixels, got {min_side}")
+    if flush_every < 1:
+        raise ValueError(f"flush_every must be >= 1 image, got {flush_every}")
+    check_output(out)
     if not records:
         raise ValueError(f"no images to make proposals for (output {out}); check --images / --coco")
     by_id = {r.image_id: r for r in records}
@@ -171,6 +209,7 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
                                                    if parts_dir.is_dir() else [])
     stored: list[ProposalEntry] = []
     skipped: list[dict] = []
+    done: set[int] = set()
     for src in sources:
         store, entries, sk = read_entries(src)
         if store.metadata.get("mode") != mode or store.metadata.get("resize_long") != str(resize_long):
@@ -181,9 +220,10 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
             if rec is not None and store.name_hashes[r] != name_hash(rec.file_name):
                 raise ValueError(f"{src} belongs to another dataset: image id {e.image_id} is "
                                  f"{rec.file_name!r} here but not in that file; use a new --out")
-        stored += entries
-        skipped += sk
-    done = {e.image_id for e in stored} | {int(s["image_id"]) for s in skipped}
+        # parts left next to a complete file (their folder could not be removed) repeat its images
+        stored += [e for e in entries if e.image_id not in done]
+        skipped += [s for s in sk if int(s["image_id"]) not in done]
+        done |= {e.image_id for e in entries} | {int(s["image_id"]) for s in sk}
     todo = [r for r in records if r.image_id not in done]
     if parts_dir.is_dir():
         for stale in parts_dir.glob(".*.tmp-*"):  # temp files of a killed run
@@ -196,12 +236,19 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     part_index = 1 + max((int(p.stem.split("-")[1]) for p in sources if p.parent == parts_dir), default=-1)
     last_flush = time.monotonic()
 
+    def kept() -> str:
+        """What a failed write leaves for the rerun (the images already in ``out`` and the parts)."""
+        safe = len(records) - len(todo) + len(new_entries) + len(new_skipped) - len(buffer) - len(buffer_skipped)
+        where = " and ".join(str(p) for p in ((out,) if out in sources else ()) + (parts_dir,))
+        lost = len(buffer) + len(buffer_skipped)
+        return (f"{safe} of {len(records)} images are safe in {where}, and a rerun of the same command keeps them"
+                + (f"; the {lost} finished since the last save are computed again" if lost else ""))
+
     def flush():
         nonlocal part_index, last_flush, buffer, buffer_skipped
         if buffer or buffer_skipped:
-            parts_dir.mkdir(parents=True, exist_ok=True)
             write_proposal_file(parts_dir / f"part-{part_index:05d}.safetensors", buffer, mode=mode,
-                                resize_long=resize_long, skipped=buffer_skipped)
+                                resize_long=resize_long, skipped=buffer_skipped, kept=kept())
             part_index += 1
         buffer, buffer_skipped = [], []
         last_flush = time.monotonic()
@@ -238,9 +285,16 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     all_entries = stored + new_entries
     all_skipped = skipped + new_skipped
     if sources != [out] or new_entries or new_skipped:
-        write_proposal_file(out, all_entries, mode=mode, resize_long=resize_long, skipped=all_skipped)
+        write_proposal_file(out, all_entries, mode=mode, resize_long=resize_long, skipped=all_skipped,
+                            kept=f"all {len(records)} images are safe in {parts_dir}, and a rerun of the same "
+                                 f"command merges them into {out} without searching any again")
     if parts_dir.is_dir():
-        shutil.rmtree(parts_dir)
+        try:
+            shutil.rmtree(parts_dir)
+        except OSError as e:
+            raise NotWritableError(parts_dir, e.strerror or str(e),
+                                   f"{out} is complete ({len(records)} images); delete {parts_dir}, which "
+                                   f"only repeats it") from e
     counts = np.array([len(e.boxes) for e in all_entries]) if all_entries else np.zeros(0, int)
     levels = Counter(FALLBACK_LEVELS[e.fallback] for e in all_entries)
     return {
@@ -271,16 +325,32 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _at_least(minimum: int, note: str = ""):
+    """argparse type: an integer >= ``minimum`` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}; give a whole number >= {minimum}{note}")
+        return value
+    return parse
+
+
 def add_arguments(p) -> None:
     """Command-line options of ``d3ssl-zoo proposals``."""
     p.add_argument("--images", help="image folder (with --coco: the folder the json's file_names refer to)")
     p.add_argument("--coco", help="COCO annotation json; its image ids key the proposal file")
     p.add_argument("--out", required=True, help="output proposal file (.safetensors)")
     p.add_argument("--mode", choices=MODES, default="fast", help="selective search mode")
-    p.add_argument("--resize-long", type=int, default=500, help="long side the search runs at (0: original size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (1: in process)")
-    p.add_argument("--min-side", type=int, default=32, help="images with a shorter side are skipped and reported")
-    p.add_argument("--flush-every", type=int, default=64, help="images per resumable part file")
+    p.add_argument("--resize-long", type=_at_least(0, " (0: the original size)"), default=500,
+                   help="long side in pixels the search runs at (0: original size)")
+    p.add_argument("--workers", type=_at_least(1), default=os.cpu_count() or 1,
+                   help="worker processes (1: in process)")
+    p.add_argument("--min-side", type=_at_least(0), default=32,
+                   help="images with a shorter side (pixels) are skipped and reported")
+    p.add_argument("--flush-every", type=_at_least(1), default=64, help="images per resumable part file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -288,11 +358,12 @@ def run(args) -> int:
     if not args.images and not args.coco:
         raise SystemExit("give --images DIR, or --coco ANN.json (with --images DIR if the images are not next to it)")
     try:
+        check_output(args.out)  # before reading a COCO-scale json
         records = coco_records(args.coco, args.images) if args.coco else folder_records(args.images)
         summary = make_proposals(records, args.out, mode=args.mode, resize_long=args.resize_long or None,
                                  workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
                                  progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, DiskFullError) as e:
+    except (ValueError, FileNotFoundError, DiskFullError, NotWritableError) as e:
         print(f"d3ssl-zoo proposals: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))

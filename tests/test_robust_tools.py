@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 import d3ssl_zoo.data.proposal_store as proposal_store
 import d3ssl_zoo.data.selective_search as tool
 from d3ssl_zoo.cli import main
+from d3ssl_zoo.convert.export import check_export_out
 from d3ssl_zoo.data.images import folder_records
 from d3ssl_zoo.data.proposal_store import ProposalStore
 
@@ -217,6 +218,15 @@ def test_export_keeps_an_existing_file_unless_overwrite(tmp_path, capsys, r18_ch
     assert torch.load(out, weights_only=True).keys() == torchvision.models.resnet18().state_dict().keys() - {
         "fc.weight", "fc.bias"}
     assert sorted(os.listdir(tmp_path)) == ["r18.pth", "r18_tv.pth", "zoo"]  # no temporary file left
+
+
+def test_export_to_detectron2_keeps_existing_config_files(tmp_path):
+    config = tmp_path / "d2_pascal_voc_R_50_C4_24k.yaml"
+    config.write_text("# my edited config")
+    with pytest.raises(ValueError, match=f"{config} already exists; .* --overwrite"):
+        check_export_out("detectron2", tmp_path / "d2.pkl")
+    check_export_out("detectron2", tmp_path / "d2.pkl", configs=False)
+    check_export_out("detectron2", tmp_path / "d2.pkl", overwrite=True)
 
 
 # --- oimini ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,15 @@ from torchvision.ops import roi_align
 
 BoxesLike = Union[Tensor, Sequence[Tensor]]
 
-__all__ = ["BoxesLike", "validate_boxes", "check_rois_in_image", "boxes_to_rois", "region_align", "region_align_pooled"]
+__all__ = ["BoxesLike", "ROI_ALIGN_MAX_ELEMENTS", "validate_boxes", "check_rois_in_image", "boxes_to_rois",
+           "region_align", "region_align_pooled"]
+
+#: The most output elements one torchvision ``roi_align`` call produces. Its CPU kernel indexes the
+#: output with 32-bit integers and crashes the process (SIGSEGV) past 2**31 elements, e.g. 45,000
+#: boxes x 256 channels x 14 x 14; :func:`region_align` pools more RoIs than this allows in several
+#: calls. 2**28 float32 elements are 1 GiB, more than a pre-training step pools (512 RoIs x 1024
+#: channels x 14 x 14 per process), so training makes one call as before.
+ROI_ALIGN_MAX_ELEMENTS = 2 ** 28
 
 
 def _check_box_tensor(b: Tensor, what: str, width: int) -> None:
@@ -104,12 +112,24 @@ def region_align(features: Tensor, rois: Tensor, output_size: int, stride: int) 
 
     ``aligned=True`` (half-pixel correct, as detectron2's ROIAlignV2) and ``sampling_ratio=0``
     (adaptive), the settings of SoCo's C4 head and of Mask R-CNN. The result has the dtype of
-    ``features``.
+    ``features``. Any number of RoIs: more than :data:`ROI_ALIGN_MAX_ELEMENTS` output elements are
+    pooled in several calls, with the same result.
     """
     # Pool in float32: half-precision RoI coordinates would round boxes by up to a pixel or more.
-    out = roi_align(features.float(), rois.float(), output_size=output_size,
-                    spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True)
+    feats, rois = features.float(), rois.float()
+    per_call = max(1, ROI_ALIGN_MAX_ELEMENTS // (feats.shape[1] * output_size ** 2))
+    if rois.shape[0] <= per_call:
+        out = _roi_align(feats, rois, output_size, stride)
+    else:  # each RoI is pooled independently: the calls' outputs, stacked, are the one call's
+        out = feats.new_empty(rois.shape[0], feats.shape[1], output_size, output_size)
+        for start in range(0, rois.shape[0], per_call):
+            out[start:start + per_call] = _roi_align(feats, rois[start:start + per_call], output_size, stride)
     return out.to(features.dtype)
+
+
+def _roi_align(features: Tensor, rois: Tensor, output_size: int, stride: int) -> Tensor:
+    return roi_align(features, rois, output_size=output_size, spatial_scale=1.0 / stride, sampling_ratio=0,
+                     aligned=True)
 
 
 def _bin_weights(start: Tensor, length: Tensor, output_size: int, size: int) -> Tensor:

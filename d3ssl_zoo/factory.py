@@ -99,6 +99,22 @@ def _load_strict(model: nn.Module, path: str) -> None:
     model.load_state_dict(sd, strict=not any(k.startswith("fc.") for k in model.state_dict()))
 
 
+def _read_config(path: Path) -> Dict[str, Any]:
+    """The ``config.json`` of a save_pretrained folder; a broken one is named with the line and column."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}; fix that line, "
+                         f"or write the folder again with d3ssl_zoo.save_pretrained") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); is it a config.json "
+                         f"written by d3ssl_zoo.save_pretrained?") from e
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise ValueError(f"{path}: no \"architecture\" (a model name such as \"d3ssl_r50c4\") at the top level; "
+                         f"is it a config.json written by d3ssl_zoo.save_pretrained?")
+    return config
+
+
 def load_backbone(spec: str, checkpoint: Optional[str] = None, pretrained: Optional[bool] = None) -> nn.Module:
     """Any ResNet the tools accept, in eval mode.
 
@@ -112,7 +128,7 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None, pretrained: Optio
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; is it a save_pretrained folder?")
-        config = json.loads(cfg_file.read_text())
+        config = _read_config(cfg_file)
         weights = checkpoint or str(path / WEIGHTS_NAME)
         model = create_model(config["architecture"], pretrained=True, num_classes=config.get("num_classes", 0),
                              pretrained_cfg_overlay=dict(file=weights), **config.get("model_args", {}))

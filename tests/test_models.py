@@ -228,7 +228,7 @@ def test_bad_boxes_raise_clear_errors(r18, boxes, match):
 
 
 @pytest.mark.parametrize("images,match", [
-    (torch.randn(3, 32, 32), r"\(B, C, H, W\) tensor, got \(3, 32, 32\).*x\[None\]"),
+    (torch.randn(3, 32, 32), r"\(B, 3, H, W\) float32/float16/bfloat16 tensor, got \(3, 32, 32\).*x\[None\]"),
     (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), r"float tensor, got dtype torch.uint8.*x.float\(\) / 255"),
 ])
 def test_bad_images_raise_clear_errors(r18, images, match):

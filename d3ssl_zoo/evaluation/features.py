@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from d3ssl_zoo.boxes import region_align, region_align_pooled
 from d3ssl_zoo.evaluation.objects import IMAGENET_MEAN, IMAGENET_STD
 from d3ssl_zoo.factory import load_backbone
+from d3ssl_zoo.models.d3ssl_resnet import REGIONS_PER_PASS
 
 __all__ = ["STAGES", "eval_mode", "load_model", "stage_maps", "stage_strides", "region_features", "c5_region_features",
            "c4_head_region_features", "model_mean_std", "model_device", "model_fingerprint", "stage_region_features"]
@@ -105,8 +106,11 @@ def c4_head_region_features(model: nn.Module, x: Tensor, rois: Tensor, roi_size:
         raise TypeError(f"{type(model).__name__} has no C4 region head (forward_c4, forward_region_head); "
                         f"the c4_head features need a d3ssl_zoo C4 model, use the c5 features otherwise")
     c4 = model.forward_c4(x)
-    roi = region_align(c4, rois, roi_size, _stride(x.shape[-2:], c4))
-    return F.normalize(model.forward_region_head(roi).float(), dim=1)
+    stride = _stride(x.shape[-2:], c4)
+    # in eval mode, RoIAlign and res5 on a bounded number of boxes at a time: any number of objects fits in memory
+    parts = [rois] if model.training else rois.split(REGIONS_PER_PASS)
+    feats = [model.forward_region_head(region_align(c4, part, roi_size, stride)) for part in parts]
+    return F.normalize(torch.cat(feats).float(), dim=1)
 
 
 def model_mean_std(model: nn.Module):

@@ -8,8 +8,8 @@
 
 Weights are safetensors. A ``.pth`` is read with ``torch.load(..., weights_only=True)`` only.
 """
-from .download import pretrained_state_dict
-from .save import save_pretrained
+from .download import HubConfigNotCachedError, explain_timm_hub_misses, pretrained_state_dict
+from .save import check_save_folder, save_pretrained
 from .upload import push_to_hub
 from .weights import (
                       CARD_NAME,
@@ -24,5 +24,8 @@ from .weights import (
 
 __all__ = [
     "PretrainedWeightsError", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "ResolvedWeights", "sha256_file",
-    "verify_sha256", "load_state_dict_file", "pretrained_state_dict", "save_pretrained", "push_to_hub",
+    "verify_sha256", "load_state_dict_file", "pretrained_state_dict", "save_pretrained", "check_save_folder",
+    "push_to_hub", "HubConfigNotCachedError",
 ]
+
+explain_timm_hub_misses()  # timm.create_model('hf-hub:...') offline and uncached: say which repo and what to do

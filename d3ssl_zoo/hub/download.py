@@ -2,14 +2,25 @@
 reachability probe and one clear error for every way a download can fail."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
-from ..tags import get_tag, recipe_path, tag_for_hub_id
-from .weights import WEIGHTS_NAME, PretrainedWeightsError, ResolvedWeights, load_state_dict_file, verify_sha256
+from huggingface_hub.errors import LocalEntryNotFoundError
 
-__all__ = ["pretrained_state_dict", "hub_unreachable", "via_proxy"]
+from ..tags import get_tag, recipe_path, tag_for_hub_id
+from .weights import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PretrainedWeightsError,
+    ResolvedWeights,
+    load_state_dict_file,
+    verify_sha256,
+)
+
+__all__ = ["pretrained_state_dict", "hub_unreachable", "via_proxy", "HubConfigNotCachedError",
+           "explain_timm_hub_misses"]
 
 # Seconds the Hub probe waits to connect or read; the probe is not retried.
 _PROBE_TIMEOUT = 3.0
@@ -114,3 +125,51 @@ def pretrained_state_dict(cfg: Mapping[str, Any], cache_dir: Optional[str] = Non
     return ResolvedWeights(load_state_dict_file(path), path, "hf-hub")
 
 
+
+
+class HubConfigNotCachedError(PretrainedWeightsError, LocalEntryNotFoundError):
+    """``timm.create_model('hf-hub:<repo>')`` found the repo's config.json neither on the Hub nor in the
+    local cache. Both a ``PretrainedWeightsError`` and huggingface_hub's ``LocalEntryNotFoundError``."""
+
+
+def _config_not_cached(model_id: str) -> str:
+    from huggingface_hub import constants
+
+    repo = model_id.partition("@")[0]
+    if constants.HF_HUB_OFFLINE:
+        why = ("the Hub is offline (HF_HUB_OFFLINE is set) and it is not in the local cache "
+               f"({constants.HF_HUB_CACHE}); unset HF_HUB_OFFLINE to download it once")
+    else:
+        why = (f"the Hub ({constants.ENDPOINT}{via_proxy(constants.ENDPOINT)}) could not be reached and it is not "
+               f"in the local cache ({constants.HF_HUB_CACHE})")
+    return (f"timm.create_model('hf-hub:{model_id}'): cannot load {CONFIG_NAME} of Hub repo '{repo}': {why}.\n"
+            f"To load a local save_pretrained folder instead: timm.create_model('local-dir:/path/to/folder', "
+            f"pretrained=True) or d3ssl_zoo.load_backbone('/path/to/folder'); a weights file: "
+            f"d3ssl_zoo.create_model('<architecture>', pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')).")
+
+
+def explain_timm_hub_misses() -> None:
+    """Make ``timm.create_model('hf-hub:<repo>')`` raise :class:`HubConfigNotCachedError` (the repo id, why,
+    and how to load a local file) instead of huggingface_hub's bare cache miss when the repo's config.json
+    can be neither downloaded nor found in the cache.
+
+    timm reads that config.json before any code of the zoo runs and has no hook for it, so this wraps
+    timm's reader (``timm.models._factory.load_model_config_from_hf``); every other outcome, for any
+    repo, is timm's unchanged. Called once when ``d3ssl_zoo`` is imported.
+    """
+    from timm.models import _factory
+
+    original = getattr(_factory, "load_model_config_from_hf", None)
+    if original is None or getattr(original, "_explains_misses", False):
+        return
+
+    @functools.wraps(original)
+    def load_model_config_from_hf(model_id: str, *args, **kwargs):
+        try:
+            return original(model_id, *args, **kwargs)
+        except LocalEntryNotFoundError as e:
+            raise HubConfigNotCachedError(_config_not_cached(model_id)) from e
+
+    load_model_config_from_hf._explains_misses = True
+    _factory.load_model_config_from_hf = load_model_config_from_hf

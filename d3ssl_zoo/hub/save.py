@@ -8,13 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import yaml
 from torch import nn
 
 from ..tags import LICENSE, PAPER_ARXIV
 from .card import model_card
 from .weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["save_pretrained"]
+__all__ = ["save_pretrained", "check_save_folder"]
+
+# The model card's Hub tag that marks a card written by save_pretrained (model_card()).
+_CARD_MARKER = "d3ssl_zoo"
 
 # pretrained_cfg fields that are ours to write into config.json (all are timm PretrainedCfg fields;
 # an unknown key there breaks ``timm.create_model('hf-hub:...')``).
@@ -34,16 +38,53 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def _written_by_us(path: Path) -> bool:
+    """Whether ``path`` (a ``config.json`` or ``README.md``) is one that :func:`save_pretrained` wrote."""
+    try:
+        if path.name == CONFIG_NAME:
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(config, dict) or "architecture" not in config:
+                return False
+            cfg = config.get("pretrained_cfg")
+            return isinstance(cfg, dict) and cfg.get("paper_ids") == PAPER_ARXIV
+        from huggingface_hub.repocard import metadata_load
+
+        tags = (metadata_load(path) or {}).get("tags") or []
+        return isinstance(tags, list) and _CARD_MARKER in tags
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # unreadable, not JSON / YAML, not a mapping
+        return False
+
+
+def check_save_folder(out_dir: os.PathLike | str, overwrite: bool = False) -> None:
+    """Raise ``ValueError`` if ``out_dir`` holds a ``config.json`` or ``README.md`` that
+    :func:`save_pretrained` did not write (the user's own project files), unless ``overwrite``.
+
+    Our own files (a config.json with our architecture and paper keys, a card tagged ``d3ssl_zoo``)
+    are replaced without asking, so re-exporting into the same folder keeps working.
+    """
+    out = Path(out_dir)
+    if overwrite or not out.is_dir():
+        return
+    foreign = [name for name in (CONFIG_NAME, CARD_NAME) if (out / name).exists() and not _written_by_us(out / name)]
+    if foreign:
+        raise ValueError(
+            f"save_pretrained: {out} already holds {' and '.join(foreign)} not written by save_pretrained, which "
+            f"would be overwritten; save into another (or a new) folder, or pass overwrite=True to replace them")
+
+
 def save_pretrained(model: nn.Module, out_dir: os.PathLike | str, tag: Optional[str] = None, *,
                     model_name: Optional[str] = None,
-                    card_extra: Optional[Mapping[str, Any]] = None) -> Path:
+                    card_extra: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> Path:
     """Write ``model.safetensors``, a timm ``config.json`` and a ``README.md`` model card.
 
     The folder loads with ``timm.create_model('hf-hub:<repo>')`` once pushed, and locally with
     ``create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=<folder>/model.safetensors))``.
+    A ``config.json`` or ``README.md`` already in the folder that this function did not write is
+    refused with a ``ValueError`` before anything is written, unless ``overwrite=True``.
     """
     from safetensors.torch import save_file
 
+    check_save_folder(out_dir, overwrite)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     arch = model_name or cfg.get("architecture")
     if not arch:

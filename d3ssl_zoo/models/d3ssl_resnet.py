@@ -25,12 +25,22 @@ from ..boxes import BoxesLike, boxes_to_rois, check_rois_in_image, region_align,
 from ..hub import pretrained_state_dict
 from ..tags import LICENSE, PAPER_ARXIV, PAPER_TITLE, TAGS, recipe_path
 
-__all__ = ["D3SSLResNet", "PADDING_MODES", "d3ssl_r50c4", "soco_r50c4", "d3ssl_r18c4"]
+__all__ = ["D3SSLResNet", "PADDING_MODES", "REGIONS_PER_PASS", "IMAGE_DTYPES", "d3ssl_r50c4", "soco_r50c4",
+           "d3ssl_r18c4"]
 
 #: RoIAlign output sizes of the region API: 14x14 on C4 feeds res5 (SoCo/Mask R-CNN C4
 #: convention, res5 halves it to 7x7); 7x7 on C5 is the O-KNN protocol (paper §5.3).
 C4_ROI_SIZE = 14
 C5_ROI_SIZE = 7
+
+#: In eval mode ``forward_regions`` runs RoIAlign and res5 on at most this many boxes at a time, so
+#: any number of boxes fits in memory (512 RoI maps of a ResNet-50 are 400 MiB); each box's
+#: embedding does not depend on the others then. In train mode BatchNorm normalises over all boxes,
+#: so they go through res5 as one batch, as in pre-training.
+REGIONS_PER_PASS = 512
+
+#: Image dtypes the region API takes (float16/bfloat16 under autocast), besides the parameters' own.
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 #: ``torch.nn.Conv2d`` padding modes. "zeros" is ResNet's (every published checkpoint). Zero padding
 #: lets a CNN read how far a pixel is from the image border, i.e. its absolute position: the paper's
@@ -62,6 +72,7 @@ class D3SSLResNet(ResNet):
 
     def forward_c4(self, x: Tensor) -> Tensor:
         """Encoder f^E: stem + layer1..layer3 -> (B, C4, H/16, W/16)."""
+        self._check_images(x)
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         stages = [self.layer1, self.layer2, self.layer3]
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -78,15 +89,32 @@ class D3SSLResNet(ResNet):
             x = self.layer4(roi_features)
         return x.mean(dim=(2, 3))
 
-    def _region_inputs(self, x: Tensor, boxes: BoxesLike) -> Tensor:
-        """Check the inputs of the region API and return the (N, 5) RoIs; errors say what to fix."""
+    def _check_images(self, x: Tensor) -> None:
+        """Raise ``ValueError`` saying what to fix unless ``x`` is a batch of images this model reads."""
+        channels = self.conv1.in_channels
+        expected = f"a (B, {channels}, H, W) float32/float16/bfloat16 tensor"
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}; for one image add the "
-                             f"batch dimension: x[None]")
+            raise ValueError(f"images must be {expected}, got {shape}; for one image add the batch dimension: x[None]")
         if not torch.is_floating_point(x):
             raise ValueError(f"images must be a normalised float tensor, got dtype {x.dtype}; convert with "
                              f"x.float() / 255, then normalise with the model's pretrained_cfg mean and std")
+        if x.dtype not in IMAGE_DTYPES and x.dtype != self.conv1.weight.dtype:
+            raise ValueError(f"images must be {expected}, got dtype {x.dtype} (the model's weights are "
+                             f"{self.conv1.weight.dtype}); convert with x.float()")
+        if x.shape[1] != channels:
+            hint = " (RGB; drop an alpha channel with x[:, :3])" if channels == 3 and x.shape[1] == 4 else ""
+            raise ValueError(f"images must be {expected}{hint}, got shape {tuple(x.shape)} with {x.shape[1]} in "
+                             f"the channel dimension")
+
+    def _region_inputs(self, x: Tensor, boxes: BoxesLike) -> Tensor:
+        """Check the inputs of the region API and return the (N, 5) RoIs; errors say what to fix."""
+        self._check_images(x)
+        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        if not finite.all():
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"images {bad} of the batch contain NaN or infinite values: their embeddings would be "
+                             f"NaN; check how they were decoded and normalised (e.g. a std of 0)")
         rois = boxes_to_rois(boxes, x.shape[0], device=x.device)
         check_rois_in_image(rois, x.shape[-2], x.shape[-1])
         return rois
@@ -95,13 +123,16 @@ class D3SSLResNet(ResNet):
         """One embedding per box: RoIAlign 14x14 on C4 -> res5 -> average pool (Eq. 1).
 
         ``boxes``: a list of (Ni, 4) xyxy pixel tensors, one per image, or one (N, 5) tensor
-        with the batch index first. Returns (N, num_features), boxes in input order.
+        with the batch index first. Returns (N, num_features), boxes in input order. Any number of
+        boxes: in eval mode they go through res5 :data:`REGIONS_PER_PASS` at a time.
         """
         rois = self._region_inputs(x, boxes)
         if rois.shape[0] == 0:
             return x.new_zeros(0, self.num_features)
         c4 = self.forward_c4(x)
-        return self.forward_region_head(region_align(c4, rois, C4_ROI_SIZE, self.c4_stride))
+        parts = [rois] if self.training else rois.split(REGIONS_PER_PASS)
+        return torch.cat([self.forward_region_head(region_align(c4, part, C4_ROI_SIZE, self.c4_stride))
+                          for part in parts])
 
     def forward_regions_c5(self, x: Tensor, boxes: BoxesLike) -> Tensor:
         """Full trunk, RoIAlign 7x7 on C5, average pool: the O-KNN features (paper §5.3)."""
@@ -134,6 +165,10 @@ def _create(variant: str, pretrained: bool, **kwargs) -> D3SSLResNet:
     # A plain model starts from torchvision's BN init; pre-training recipes ask for SoCo's
     # zero-init of each block's last BN weight (model.zero_init_last in the recipe).
     kwargs.setdefault("zero_init_last", False)
+    num_classes = kwargs.get("num_classes", 0)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}: 0 for the headless backbone "
+                         f"(the tags' default), N for a freshly initialised N-way classifier")
     cfg_dict = resolve_pretrained_cfg(variant, kwargs.pop("pretrained_cfg", None),
                                       kwargs.pop("pretrained_cfg_overlay", None)).to_dict()
     resolved = None

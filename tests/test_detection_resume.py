@@ -7,6 +7,7 @@ new output folder, relaunches the script with ``--resume`` and compares: the los
 resume, every later checkpoint's weights and optimiser state, and the final ``model.safetensors``
 (written after precise BN)."""
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -118,3 +119,20 @@ def test_resumed_after_an_epoch_boundary_equals_the_uninterrupted_run(uninterrup
 def test_resumed_from_the_last_checkpoint_writes_the_same_detector(uninterrupted, tmp_path):
     # nothing left to train: precise BN and the final weights only (a run stopped while writing them)
     _resume_and_compare(uninterrupted, tmp_path, STEPS, num_workers=0)
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_is_refused(uninterrupted, tmp_path):
+    # each process restores its own RNG states: a checkpoint of 2 processes cannot continue exactly on 1
+    data, full, _ = uninterrupted
+    ckpt = tmp_path / "resumed" / "checkpoints" / "step_00000002"
+    shutil.copytree(full / "checkpoints" / ckpt.name, ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "num_processes": 2}))
+    cmd = [sys.executable, str(ROOT / "train" / "finetune_det.py"), "--task", "voc", "--model", "d3ssl_r18c4",
+           "--data", str(data), "--output-dir", str(tmp_path / "resumed"), "--no-eval", "--max-iter", str(STEPS),
+           "--resume", "--set", "num_workers=0", *SETTINGS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"checkpoint {ckpt} was written by 2 process(es), this run has 1" in proc.stderr
+    assert not (ckpt.parent / "step_00000003").exists()

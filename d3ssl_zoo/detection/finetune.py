@@ -3,8 +3,10 @@
 One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accelerate's
 ``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the package's checkpoint
 folders (``d3ssl_zoo.checkpoint``), as in pre-training: atomic, verified and loaded without unpickling code, with the
-same guard against mixing runs in one output folder as pre-training. The learning rate is a pure
-function of the step, so the step restores it. Evaluation is separate from training:
+same guard against mixing runs in one output folder as pre-training. A resumed run is bit-identical
+to an uninterrupted one (docs/transfer.md): the learning rate and the position in the data are
+functions of the step, each epoch's shuffle of (seed, epoch) and each flip of (seed, epoch, index), and
+the checkpoint's RNG states are those the detector's sampling draws from next. Evaluation is separate from training:
 ``evaluate_detector`` runs the test split and hands the predictions to the VOC or COCO evaluator.
 """
 from __future__ import annotations

@@ -3,8 +3,10 @@
 One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accelerate's
 ``mixed_precision``. Checkpoints (model, optimizer, RNG states, step) are the package's checkpoint
 folders (``d3ssl_zoo.checkpoint``), as in pre-training: atomic, verified and loaded without unpickling code, with the
-same guard against mixing runs in one output folder as pre-training. The learning rate is a pure
-function of the step, so the step restores it. Evaluation is separate from training:
+same guard against mixing runs in one output folder as pre-training. A resumed run is bit-identical
+to an uninterrupted one (docs/transfer.md): the learning rate and the position in the data are
+functions of the step, each epoch's shuffle of (seed, epoch) and each flip of (seed, epoch, index), and
+the checkpoint's RNG states are those the detector's sampling draws from next. Evaluation is separate from training:
 ``evaluate_detector`` runs the test split and hands the predictions to the VOC or COCO evaluator.
 """
 from __future__ import annotations
@@ -192,8 +194,13 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
         else:
             detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
     train_ds = DetectionDataset(data.train, train=True, mask_on=recipe.mask_on, seed=recipe.seed)
+    # The loader draws from its own generator, never from the global RNG that the detector's sampling (training
+    # size, RPN and RoI samples) draws from: a relaunched run restores that RNG from the checkpoint, and opening
+    # the resumed epoch's iterator must not draw from it (an uninterrupted run drew at the epoch's start).
+    # Accelerate's seedable sampler re-seeds it to seed + epoch for each epoch's shuffle.
     loader = DataLoader(train_ds, batch_size=recipe.ims_per_batch // acc.num_processes, shuffle=True,
-                        drop_last=True, collate_fn=collate_detection, num_workers=recipe.num_workers)
+                        drop_last=True, collate_fn=collate_detection, num_workers=recipe.num_workers,
+                        generator=torch.Generator().manual_seed(recipe.seed))
     if len(loader) == 0:
         raise ValueError(f"{len(train_ds)} training images are fewer than one batch of "
                          f"{recipe.ims_per_batch // acc.num_processes}")
@@ -207,6 +214,9 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
         if state["steps_per_epoch"] != len(loader):
             raise ValueError(f"checkpoint {ckpt} was written with {state['steps_per_epoch']} steps per epoch, this run "
                              f"has {len(loader)}: resume with the same training data and ims_per_batch")
+        if state["num_processes"] != acc.num_processes:   # each process restores its own RNG states
+            raise ValueError(f"checkpoint {ckpt} was written by {state['num_processes']} process(es), this run has "
+                             f"{acc.num_processes}: resume with the same number of processes")
         step = state["step"]
         log(f"[finetune_det] resumed from {ckpt} at step {step}")
     if acc.is_main_process:
@@ -248,6 +258,10 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
             if step >= recipe.max_iter:
                 break
     if recipe.precise_bn_iters > 0:
+        # the first batches of the last epoch trained, whether this process trained it or resumed after it
+        last_epoch = max(step - 1, 0) // len(loader)
+        loader.set_epoch(last_epoch)
+        train_ds.set_epoch(last_epoch)
         core = acc.unwrap_model(detector)
         n = precise_bn(core, loader, recipe.precise_bn_iters,
                        lambda b: core(b[0], [{k: v for k, v in t.items() if k != "index"} for t in b[1]]))

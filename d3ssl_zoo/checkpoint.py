@@ -389,19 +389,33 @@ def claim_run_folder(accelerator: Any, folder: str | Path, option: str = "--outp
             lock.release()
 
 
-def stop_on_first_signal() -> None:
-    """Make the first SIGINT or SIGTERM raise ``KeyboardInterrupt(signal number)`` and ignore the ones after it.
+@contextlib.contextmanager
+def stop_on_first_signal() -> Iterator[None]:
+    """Inside the block, the first SIGINT or SIGTERM raises ``KeyboardInterrupt(signal number)`` and the ones after
+    it are ignored, so the run can say where its last checkpoint is before it exits.
 
     Ctrl-C in a terminal reaches ``accelerate launch`` as well, which then sends SIGTERM to the run: without
-    this, that SIGTERM would kill the run before it says where its last checkpoint is.
+    this, that SIGTERM would kill the run before it speaks. The previous handlers come back when the block ends,
+    unless a signal arrived (the process is ending).
     """
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+    received: list[int] = []
+
     def interrupt(signum: int, frame: Any) -> None:
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in signals:
             signal.signal(s, signal.SIG_IGN)
+        received.append(signum)
         raise KeyboardInterrupt(signum)
 
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in signals:
         signal.signal(s, interrupt)
+    try:
+        yield
+    finally:
+        if not received:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def interrupted_message(output_dir: str | Path, resume: str) -> str:

@@ -98,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output_dir = Path(args.output_dir or Path("runs") / recipe.tag)
     resume = None if args.resume == "none" else args.resume
-    stop_on_first_signal()
-    try:
-        return _run(args, recipe, output_dir, resume)
-    except KeyboardInterrupt as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # the main process speaks for every rank
-            again = "the same command" if resume == "auto" else "the same command with --resume auto"
-            print(f"\npretrain.py: {interrupted_message(output_dir, again)}", file=sys.stderr)
-        return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
+    with stop_on_first_signal():
+        try:
+            return _run(args, recipe, output_dir, resume)
+        except KeyboardInterrupt as e:
+            if int(os.environ.get("RANK", "0")) == 0:  # the main process speaks for every rank
+                again = "the same command" if resume == "auto" else "the same command with --resume auto"
+                print(f"\npretrain.py: {interrupted_message(output_dir, again)}", file=sys.stderr)
+            return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
 
 
 def _run(args: argparse.Namespace, recipe: Recipe, output_dir: Path, resume: str | None) -> int:

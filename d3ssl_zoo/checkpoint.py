@@ -403,10 +403,11 @@ def stop_on_first_signal() -> Iterator[None]:
     received: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
-        for s in signals:
-            signal.signal(s, signal.SIG_IGN)
+        # the handler stays installed and does nothing after the first signal: replacing it by SIG_IGN here
+        # would make Python report a second signal already pending as "ignored due to race condition"
         received.append(signum)
-        raise KeyboardInterrupt(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt(signum)
 
     for s in signals:
         signal.signal(s, interrupt)

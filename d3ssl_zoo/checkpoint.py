@@ -19,17 +19,29 @@ that needs anything more is refused by name before Accelerate reads the folder.
 Verified before resuming: the files of ``files.json`` present with their sizes, safetensors
 headers and pickles readable. ``resolve_resume('auto')`` skips a damaged checkpoint with a
 warning naming it and resumes from the newest intact one.
+
+One run per folder: :func:`claim_run_folder` checks that the folder can be written and locks it
+(``run.lock``, an exclusive ``flock`` held by the main process for the run's life and released on
+exit, by the kernel too when the process is killed), before anything is read or written. A second
+run into the folder is refused with the holder's process id; the lock file a killed run leaves
+behind is taken over with a warning.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import pickle
+import pickletools
 import re
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 from accelerate import Accelerator
@@ -37,21 +49,25 @@ from accelerate.utils import broadcast_object_list
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 
-from d3ssl_zoo.disk import DiskFullError, is_disk_full
+from d3ssl_zoo.disk import DiskFullError, check_writable, is_disk_full, is_unwritable, unwritable
 
-__all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "CheckpointError", "DamagedCheckpointError", "decide_on_main",
-           "UnsafeCheckpointError", "checkpoint_dir", "list_checkpoints", "verify_checkpoint", "resolve_resume",
-           "check_output_dir", "save_checkpoint", "load_checkpoint"]
+__all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "LOCK_FILE", "CheckpointError", "DamagedCheckpointError",
+           "decide_on_main", "UnsafeCheckpointError", "RunLockedError", "RunLock", "lock_run_folder",
+           "claim_run_folder", "checkpoint_dir", "list_checkpoints", "verify_checkpoint", "resolve_resume",
+           "check_output_dir", "save_checkpoint", "load_checkpoint", "interrupted_message",
+           "stop_on_first_signal"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 RECIPE_FILE = "recipe.yaml"
 FILES_FILE = "files.json"
+LOCK_FILE = "run.lock"
 _PREFIX = "step_"
 _PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")   # what Accelerate reads with torch.load
 _CUSTOM_STATE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 _MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+_ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's zip format starts
 
 
 class CheckpointError(ValueError):
@@ -64,6 +80,10 @@ class DamagedCheckpointError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A file of the checkpoint holds objects whose loading could run code."""
+
+
+class RunLockedError(RuntimeError):
+    """Another run holds the lock of the run folder."""
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -96,8 +116,43 @@ def _check_safetensors(path: Path) -> None:
         raise DamagedCheckpointError(f"{path} is not a readable safetensors file ({e})") from None
 
 
+def _plain_pickle_imports(path: Path) -> list[str] | None:
+    """``None`` unless ``path`` is a plain pickle (not torch.save's zip); then the ``module.name`` of every object
+    it would import, read from its opcodes without unpickling anything."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+                return None
+            f.seek(0)
+            data = f.read()
+    except OSError:
+        return None  # unreadable: reported as damaged by the load that follows
+    is_pickle = data[:1] == pickle.PROTO  # protocol 2 and later; older ones are known by their STOP
+    imports, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                imports.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                imports.append(".".join(strings[-2:]))
+            elif op.name == "STOP":
+                is_pickle = True
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not (or no longer) a valid pickle from here on
+        pass
+    return sorted(set(imports)) if is_pickle else None
+
+
 def _check_pickle(path: Path) -> None:
     """Open a ``torch.save`` file as Accelerate will, but memory-mapped: the pickle runs, the tensors are not read."""
+    imports = _plain_pickle_imports(path)
+    if imports is not None:
+        named = f" (it imports {', '.join(imports)})" if imports else ""
+        raise UnsafeCheckpointError(
+            f"{path} is a plain pickle{named}, not the zip format of torch.save that Accelerate writes; unpickling "
+            f"it could run code, so the checkpoint {path.parent} is refused. Resume from a checkpoint this "
+            f"package wrote")
     try:
         accelerate_load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
@@ -236,6 +291,144 @@ def decide_on_main(accelerator: Accelerator, decide: Callable[[], Any]) -> Any:
     return value
 
 
+class RunLock:
+    """The lock of one run folder, held by this process until :meth:`release` (or its exit)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Remove the lock file and unlock it; a second call does nothing."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):  # a folder that became unwritable keeps the file; the lock still goes
+            os.unlink(self.path)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        if isinstance(holder, dict):
+            return holder
+    return {}
+
+
+def lock_run_folder(folder: str | Path, option: str = "--output-dir") -> RunLock:
+    """Lock ``folder`` (which must exist) for one run: ``<folder>/run.lock``, an exclusive ``flock`` that records
+    this process's id and host.
+
+    The kernel drops the lock when its process ends, however it ends, so a lock file left by a killed run is
+    taken over with a warning naming its process. A lock held by a running process raises
+    :class:`RunLockedError` with the folder and that process's id (``option``: the command-line option that
+    names the folder, for the message).
+    """
+    path = Path(folder) / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+                   if holder else "another process")
+            raise RunLockedError(f"another run is writing to {folder} ({who}; lock file {path}). Wait for it to end, "
+                                 f"or give {option} another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # a holder that just released removed the file it locked: only the lock of the file now at `path` counts
+        opened = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev):
+            break
+        os.close(fd)
+    previous = _holder(fd)
+    if previous:
+        logger.warning("%s was left by process %s on %s (since %s), which ended without releasing it (a killed "
+                       "run); taking it over", path, previous.get("pid", "?"), previous.get("host", "?"),
+                       previous.get("since", "?"))
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record, 0)
+    return RunLock(path, fd)
+
+
+@contextlib.contextmanager
+def claim_run_folder(accelerator: Any, folder: str | Path, option: str = "--output-dir",
+                     subfolders: Iterable[str] = ()) -> Iterator[None]:
+    """The run's hold on ``folder`` while the block runs; every process enters it, collectively.
+
+    The main process alone checks that ``folder`` (and each of ``subfolders`` that exists) can be written
+    (:func:`~d3ssl_zoo.disk.check_writable`) and takes its lock (:func:`lock_run_folder`), before anything is
+    read or written there; a failure is raised on every process (:func:`decide_on_main`). The lock is released
+    when the block ends, by an exception or Ctrl-C too. ``accelerator``: an ``Accelerator`` or ``PartialState``.
+    """
+    held: list[RunLock] = []
+
+    def claim() -> None:
+        check_writable(folder, option)
+        for name in subfolders:
+            if (Path(folder) / name).is_dir():
+                check_writable(Path(folder) / name, option)
+        held.append(lock_run_folder(folder, option))
+
+    decide_on_main(accelerator, claim)
+    try:
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
+@contextlib.contextmanager
+def stop_on_first_signal() -> Iterator[None]:
+    """Inside the block, the first SIGINT or SIGTERM raises ``KeyboardInterrupt(signal number)`` and the ones after
+    it are ignored, so the run can say where its last checkpoint is before it exits.
+
+    Ctrl-C in a terminal reaches ``accelerate launch`` as well, which then sends SIGTERM to the run: without
+    this, that SIGTERM would kill the run before it speaks. The previous handlers come back when the block ends,
+    unless a signal arrived (the process is ending).
+    """
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        # the handler stays installed and does nothing after the first signal: replacing it by SIG_IGN here
+        # would make Python report a second signal already pending as "ignored due to race condition"
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt(signum)
+
+    for s in signals:
+        signal.signal(s, interrupt)
+    try:
+        yield
+    finally:
+        if not received:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def interrupted_message(output_dir: str | Path, resume: str) -> str:
+    """What to tell a user who stopped a run: where its newest checkpoint is and how to continue from it
+    (``resume``: the command that does)."""
+    found = list_checkpoints(output_dir)
+    if not found:
+        return f"interrupted before the first checkpoint of {output_dir}: {resume} starts the run over"
+    step = int(found[-1].name[len(_PREFIX):])
+    return f"interrupted; the last checkpoint is {found[-1]} (step {step}): {resume} continues from it"
+
+
 def _write_file(path: Path, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
@@ -256,7 +449,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
     """Save the full training state at ``state['step']`` atomically; keep the newest ``keep_last`` (0: all).
 
     Every process must call it (each writes its own RNG state). A full disk raises
-    :class:`~d3ssl_zoo.disk.DiskFullError`; the checkpoints written before stay intact.
+    :class:`~d3ssl_zoo.disk.DiskFullError`, a folder that no longer takes writes
+    :class:`~d3ssl_zoo.disk.UnwritableError`; the checkpoints written before stay intact.
     """
     final = checkpoint_dir(output_dir, state["step"])
     tmp = final.with_name(".tmp-" + final.name)
@@ -279,12 +473,17 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
             os.replace(tmp, final)
             _fsync(final.parent)
     except (OSError, RuntimeError, SafetensorError) as e:
-        if not is_disk_full(e, tmp.parent):
+        full = is_disk_full(e, tmp.parent)
+        if not (full or is_unwritable(e)):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         kept = (f"the checkpoints written before are intact (newest: {previous[-1]})" if previous
                 else "no earlier checkpoint of this run exists")
-        raise DiskFullError(final, f"this checkpoint was not written and {kept}") from e
+        if full:
+            raise DiskFullError(final, f"this checkpoint was not written and {kept}") from e
+        raise unwritable(e, final, f"this checkpoint was not written and {kept}",
+                         f"Make {output_dir} writable again and run the same command again: it resumes from the "
+                         f"newest checkpoint") from e
     if accelerator.is_main_process and keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old)

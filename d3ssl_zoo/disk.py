@@ -1,21 +1,30 @@
-"""A full disk reported as such by the writers of checkpoints and proposal files.
+"""A full disk or an unwritable destination reported as such by the writers of runs and files.
 
 Writers fail on a full disk in three ways: ``open``/``write`` raise ``OSError(ENOSPC)``,
 safetensors a ``SafetensorError`` whose text holds "os error 28", and ``torch.save`` only a
 ``RuntimeError`` about an unexpected position in its zip file, so the file system is asked too.
+
+A destination is checked before any work starts (:func:`check_writable`: a file is created in it
+and removed); one that becomes unwritable later (permissions changed, a file system remounted
+read-only) is reported by the writer as :class:`UnwritableError`, with what is intact.
 """
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+import tempfile
 
-__all__ = ["DiskFullError", "is_disk_full"]
+__all__ = ["DiskFullError", "UnwritableError", "check_writable", "is_disk_full", "is_unwritable", "unwritable"]
 
 _FULL_CODES = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = ("No space left on device", "Disk quota exceeded",
                f"os error {errno.ENOSPC}", f"os error {errno.EDQUOT}")
 _NEARLY_FULL = 1 << 20  # bytes still free when torch.save gave up
+_DENIED_CODES = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)
+_PROBE = ".write-test-"
+_DENIED_TEXTS = ("Permission denied", "Operation not permitted", "Read-only file system",
+                 f"os error {errno.EACCES}", f"os error {errno.EPERM}", f"os error {errno.EROFS}")
 
 
 class DiskFullError(OSError):
@@ -42,3 +51,52 @@ def is_disk_full(error: BaseException, folder: str | os.PathLike) -> bool:
         except OSError:
             return False
     return False
+
+
+class UnwritableError(OSError):
+    """``path`` cannot be written (``reason``); ``kept`` says what earlier work is intact, ``fix`` what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, kept: str, fix: str):
+        super().__init__(errno.EACCES, f"cannot write {path} ({reason}); {kept}. {fix}")
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno in (errno.ENOTDIR, errno.EEXIST) and error.filename:
+        return f"{error.filename} or a folder above it is a file, not a folder"
+    if isinstance(error, OSError) and error.strerror:
+        named = error.filename and not os.path.basename(error.filename).startswith(_PROBE)
+        return error.strerror.lower() + (f": {error.filename}" if named else "")
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def is_unwritable(error: BaseException) -> bool:
+    """Whether ``error``, raised while writing, means the destination refuses writes (permissions, a read-only
+    file system, a file where a folder should be)."""
+    if isinstance(error, OSError) and error.errno in _DENIED_CODES:
+        return True
+    return any(text in str(error) for text in _DENIED_TEXTS)
+
+
+def unwritable(error: BaseException, path: str | os.PathLike, kept: str, fix: str) -> UnwritableError:
+    """The :class:`UnwritableError` for ``error``, raised while writing ``path``."""
+    return UnwritableError(path, _reason(error), kept, fix)
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """Create ``folder`` if needed and a file in it (removed at once); raise :class:`UnwritableError` naming the
+    folder and why if that fails, and what to do (``option``: the command-line option that names the folder).
+    A full disk raises :class:`DiskFullError`."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_PROBE)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if is_disk_full(e, os.path.dirname(os.path.abspath(folder))):
+            raise DiskFullError(folder, "nothing was started") from e
+        raise UnwritableError(folder, _reason(e), "nothing was started",
+                              f"Give {option} a folder you can write to, or make this one writable") from e

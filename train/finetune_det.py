@@ -10,16 +10,24 @@ COCO: Mask R-CNN R50-C4, 1x (90k iterations), val2017 bbox/segm AP. Recipes:
 ``--set key=value`` overrides any field, ``--print-recipe`` shows the resolved recipe and where each value comes from.
 ``--model`` is anything ``d3ssl_zoo.load_backbone`` takes: a zoo name/tag, a save_pretrained
 folder (e.g. from ``d3ssl-zoo convert``), ``torchvision:resnet50`` or a timm name.
+``--output-dir`` is checked writable and locked for the run before any work (a second run into it is
+refused); Ctrl-C stops a run and says where its last checkpoint is (exit status 130).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
+
+from d3ssl_zoo.checkpoint import RunLockedError, claim_run_folder, interrupted_message, stop_on_first_signal
 from d3ssl_zoo.detection.finetune import finetune
 from d3ssl_zoo.detection.recipe import describe_det_recipe, load_det_recipe
-from d3ssl_zoo.disk import DiskFullError
+from d3ssl_zoo.disk import DiskFullError, UnwritableError
 from d3ssl_zoo.tags import recipe_file
 
 
@@ -62,11 +70,25 @@ def main(argv=None) -> int:
         if args.print_recipe:
             print(describe_det_recipe(path, overrides), end="")
             return 0
-        finetune(recipe, args.model, args.data, args.output_dir or Path("runs") / f"det_{args.task}",
-                 resume=args.resume, evaluate=not args.no_eval)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DiskFullError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"finetune_det: {e}", file=sys.stderr)
         return 2
+    output_dir = args.output_dir or Path("runs") / f"det_{args.task}"
+    # the same process layout as finetune()'s Accelerator: several CPU processes use gloo
+    state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    with stop_on_first_signal():
+        try:
+            with claim_run_folder(state, output_dir, subfolders=("checkpoints",)):  # before the data is read
+                finetune(recipe, args.model, args.data, output_dir, resume=args.resume, evaluate=not args.no_eval)
+        except (ValueError, TypeError, FileNotFoundError, FileExistsError, DiskFullError, UnwritableError,
+                RunLockedError) as e:
+            print(f"finetune_det: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            if state.is_main_process:
+                print(f"\nfinetune_det: {interrupted_message(output_dir, 'the same command with --resume')}",
+                      file=sys.stderr)
+            return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
     return 0
 
 

@@ -11,12 +11,14 @@ Runs resume by default (``--resume auto``): relaunching the same command continu
 checkpoint of ``--output-dir``. The backbone is exported with ``d3ssl_zoo.save_pretrained`` into
 ``<output-dir>/export``. On the built-in datasets (the demo's generated scenes, or the embedded sample) the
 O-KNN (Sec. 5.3) of the trained backbone and of its random initialisation is printed at the end
-(``--no-eval`` skips it).
+(``--no-eval`` skips it). One run at a time writes to an output folder (a second one is refused); Ctrl-C
+stops a run and says where its last checkpoint is (exit status 130).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 import d3ssl_zoo
-from d3ssl_zoo.disk import DiskFullError
+from d3ssl_zoo.checkpoint import RunLockedError, interrupted_message, stop_on_first_signal
+from d3ssl_zoo.disk import DiskFullError, UnwritableError
 from d3ssl_zoo.engine import NonFiniteLossError, Recipe, UnknownRecipeKeyError, describe_recipe, load_recipe, train
 from d3ssl_zoo.tags import recipe_file
 
@@ -95,9 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output_dir = Path(args.output_dir or Path("runs") / recipe.tag)
     resume = None if args.resume == "none" else args.resume
+    with stop_on_first_signal():
+        try:
+            return _run(args, recipe, output_dir, resume)
+        except KeyboardInterrupt as e:
+            if int(os.environ.get("RANK", "0")) == 0:  # the main process speaks for every rank
+                again = "the same command" if resume == "auto" else "the same command with --resume auto"
+                print(f"\npretrain.py: {interrupted_message(output_dir, again)}", file=sys.stderr)
+            return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
+
+
+def _run(args: argparse.Namespace, recipe: Recipe, output_dir: Path, resume: str | None) -> int:
     try:
         result = train(recipe, output_dir, resume=resume)  # refuses to mix two runs in one output dir
-    except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError, DiskFullError) as e:
+    except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError, DiskFullError, UnwritableError,
+            RunLockedError) as e:
         print(f"pretrain.py: {e}", file=sys.stderr)
         return 1
     if not PartialState().is_main_process:

@@ -8,6 +8,7 @@ dict. A key that is not a field, in a file or in an override, is an error that l
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -114,6 +115,17 @@ class Recipe:
         if not self.method.tau > 0:  # Eq. 5 divides by tau: 0 gives inf/NaN, < 0 inverts the contrast
             raise ValueError(f"method.tau must be > 0 (the temperature of Eq. 5; the recipes use 0.2), "
                              f"got {self.method.tau}")
+        if self.train.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1 (images per micro-batch on each process), "
+                             f"got {self.train.batch_size}")
+        for name in ("epochs", "log_every", "checkpoint_every", "keep_last"):
+            if getattr(self.train, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
+        if not 0 <= self.train.seed < 2**32:  # what numpy's and torch's generators accept
+            raise ValueError(f"train.seed must be an integer from 0 to 2**32 - 1, got {self.train.seed}")
+        if not 0 < self.optim.base_lr < math.inf:  # <= 0 would ascend the loss or not move at all
+            raise ValueError(f"optim.base_lr must be a finite number > 0 (the learning rate per optim.base_batch "
+                             f"images, scaled linearly to the global batch; SoCo's is 1.0), got {self.optim.base_lr}")
         if self.method.bn_groups < 1:
             raise ValueError(f"method.bn_groups must be >= 1 (1 = one BN batch; > 1 = MoCo's shuffling BN), "
                              f"got {self.method.bn_groups}")
@@ -125,9 +137,6 @@ class Recipe:
                              f"train.batch_size={self.train.batch_size}: every BN group needs images")
         if self.train.global_batch is not None and self.train.global_batch < 1:
             raise ValueError(f"train.global_batch must be >= 1 or null, got {self.train.global_batch}")
-        for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "keep_last"):
-            if getattr(self.train, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
 
 
 def valid_keys() -> list[str]:

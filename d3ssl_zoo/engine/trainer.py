@@ -28,8 +28,16 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 import d3ssl_zoo
-from d3ssl_zoo.checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
+from d3ssl_zoo.checkpoint import (
+    check_output_dir,
+    claim_run_folder,
+    decide_on_main,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loader, source_records
+from d3ssl_zoo.disk import DiskFullError, is_disk_full, is_unwritable, unwritable
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
 from .config import ADDED_KEYS, Recipe, recipe_to_dict
@@ -156,13 +164,22 @@ def _accelerator(recipe: Recipe, output_dir: Path) -> Accelerator:
 
 
 def _export(accelerator: Accelerator, method: nn.Module, recipe: Recipe, output_dir: Path, step: int,
-            total_steps: int, steps_per_epoch: int) -> Path:
+            total_steps: int, steps_per_epoch: int, last_ckpt: Path | None) -> Path:
     export_dir = output_dir / EXPORT_DIR
     if accelerator.is_main_process:
         backbone = accelerator.unwrap_model(method).backbone
-        d3ssl_zoo.save_pretrained(backbone, export_dir, model_name=recipe.model.name, card_extra={
-            "recipe": recipe.tag, "data": recipe.dataset.source, "steps": step,
-            "epochs": round(step / steps_per_epoch, 3), "planned_steps": total_steps})
+        try:
+            d3ssl_zoo.save_pretrained(backbone, export_dir, model_name=recipe.model.name, card_extra={
+                "recipe": recipe.tag, "data": recipe.dataset.source, "steps": step,
+                "epochs": round(step / steps_per_epoch, 3), "planned_steps": total_steps})
+        except OSError as e:
+            kept = (f"the trained state is in the checkpoint {last_ckpt}; the same command run again resumes "
+                    f"there and only writes the export")
+            if is_disk_full(e, output_dir):
+                raise DiskFullError(export_dir, kept) from e
+            if is_unwritable(e):
+                raise unwritable(e, export_dir, kept, f"Make {export_dir} writable and run it") from e
+            raise
     accelerator.wait_for_everyone()
     return export_dir
 
@@ -172,9 +189,19 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
 
     ``resume``: ``None`` (fresh), ``'auto'`` (the newest checkpoint of ``output_dir`` if any) or a
     checkpoint folder. Raises :class:`NonFiniteLossError` if the loss stops being finite.
+
+    Before anything else the main process checks that ``output_dir`` can be written and locks it for this
+    run (:func:`~d3ssl_zoo.checkpoint.claim_run_folder`): a second run into it is refused. A destination that
+    fills up or stops taking writes later raises :class:`~d3ssl_zoo.disk.DiskFullError` or
+    :class:`~d3ssl_zoo.disk.UnwritableError`, saying which checkpoint is intact.
     """
     output_dir = Path(output_dir)
     accelerator = _accelerator(recipe, output_dir)
+    with claim_run_folder(accelerator, output_dir, subfolders=("checkpoints", "logs", EXPORT_DIR)):
+        return _train(accelerator, recipe, output_dir, resume)
+
+
+def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: str | None) -> TrainResult:
     set_seed(recipe.train.seed)
     recipe_dict = recipe_to_dict(recipe)
 
@@ -316,7 +343,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
                     tic, tic_step = time.perf_counter(), step
                 if due_ckpt:
                     last_ckpt = checkpoint()
-        export_dir = _export(accelerator, method, recipe, output_dir, step, total_steps, steps_per_epoch)
+        export_dir = _export(accelerator, method, recipe, output_dir, step, total_steps, steps_per_epoch, last_ckpt)
         accelerator.wait_for_everyone()
     finally:
         bar.close()

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from d3ssl_zoo.disk import DiskFullError, UnwritableError, check_writable, is_disk_full, is_unwritable, unwritable
 from d3ssl_zoo.evaluation.plots import oknn_table, plot_per_stage, stage_table
 
 __all__ = ["register"]
@@ -149,10 +150,20 @@ def _device(args) -> str:
 
 
 def _write(out: str, payload: dict) -> str:
-    os.makedirs(out, exist_ok=True)
+    """Write ``results.json``; the caller has printed the table already, so a failure here loses no number."""
     path = os.path.join(out, "results.json")
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2)
+    except OSError as e:
+        kept = "the table above holds this run's numbers"
+        if is_disk_full(e, out):
+            raise DiskFullError(path, kept) from e
+        if is_unwritable(e):
+            raise unwritable(e, path, kept, f"Make {out} writable (or give --out another folder) and run the "
+                                            f"same command again to write the file") from e
+        raise
     return path
 
 
@@ -160,8 +171,9 @@ def _run(args, fn) -> int:
     from d3ssl_zoo.hub import PretrainedWeightsError
 
     try:
+        check_writable(args.out, "--out")  # before any model is loaded or feature computed
         return fn(args)
-    except (ValueError, FileNotFoundError, PretrainedWeightsError) as e:
+    except (ValueError, FileNotFoundError, PretrainedWeightsError, DiskFullError, UnwritableError) as e:
         print(f"d3ssl-zoo eval {args.eval_command}: {e}", file=sys.stderr)
         return 2
 
@@ -202,9 +214,9 @@ def _oknn(args) -> int:
             results[label][r["metric"]] = r
     table = oknn_table(results)
     payload = {"command": "oknn", "files": files, "models": results, "table": table}
-    path = _write(args.out, payload)
     print(table)
     _print_notes(results)
+    path = _write(args.out, payload)
     print(f"results: {path}")
     return 0
 
@@ -247,9 +259,10 @@ def _per_stage(args, metric: str) -> int:
         r["wall_s"] = time.perf_counter() - t0
         results[label] = r
     per_stage = {label: r["per_stage"] for label, r in results.items()}
-    png = plot_per_stage(per_stage, metric, os.path.join(args.out, f"{metric}.png"))
     table = stage_table(per_stage, metric)
-    path = _write(args.out, {"command": metric, "files": files, "models": results, "table": table, "plot": png})
     print(table)
+    png = os.path.join(args.out, f"{metric}.png")
+    path = _write(args.out, {"command": metric, "files": files, "models": results, "table": table, "plot": png})
+    plot_per_stage(per_stage, metric, png)
     print(f"results: {path}\nplot: {png}")
     return 0

@@ -14,8 +14,10 @@ import errno
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
-__all__ = ["DiskFullError", "UnwritableError", "check_writable", "is_disk_full", "is_unwritable", "unwritable"]
+__all__ = ["DiskFullError", "UnwritableError", "check_destination", "check_writable", "is_disk_full", "is_unwritable",
+           "unwritable"]
 
 _FULL_CODES = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = ("No space left on device", "Disk quota exceeded",
@@ -100,3 +102,24 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
             raise DiskFullError(folder, "nothing was started") from e
         raise UnwritableError(folder, _reason(e), "nothing was started",
                               f"Give {option} a folder you can write to, or make this one writable") from e
+
+
+def check_destination(folder: str | os.PathLike, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the reason unless files can be created in ``folder``
+    (judged by its nearest existing parent while it does not exist yet): unlike
+    :func:`check_writable`, it creates no folder. The check of the command-line tools' outputs.
+
+    Run before any work: the folder is probed with a temporary file, which is removed; nothing
+    else is created.
+    """
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {what}: {folder} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {what}: {folder} is not writable ({e.strerror}); choose another path "
+                         f"or make the folder writable") from e

@@ -17,8 +17,10 @@ from typing import Callable, Dict, List, Mapping
 import torch
 from torch import Tensor
 
+from d3ssl_zoo.disk import check_destination
+
 from .detectron2 import DETECTRON2_TASKS, detectron2_export_check, write_detectron2_config, write_detectron2_pickle
-from .foreign import BACKBONE_KEY, PathLike, check_writable
+from .foreign import BACKBONE_KEY, PathLike
 
 __all__ = ["EXPORT_TARGETS", "ExportReport", "backbone_state_dict", "check_export_out", "export_state_dict",
            "export_backbone"]
@@ -69,7 +71,7 @@ def check_export_out(target: str, out: PathLike, *, configs: bool = True, overwr
         raise ValueError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; choose another "
                          f"output file, or replace {'it' if len(existing) == 1 else 'them'} with --overwrite "
                          f"(overwrite=True in Python)")
-    check_writable(out.parent, f"export {out}")
+    check_destination(out.parent, f"export {out}")
 
 
 def _write_atomically(out: Path, write: Callable[[Path], object]):

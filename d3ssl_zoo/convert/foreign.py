@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Tuple, Union
@@ -17,7 +16,7 @@ from typing import Dict, Mapping, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["read_checkpoint", "check_writable", "is_state_dict", "resnet_arch", "BACKBONE_KEY", "STEM_AND_STAGES"]
+__all__ = ["read_checkpoint", "is_state_dict", "resnet_arch", "BACKBONE_KEY", "STEM_AND_STAGES"]
 
 PathLike = Union[str, Path]
 
@@ -75,25 +74,6 @@ def read_checkpoint(path: PathLike) -> Dict[str, object]:
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
     return dict(obj)
 
-
-def check_writable(folder: PathLike, what: str) -> None:
-    """Raise ``ValueError`` naming ``what`` and the reason unless files can be created in ``folder``
-    (judged by its nearest existing parent while it does not exist yet).
-
-    Run before any work: the folder is probed with a temporary file, which is removed; nothing
-    else is created.
-    """
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"cannot write {what}: {folder} is a file, not a folder; choose another path")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write {what}: {folder} is not writable ({e.strerror}); choose another path "
-                         f"or make the folder writable") from e
 
 
 def _first_line(e: Exception) -> str:

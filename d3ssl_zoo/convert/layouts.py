@@ -17,11 +17,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from d3ssl_zoo.disk import check_destination
+
 from .foreign import (
     BACKBONE_KEY,
     STEM_AND_STAGES,
     PathLike,
-    check_writable,
     is_state_dict,
     read_checkpoint,
     resnet_arch,
@@ -224,7 +225,7 @@ def convert_checkpoint(src: PathLike, out_dir: PathLike, fmt: str = "auto", *,
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is an existing file; convert writes a folder (model.safetensors, "
                          f"config.json, README.md) there: remove the file or choose another output folder")
-    check_writable(out, f"output folder {out}")
+    check_destination(out, f"output folder {out}")
     ckpt = read_checkpoint(src)
     if fmt == "auto":
         layout, container = detect_layout(ckpt)

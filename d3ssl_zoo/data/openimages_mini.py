@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from d3ssl_zoo.disk import DiskFullError, is_disk_full
+from d3ssl_zoo.disk import DiskFullError, check_destination, is_disk_full
 
-from .proposal_store import NotWritableError, check_writable
+from .proposal_store import NotWritableError
 
 __all__ = ["load_class_map", "read_class_descriptions", "read_boxes", "select_images", "check_output",
            "build_openimages_mini", "dataset_statistics", "format_statistics", "add_arguments", "run"]
@@ -144,7 +144,7 @@ def check_output(out, inputs=(), *, overwrite: bool = False) -> None:
     if out.exists() and not overwrite:
         raise ValueError(f"output json {out} already exists; choose another --out, or replace it with --overwrite "
                          f"(overwrite=True in Python)")
-    check_writable(out.parent, f"output json {out}")
+    check_destination(out.parent, f"output json {out}")
 
 
 def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *, seed: int = 0,

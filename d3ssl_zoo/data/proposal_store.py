@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,7 +34,7 @@ from safetensors.numpy import save_file
 
 from d3ssl_zoo.disk import DiskFullError, is_disk_full
 
-__all__ = ["FORMAT", "NotWritableError", "ProposalEntry", "check_writable", "name_hash", "write_proposal_file",
+__all__ = ["FORMAT", "NotWritableError", "ProposalEntry", "name_hash", "write_proposal_file",
            "ProposalStore"]
 
 FORMAT = "d3ssl_zoo.proposals/1"
@@ -56,25 +55,6 @@ class NotWritableError(OSError):
     def __str__(self) -> str:
         return self.strerror
 
-
-def check_writable(folder: str | os.PathLike, what: str) -> None:
-    """Raise ``ValueError`` naming ``what`` and the reason unless files can be created in ``folder``
-    (judged by its nearest existing parent while it does not exist yet).
-
-    Run before any work: the folder is probed with a temporary file, which is removed; nothing
-    else is created.
-    """
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"cannot write {what}: {folder} is a file, not a folder; choose another path")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write {what}: {folder} is not writable ({e.strerror}); choose another path "
-                         f"or make the folder writable") from e
 
 
 def name_hash(file_name: str) -> int:

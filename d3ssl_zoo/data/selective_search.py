@@ -31,7 +31,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from d3ssl_zoo.disk import DiskFullError
+from d3ssl_zoo.disk import DiskFullError, check_destination
 
 from .coco_json import ImageRecord, coco_records
 from .images import folder_records, load_rgb
@@ -39,7 +39,6 @@ from .proposal_store import (
     NotWritableError,
     ProposalEntry,
     ProposalStore,
-    check_writable,
     name_hash,
     write_proposal_file,
 )
@@ -174,9 +173,9 @@ def check_output(out: str | os.PathLike) -> None:
     if parts_dir.exists() and not parts_dir.is_dir():
         raise ValueError(f"{parts_dir} is a file, but the tool keeps the resumable parts of {out} in a folder of "
                          f"that name; move the file away or choose another --out")
-    check_writable(out.parent, f"proposal file {out}")
+    check_destination(out.parent, f"proposal file {out}")
     if parts_dir.is_dir():
-        check_writable(parts_dir, f"the resumable parts of {out} in {parts_dir}")
+        check_destination(parts_dir, f"the resumable parts of {out} in {parts_dir}")
 
 
 def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mode: str = "fast",

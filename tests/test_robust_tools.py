@@ -165,6 +165,24 @@ def test_convert_onto_an_existing_file_says_so(tmp_path, capsys, r18_checkpoint)
     assert target.read_text() == "mine"
 
 
+def test_convert_keeps_the_users_own_files_in_the_folder_unless_overwrite(tmp_path, capsys, r18_checkpoint,
+                                                                          monkeypatch):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "README.md").write_text("my project\n")
+    import d3ssl_zoo.convert.layouts as layouts
+    read = layouts.read_checkpoint
+    opened = []
+    monkeypatch.setattr(layouts, "read_checkpoint", lambda src: opened.append(src) or read(src))
+    assert main(["convert", str(r18_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds README.md not written by save_pretrained" in err and "--overwrite" in err
+    assert opened == [] and (out / "README.md").read_text() == "my project\n"  # refused before any reading
+    assert main(["convert", str(r18_checkpoint), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "README.md").read_text() != "my project\n"
+    assert main(["convert", str(r18_checkpoint), "--out", str(out)]) == 0  # our own folder: written again
+
+
 def test_convert_of_a_directory_says_it_is_one_and_names_the_file_inside(tmp_path, capsys, r18_checkpoint):
     folder = tmp_path / "ckpts"
     folder.mkdir()

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--model-name", default=None,
                    help="zoo architecture to load into (default: from the layout and the ResNet depth)")
     p.add_argument("--tag", default=None, help="pretrained tag recorded in config.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a config.json / README.md of your own in --out; without it they are kept and "
+                        "the conversion refused")
     p.set_defaults(func=_cmd_convert)
 
     p = subparsers.add_parser(
@@ -41,7 +44,8 @@ def register(subparsers) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     try:
-        report = convert_checkpoint(args.src, args.out, args.format, model_name=args.model_name, tag=args.tag)
+        report = convert_checkpoint(args.src, args.out, args.format, model_name=args.model_name, tag=args.tag,
+                                    overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as e:
         print(f"d3ssl-zoo convert: {e}", file=sys.stderr)
         return 2

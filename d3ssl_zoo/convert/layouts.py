@@ -211,13 +211,15 @@ class ConvertReport:
 
 
 def convert_checkpoint(src: PathLike, out_dir: PathLike, fmt: str = "auto", *,
-                       model_name: Optional[str] = None, tag: Optional[str] = None) -> ConvertReport:
+                       model_name: Optional[str] = None, tag: Optional[str] = None,
+                       overwrite: bool = False) -> ConvertReport:
     """Convert an official checkpoint into a zoo folder (``model.safetensors`` + config + card).
 
     The trunk is loaded strictly into the zoo architecture before saving, so the folder loads
     with ``create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``.
-    ``out_dir`` is checked before the checkpoint is read: an existing file there, or a folder
-    that cannot be written, is refused.
+    ``out_dir`` is checked before the checkpoint is read: an existing file there, a folder that
+    cannot be written, or one holding a ``config.json`` / ``README.md`` of the user's (not written by
+    ``save_pretrained``; replaced only with ``overwrite=True``) is refused.
     """
     import d3ssl_zoo
 
@@ -226,6 +228,7 @@ def convert_checkpoint(src: PathLike, out_dir: PathLike, fmt: str = "auto", *,
         raise ValueError(f"output folder {out} is an existing file; convert writes a folder (model.safetensors, "
                          f"config.json, README.md) there: remove the file or choose another output folder")
     check_destination(out, f"output folder {out}")
+    d3ssl_zoo.hub.check_save_folder(out, overwrite=overwrite)
     ckpt = read_checkpoint(src)
     if fmt == "auto":
         layout, container = detect_layout(ckpt)
@@ -250,6 +253,6 @@ def convert_checkpoint(src: PathLike, out_dir: PathLike, fmt: str = "auto", *,
         source=str(src), layout=layout, detected=fmt == "auto", model_name=name, out_dir=str(out_dir),
         num_tensors=len(trunk), dropped_under_prefix=dropped, ignored_prefixes=others,
         filled_num_batches_tracked=len(missing_counters))
-    d3ssl_zoo.save_pretrained(model, Path(out_dir), tag, model_name=name, card_extra={
+    d3ssl_zoo.save_pretrained(model, Path(out_dir), tag, model_name=name, overwrite=overwrite, card_extra={
         "converted_from": Path(src).name, "source_layout": f"{layout}: {LAYOUTS[layout].source}"})
     return report

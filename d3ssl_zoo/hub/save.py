@@ -69,7 +69,8 @@ def check_save_folder(out_dir: os.PathLike | str, overwrite: bool = False) -> No
     if foreign:
         raise ValueError(
             f"save_pretrained: {out} already holds {' and '.join(foreign)} not written by save_pretrained, which "
-            f"would be overwritten; save into another (or a new) folder, or pass overwrite=True to replace them")
+            f"would be overwritten; save into another (or a new) folder, or pass overwrite=True to replace them "
+            f"(d3ssl-zoo convert: --overwrite)")
 
 
 def save_pretrained(model: nn.Module, out_dir: os.PathLike | str, tag: Optional[str] = None, *,

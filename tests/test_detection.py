@@ -519,6 +519,32 @@ def test_finetune_coco_mask_rcnn_end_to_end(tmp_path, fresh_accelerate):
         assert 0.0 <= m["AP"] <= 100.0
 
 
+@pytest.mark.slow
+def test_an_unwritable_metrics_file_keeps_the_printed_ap_and_says_what_is_intact(tmp_path, fresh_accelerate,
+                                                                                  monkeypatch):
+    from d3ssl_zoo.disk import UnwritableError
+    make_coco(tmp_path / "ann.json")
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)).save(tmp_path / name)
+    over = dict(TINY, task="coco", num_classes=2, min_size_train=[64], anchor_sizes=[16, 32, 64],
+                coco_train=["ann.json", "."], coco_test=["ann.json", "."], ims_per_batch=2, max_iter=1, steps=[3],
+                warmup_iters=1, checkpoint_period=1, log_period=1, num_workers=0, sync_bn=False)
+    write_text = Path.write_text
+
+    def refuse_metrics(self, *args, **kwargs):
+        if self.name == "metrics.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", refuse_metrics)
+    logged = []
+    with pytest.raises(UnwritableError, match=r"metrics.json .*the detector is in .*model.safetensors"):
+        finetune(load_det_recipe(None, over), "d3ssl_r18c4", tmp_path, tmp_path / "run", log=logged.append)
+    assert any(line.startswith("[finetune_det] bbox: AP ") for line in logged)
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
 def test_box_head_losses_are_cross_entropy_and_l1_of_the_true_class():
     from d3ssl_zoo.detection.model import box_head_losses
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from d3ssl_zoo.checkpoint import check_output_dir, decide_on_main, load_checkpoint, resolve_resume, save_checkpoint
 from d3ssl_zoo.data.coco_json import format_read, no_skips
-from d3ssl_zoo.disk import DiskFullError, is_disk_full
+from d3ssl_zoo.disk import DiskFullError, is_disk_full, is_unwritable, unwritable
 
 from .data import DetectionDataset, collate_detection, read_coco, read_voc_splits
 from .evaluate import coco_results, evaluate_coco, evaluate_voc
@@ -270,14 +270,27 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     try:
         acc.save_model(detector, str(output_dir), safe_serialization=True)
     except (OSError, SafetensorError) as e:
-        if not is_disk_full(e, output_dir):
-            raise
-        raise DiskFullError(output_dir / "model.safetensors", f"the trained state is in the checkpoint {last_ckpt}; "
-                            f"--resume auto writes the detector from it without training again") from e
+        kept = f"the trained state is in the checkpoint {last_ckpt}"
+        fix = "--resume auto writes the detector from it without training again"
+        if is_disk_full(e, output_dir):
+            raise DiskFullError(output_dir / "model.safetensors", f"{kept}; {fix}") from e
+        if is_unwritable(e):
+            raise unwritable(e, output_dir / "model.safetensors", kept,
+                             f"make {output_dir} writable again; {fix}") from e
+        raise
     metrics = evaluate_detector(detector, data, recipe, acc) if evaluate else {}
     if acc.is_main_process and metrics:
-        (output_dir / "metrics.json").write_text(json.dumps(
-            {t: {k: v for k, v in m.items() if k != "summary"} for t, m in metrics.items()}, indent=1))
-        for t, m in metrics.items():
+        for t, m in metrics.items():  # printed before the file is written: a failed write loses no number
             log(f"[finetune_det] {t}: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f}")
+        try:
+            (output_dir / "metrics.json").write_text(json.dumps(
+                {t: {k: v for k, v in m.items() if k != "summary"} for t, m in metrics.items()}, indent=1))
+        except OSError as e:
+            kept = f"the detector is in {output_dir / 'model.safetensors'} and its AP is printed above"
+            if is_disk_full(e, output_dir):
+                raise DiskFullError(output_dir / "metrics.json", kept) from e
+            if is_unwritable(e):
+                raise unwritable(e, output_dir / "metrics.json", kept,
+                                 "make the folder writable to keep the file; nothing needs to run again") from e
+            raise
     return {"step": step, "losses": last, "metrics": metrics}

@@ -5,14 +5,17 @@ One process, several GPUs (DDP with SyncBN) or several nodes; AMP through Accele
 folders (``d3ssl_zoo.checkpoint``), as in pre-training: atomic, verified and loaded without unpickling code, with the
 same guard against mixing runs in one output folder as pre-training. A resumed run is bit-identical
 to an uninterrupted one (docs/transfer.md): the learning rate and the position in the data are
-functions of the step, each epoch's shuffle of (seed, epoch) and each flip of (seed, epoch, index), and
-the checkpoint's RNG states are those the detector's sampling draws from next. Evaluation is separate from training:
+functions of the step, each epoch's batches (:class:`~.sampler.GroupedShardedBatchSampler`: grouped by aspect
+ratio, sharded across processes) of (seed, epoch) and each flip of (seed, epoch, index), and the checkpoint's RNG
+states are those the detector's sampling draws from next. The annotations are read once, on the main process, and
+sent to the others; the COCO ground truth stays on the main process, which scores. The loop never waits for the
+device between log lines: the losses are summed on the device and read, with a non-finite check over all
+processes, at each log line and checkpoint. Evaluation is separate from training:
 ``evaluate_detector`` runs the test split and hands the predictions to the VOC or COCO evaluator.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +34,7 @@ from .data import DetectionDataset, collate_detection, read_coco, read_voc_split
 from .evaluate import coco_results, evaluate_coco, evaluate_voc
 from .model import build_c4_detector
 from .recipe import DetRecipe, lr_factor
+from .sampler import GroupedShardedBatchSampler, aspect_groups
 
 __all__ = ["TaskData", "param_groups", "precise_bn", "evaluate_detector", "finetune",
            "RESUMABLE_CHANGES"]
@@ -66,6 +70,21 @@ class TaskData:
             raise ValueError(f"recipe num_classes {recipe.num_classes} but the {recipe.task} data has {n_classes}")
         if not self.train:
             raise ValueError(f"no training images found under {data_dir}")
+
+    @classmethod
+    def read_on_main(cls, recipe: DetRecipe, data_dir: Path, accelerator) -> "TaskData":
+        """Read once, on the main process, and sent to the others (an error stops every process); the COCO
+        ground truth (``coco_gt``) is kept on the main process only, where the test split is scored."""
+        kept = {}
+
+        def read() -> TaskData:
+            data = cls(recipe, data_dir)
+            kept["coco_gt"], data.coco_gt = data.coco_gt, None
+            return data
+
+        data = decide_on_main(accelerator, read)
+        data.coco_gt = kept.get("coco_gt")
+        return data
 
     def summary(self, split: str) -> str:
         """What the reader of ``split`` ('train' or 'test') kept and skipped, in one line."""
@@ -158,6 +177,41 @@ def evaluate_detector(detector: nn.Module, data: TaskData, recipe: DetRecipe, ac
     return per_type
 
 
+class _LossMeter:
+    """The losses of the steps since the last log line, summed on the device: nothing waits for the device
+    until :meth:`check` or :meth:`read`, called at log lines and checkpoints."""
+
+    def __init__(self, device: torch.device, max_iter: int):
+        self.device, self.none_bad = device, max_iter + 1
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.first_bad = torch.tensor(self.none_bad, device=device)   # first step with a non-finite loss
+
+    def add(self, step: int, losses: Dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
+        self.steps += 1
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad, torch.clamp(self.first_bad, max=step), self.first_bad)
+
+    def check(self, accelerator) -> None:
+        """Raise ``FloatingPointError`` on every process when the loss of any process was not finite."""
+        first_bad = int(accelerator.gather(self.first_bad[None]).min())
+        if first_bad < self.none_bad:
+            raise FloatingPointError(
+                f"the training loss was not finite (nan or inf) at step {first_bad} on at least one process; "
+                f"the weights are no longer usable and no checkpoint was written after it. Check the annotations "
+                f"of the training images, or start a new run with a lower base_lr or a longer warmup_iters")
+
+    def read(self, accelerator) -> Dict[str, float]:
+        """Each loss averaged over the steps since the last read and over the processes; then starts again."""
+        names = list(self.sums)
+        means = accelerator.reduce(torch.stack([self.sums[k] for k in names]) / self.steps, "mean").tolist()
+        self.sums, self.steps = {}, 0
+        reduced = dict(zip(names, means))
+        return {"loss": sum(reduced.values()), **reduced}
+
+
 def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Path, *, resume: Optional[str] = None,
              evaluate: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
     """Fine-tune a zoo/timm/torchvision backbone as an R50-C4 detector on ``recipe.task``.
@@ -167,15 +221,14 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     "metrics"}``; writes ``metrics.json``, ``model.safetensors`` (the whole detector) and
     ``checkpoints/step_*`` under ``output_dir``.
     """
-    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     import d3ssl_zoo
 
     # Several processes on a machine without GPUs must be told to use the CPU (gloo backend).
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    acc = Accelerator(cpu=world_size > 1 and not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision,
-                      dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    acc = Accelerator(cpu=world_size > 1 and not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision)
     log = log or acc.print
     set_seed(recipe.seed)
     output_dir = Path(output_dir)
@@ -183,7 +236,7 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
         raise ValueError(f"ims_per_batch {recipe.ims_per_batch} must be divisible by the {acc.num_processes} processes")
     run_recipe = json.loads(json.dumps({**asdict(recipe), "model": model_spec}))  # as recipe.yaml reads back
     ckpt = decide_on_main(acc, lambda: _resume_point(run_recipe, output_dir, resume))
-    data = TaskData(recipe, data_dir)
+    data = TaskData.read_on_main(recipe, data_dir, acc)
     log(f"[finetune_det] {recipe.task} train: {data.summary('train')}; test: {data.summary('test')}")
 
     trunk = d3ssl_zoo.load_backbone(model_spec)
@@ -194,20 +247,18 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
         else:
             detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
     train_ds = DetectionDataset(data.train, train=True, mask_on=recipe.mask_on, seed=recipe.seed)
-    # The loader draws from its own generator, never from the global RNG that the detector's sampling (training
-    # size, RPN and RoI samples) draws from: a relaunched run restores that RNG from the checkpoint, and opening
-    # the resumed epoch's iterator must not draw from it (an uninterrupted run drew at the epoch's start).
-    # Accelerate's seedable sampler re-seeds it to seed + epoch for each epoch's shuffle.
-    loader = DataLoader(train_ds, batch_size=recipe.ims_per_batch // acc.num_processes, shuffle=True,
-                        drop_last=True, collate_fn=collate_detection, num_workers=recipe.num_workers,
-                        generator=torch.Generator().manual_seed(recipe.seed))
-    if len(loader) == 0:
-        raise ValueError(f"{len(train_ds)} training images are fewer than one batch of "
-                         f"{recipe.ims_per_batch // acc.num_processes}")
+    sampler = GroupedShardedBatchSampler(
+        aspect_groups([(r.width, r.height) for r in data.train]), recipe.ims_per_batch // acc.num_processes,
+        num_replicas=acc.num_processes, rank=acc.process_index, seed=recipe.seed)
+    # The loader draws from its own generator (its workers' seeds), never from the global RNG that the detector's
+    # sampling (training size, RPN and RoI samples) draws from: a relaunched run restores that RNG from the
+    # checkpoint, and opening the resumed epoch's iterator must not draw from it.
+    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate_detection, num_workers=recipe.num_workers,
+                        pin_memory=acc.device.type == "cuda", generator=torch.Generator().manual_seed(recipe.seed))
     lr = recipe.lr()
     optimizer = torch.optim.SGD(param_groups(detector, recipe.weight_decay, recipe.weight_decay_norm),
                                 lr=lr, momentum=recipe.momentum)
-    detector, optimizer, loader = acc.prepare(detector, optimizer, loader)
+    detector, optimizer = acc.prepare(detector, optimizer)   # the loader is sharded by its own sampler
     step = 0
     if ckpt is not None:
         state = load_checkpoint(acc, ckpt)
@@ -227,31 +278,35 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
 
     last: Dict[str, float] = {}
     last_ckpt = ckpt
+    meter = _LossMeter(acc.device, recipe.max_iter)
     detector.train()
     while step < recipe.max_iter:
         epoch, offset = divmod(step, len(loader))
-        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=offset)
         train_ds.set_epoch(epoch)
-        batches = acc.skip_first_batches(loader, offset) if offset else loader
-        for images, targets in batches:
+        for images, targets in loader:
             step_lr = lr * lr_factor(step, recipe)
             for group in optimizer.param_groups:
                 group["lr"] = step_lr
-            targets = [{k: v for k, v in t.items() if k != "index"} for t in targets]
+            images = [im.to(acc.device, non_blocking=True) for im in images]
+            targets = [{k: v.to(acc.device, non_blocking=True) for k, v in t.items() if k != "index"}
+                       for t in targets]
             losses = detector(images, targets)
             loss = sum(losses.values())
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"loss is {float(loss)} at step {step}: {losses}")
+            meter.add(step + 1, losses, loss)   # steps numbered as the log lines number them
             acc.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if step % recipe.log_period == 0 or step == recipe.max_iter:
-                reduced = {k: float(acc.reduce(v.detach(), "mean")) for k, v in losses.items()}
-                last = {"loss": sum(reduced.values()), **reduced}
+            to_log = step % recipe.log_period == 0 or step == recipe.max_iter
+            to_save = step % recipe.checkpoint_period == 0 or step == recipe.max_iter
+            if to_log or to_save:   # never a checkpoint of weights that a non-finite loss has touched
+                meter.check(acc)
+            if to_log:
+                last = meter.read(acc)
                 log(f"[finetune_det] step {step}/{recipe.max_iter} lr {step_lr:.5f} "
                     + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
-            if step % recipe.checkpoint_period == 0 or step == recipe.max_iter:
+            if to_save:
                 last_ckpt = save_checkpoint(acc, output_dir, {
                     "step": step, "epoch": step // len(loader), "steps_per_epoch": len(loader),
                     "num_processes": acc.num_processes}, run_recipe, recipe.keep_last)
@@ -260,11 +315,12 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     if recipe.precise_bn_iters > 0:
         # the first batches of the last epoch trained, whether this process trained it or resumed after it
         last_epoch = max(step - 1, 0) // len(loader)
-        loader.set_epoch(last_epoch)
+        sampler.set_epoch(last_epoch)
         train_ds.set_epoch(last_epoch)
         core = acc.unwrap_model(detector)
         n = precise_bn(core, loader, recipe.precise_bn_iters,
-                       lambda b: core(b[0], [{k: v for k, v in t.items() if k != "index"} for t in b[1]]))
+                       lambda b: core([im.to(acc.device) for im in b[0]],
+                                      [{k: v.to(acc.device) for k, v in t.items() if k != "index"} for t in b[1]]))
         log(f"[finetune_det] precise BN: BatchNorm statistics averaged over {n} training batches")
     acc.wait_for_everyone()
     try:

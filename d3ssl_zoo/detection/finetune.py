@@ -182,7 +182,7 @@ class _LossMeter:
     until :meth:`check` or :meth:`read`, called at log lines and checkpoints."""
 
     def __init__(self, device: torch.device, max_iter: int):
-        self.device, self.none_bad = device, max_iter + 1
+        self.none_bad = max_iter + 1
         self.sums: Dict[str, torch.Tensor] = {}
         self.steps = 0
         self.first_bad = torch.tensor(self.none_bad, device=device)   # first step with a non-finite loss

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             with claim_run_folder(state, output_dir, subfolders=("checkpoints",)):  # before the data is read
                 finetune(recipe, args.model, args.data, output_dir, resume=args.resume, evaluate=not args.no_eval)
         except (ValueError, TypeError, FileNotFoundError, FileExistsError, DiskFullError, UnwritableError,
-                RunLockedError) as e:
+                RunLockedError, FloatingPointError) as e:  # FloatingPointError: a non-finite loss
             print(f"finetune_det: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as e:

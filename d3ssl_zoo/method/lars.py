@@ -64,25 +64,24 @@ class LARS(torch.optim.Optimizer):
     def _update(self, group: dict, params: list[Tensor]) -> None:
         grads = [p.grad for p in params]
         # d = g + wd w, in new tensors: the gradients are never written
-        own = bool(group["weight_decay"])
-        d_p = torch._foreach_add(grads, params, alpha=group["weight_decay"]) if own else grads
+        d_p = torch._foreach_add(grads, params, alpha=group["weight_decay"]) if group["weight_decay"] else grads
+        trust = None
         if group["lars_adapt"]:
             w_norm = torch.stack(torch._foreach_norm(params))
             g_norm = torch.stack(torch._foreach_norm(d_p))
             # trust ratio 1 where either norm is 0 (fresh zero-init weights, dead units)
             trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
             trust = list(trust.unbind())
-            if own:
-                torch._foreach_mul_(d_p, trust)
-            else:
-                d_p = torch._foreach_mul(d_p, trust)
         states = [self.state[p] for p in params]
         old = [i for i, s in enumerate(states) if "momentum_buffer" in s]
-        if old:  # buffer = momentum * buffer + d
+        if old:  # buffer = momentum * buffer + trust * d
             bufs = [states[i]["momentum_buffer"] for i in old]
             torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, [d_p[i] for i in old])
-        for i, s in enumerate(states):  # first step: buffer = d
+            if trust is None:
+                torch._foreach_add_(bufs, [d_p[i] for i in old])
+            else:  # the 0-d trust ratios as addcmul's first factor, which CUDA can take in one kernel
+                torch._foreach_addcmul_(bufs, [trust[i] for i in old], [d_p[i] for i in old])
+        for i, s in enumerate(states):  # first step: buffer = trust * d
             if "momentum_buffer" not in s:
-                s["momentum_buffer"] = torch.clone(d_p[i]).detach()
+                s["momentum_buffer"] = (d_p[i] if trust is None else d_p[i] * trust[i]).clone().detach()
         torch._foreach_add_(params, [s["momentum_buffer"] for s in states], alpha=-group["lr"])

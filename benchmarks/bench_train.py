@@ -7,7 +7,9 @@ Times one instrumented step, piece by piece, on the embedded sample dataset: dat
 forward (student f_q on x1, x2-s, x3; teacher f_k on x1, x2) and each student view's backward, the
 losses, the queue update, the teacher EMA and the LARS step. It then times the same step without
 instruments, as the engine's loop runs it (``method(batch)``, backward, LARS step, EMA), prints both,
-and the share of the step spent outside backbone forward/backward (target <= 15%). On CUDA it also
+and the share of the step spent outside backbone forward/backward (target <= 15%). Last it times
+the LARS step alone side by side with the per-tensor Python loop it replaced, on the same parameters,
+gradients and momentum state (``lars_step_per_tensor``, kept here as the reference). On CUDA it also
 prints peak memory. The sample's 16 photos are repeated so that large batches can be timed.
 """
 from __future__ import annotations
@@ -45,6 +47,30 @@ class RepeatedEpochSampler(torch.utils.data.Sampler):
         for r in range(self.repeats):
             self.sampler.set_epoch(self.epoch * self.repeats + r)
             yield from self.sampler
+
+
+@torch.no_grad()
+def lars_step_per_tensor(opt: LARS) -> None:
+    """``opt.step()`` as a Python loop over the tensors: the update LARS shipped before its
+    ``torch._foreach_*`` form, the reference for its timing here and for its test."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            d_p = p.grad
+            if group["weight_decay"]:
+                d_p = d_p.add(p, alpha=group["weight_decay"])
+            if group["lars_adapt"]:
+                w_norm, g_norm = torch.norm(p), torch.norm(d_p)
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                    torch.ones_like(w_norm))
+                d_p = d_p.mul(trust)
+            state = opt.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.clone(d_p).detach()
+            else:
+                state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
+            p.add_(state["momentum_buffer"], alpha=-group["lr"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,6 +184,21 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.steps):
         plain_step()
 
+    # the LARS step alone, foreach vs the per-tensor loop, alternating on the same parameters (one more
+    # backward gives them gradients; the momentum buffers are those of the steps above)
+    out = method(prepare_batch({k: v.to(device) for k, v in next(it).items()}, recipe.data.mean, recipe.data.std))
+    out["loss"].backward()
+    lars_times = {"foreach": 0.0, "loop": 0.0}
+    runs = (("foreach", opt.step), ("loop", lambda: lars_step_per_tensor(opt)))
+    for i in range(args.steps):
+        for name, fn in runs[::1 if i % 2 else -1]:  # alternating which goes first
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            lars_times[name] += time.perf_counter() - t
+    opt.zero_grad(set_to_none=True)
+
     n = args.steps
     parts = {k: v / n for k, v in times.items() if not k.startswith("plain")}
     total = sum(parts.values())
@@ -175,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{total / engine:.2f})")
     outside = 1.0 - backbone / total
     print(f"share of the step outside backbone forward/backward: {100 * outside:.1f}% (target <= 15%)")
+    n_tensors = sum(len(g["params"]) for g in opt.param_groups)
+    print(f"LARS step over {n_tensors} tensors: foreach {1000 * lars_times['foreach'] / n:.2f} ms, per-tensor loop "
+          f"{1000 * lars_times['loop'] / n:.2f} ms (loop / foreach = {lars_times['loop'] / lars_times['foreach']:.2f})")
     print(f"images/s (uninstrumented step): {args.batch_size / engine:.1f}")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

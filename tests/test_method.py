@@ -223,7 +223,7 @@ def test_d3ssl_forward_equations():
     l_dc = nce(z_s1, z_t2, negatives, 0.2) + nce(z_s2, z_t1, negatives, 0.2)
     l_dp = nce(z_s3, z_t2, negatives, 0.2) + nce(z_s3, z_t1, negatives, 0.2)
     out = m(batch)
-    assert set(out) == {"loss", "l_dc", "l_dp"}
+    assert set(out) == {"loss", "l_dc", "l_dp", "top1_dc", "top1_dp"}
     assert out["l_dc"].item() == pytest.approx(l_dc.mean().item(), rel=1e-4)
     assert out["l_dp"].item() == pytest.approx(l_dp.mean().item(), rel=1e-4)
     assert out["loss"].item() == pytest.approx((l_dc + l_dp).mean().item(), rel=1e-4)  # Eq. 10
@@ -303,7 +303,7 @@ def test_d3ssl_gradients_reach_student_only_and_dp_switch():
     m = tiny_d3ssl(depositioning=False)
     batch = synthetic_batch(depositioning=False)  # no x3 / boxes3 needed without L_dp
     out = m(batch)
-    assert set(out) == {"loss", "l_dc"} and out["loss"].item() == pytest.approx(out["l_dc"].item())
+    assert set(out) == {"loss", "l_dc", "top1_dc"} and out["loss"].item() == pytest.approx(out["l_dc"].item())
     out["loss"].backward()
     assert all(p.grad is None for p in m.teacher.parameters())
     assert m.student.backbone.layer4[0].bn2.weight.grad.abs().sum() > 0  # res5 head (Eq. 1)

@@ -339,7 +339,9 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
                     if hasattr(raw, "queue"):
                         metrics["queue_fill"] = raw.queue.fill()
                     accelerator.log(metrics, step=step)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.3g}")
+                    # the method's shortcut signal (top1_*, docs/training.md) beside the loss
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.3g}",
+                                    **{k: f"{100 * v:.0f}%" for k, v in metrics.items() if k.startswith("top1_")})
                     tic, tic_step = time.perf_counter(), step
                 if due_ckpt:
                     last_ckpt = checkpoint()

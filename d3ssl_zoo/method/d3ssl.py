@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .losses import nce
+from .losses import nce_from_logits, nce_logits, nce_top1
 from .queue import RegionQueue
 from .region_encoder import RegionEncoder
 from .teacher import StudentTeacher
@@ -81,8 +81,15 @@ class D3SSL(StudentTeacher):
         self.bn_shuffle_calls += 1
         return torch.arange(batch_size), torch.randperm(batch_size, generator=g)
 
+    def _nce(self, z: Tensor, z_pos: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 5 per row, and per row whether the positive outranks every negative (:func:`nce_top1`)."""
+        logits = nce_logits(z, z_pos, negatives, self.tau)
+        return nce_from_logits(logits), nce_top1(logits)
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Return ``loss`` (Eq. 10) and its parts ``l_dc`` (Eq. 4) and, if on, ``l_dp`` (Eq. 9)."""
+        """Return ``loss`` (Eq. 10), its parts ``l_dc`` (Eq. 4) and, if on, ``l_dp`` (Eq. 9), and the
+        shortcut signal of each part, ``top1_dc`` / ``top1_dp``: the fraction of its InfoNCE rows whose
+        positive outranks every negative of the memory bank (no host sync; docs/training.md)."""
         x1, x2s, x2 = batch["x1"], batch["x2s"], batch["x2"]
         b1, b2s, b2 = batch["boxes1"], batch["boxes2s"], batch["boxes2"]
         s_order, t_order = self._bn_orders(x1.shape[0])
@@ -92,16 +99,18 @@ class D3SSL(StudentTeacher):
             z_t1 = self._encode(self.teacher, x1, b1, self.roi_size, t_order)  # Eq. 3
             z_t2 = self._encode(self.teacher, x2, b2, self.roi_size, t_order)  # Eq. 3
         negatives = self.queue.keys.clone().detach()
-        l_dc = nce(z_s1, z_t2, negatives, self.tau) + nce(z_s2, z_t1, negatives, self.tau)  # Eq. 4
-        out = {"l_dc": l_dc.mean()}
+        (l_12, top1_12), (l_21, top1_21) = self._nce(z_s1, z_t2, negatives), self._nce(z_s2, z_t1, negatives)
+        l_dc = l_12 + l_21  # Eq. 4
+        out = {"l_dc": l_dc.mean(), "top1_dc": torch.cat([top1_12, top1_21]).mean()}
         per_region = l_dc
         if self.depositioning:
             b3 = batch["boxes3"]  # the first n <= K proposals of each image (data.dp_proposals)
             z_s3 = self._encode(self.student, batch["x3"], b3, self.roi_size, s_order)  # Eq. 8
             n, k = b3.shape[1], b1.shape[1]
             z_t1_dp, z_t2_dp = (z.view(-1, k, z.shape[1])[:, :n].reshape(-1, z.shape[1]) for z in (z_t1, z_t2))
-            l_dp = nce(z_s3, z_t2_dp, negatives, self.tau) + nce(z_s3, z_t1_dp, negatives, self.tau)  # Eq. 9
-            out["l_dp"] = l_dp.mean()
+            (l_32, top1_32), (l_31, top1_31) = self._nce(z_s3, z_t2_dp, negatives), self._nce(z_s3, z_t1_dp, negatives)
+            l_dp = l_32 + l_31  # Eq. 9
+            out["l_dp"], out["top1_dp"] = l_dp.mean(), torch.cat([top1_32, top1_31]).mean()
             # Eq. 10 per region: a region outside the composite has no L_dp term
             per_region = per_region.view(-1, k).clone()
             per_region[:, :n] += l_dp.view(-1, n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .losses import byol_loss
+from .losses import byol_loss, match_top1
 from .region_encoder import MLPHead, RegionEncoder
 from .teacher import StudentTeacher
 
@@ -26,11 +26,14 @@ class SoCo(StudentTeacher):
         self.roi_size = roi_size
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Return ``loss``: the symmetric BYOL loss averaged over boxes."""
+        """Return ``loss``: the symmetric BYOL loss averaged over boxes, and ``top1_match``, the shortcut
+        signal: the fraction of predictions whose own teacher region is the closest (cosine) among the
+        batch's teacher regions of the other view (:func:`match_top1`; no host sync; docs/training.md)."""
         x1, x2, b1, b2 = batch["x1"], batch["x2"], batch["boxes1"], batch["boxes2"]
         p1 = self.predictor(self.student(x1, b1, self.roi_size))
         p2 = self.predictor(self.student(x2, b2, self.roi_size))
         with torch.no_grad():
             z1 = self.teacher(x1, b1, self.roi_size)
             z2 = self.teacher(x2, b2, self.roi_size)
-        return {"loss": (byol_loss(p1, z2) + byol_loss(p2, z1)).mean()}
+        return {"loss": (byol_loss(p1, z2) + byol_loss(p2, z1)).mean(),
+                "top1_match": torch.cat([match_top1(p1, z2), match_top1(p2, z1)]).mean()}

@@ -25,6 +25,10 @@ One run per folder: :func:`claim_run_folder` checks that the folder can be writt
 exit, by the kernel too when the process is killed), before anything is read or written. A second
 run into the folder is refused with the holder's process id; the lock file a killed run leaves
 behind is taken over with a warning.
+
+One folder for every process: :func:`check_shared_folder` checks at start-up that every process (on every
+node) sees the folder the main process writes to, since each process writes its RNG state into the
+checkpoint.
 """
 from __future__ import annotations
 
@@ -498,7 +502,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
                     recipe: dict[str, Any], keep_last: int) -> Path:
     """Save the full training state at ``state['step']`` atomically; keep the newest ``keep_last`` (0: all).
 
-    Every process must call it (each writes its own RNG state). A full disk raises
+    Every process must call it: each writes its own RNG state into the same folder, which must be shared
+    (:func:`check_shared_folder`; a state missing there is a :class:`SharedFolderError`). A full disk raises
     :class:`~d3ssl_zoo.disk.DiskFullError`, a folder that no longer takes writes
     :class:`~d3ssl_zoo.disk.UnwritableError`; the checkpoints written before stay intact.
     """
@@ -512,6 +517,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            missing = [f"random_states_{i}.pkl" for i in range(accelerator.num_processes)
+                       if not (tmp / f"random_states_{i}.pkl").is_file()]
+            if missing:  # written by their processes into a folder the main process does not see
+                raise SharedFolderError(
+                    f"{tmp} lacks {', '.join(missing)}: the processes that wrote them see another folder at "
+                    f"{output_dir}. Give --output-dir a path on a filesystem every node mounts at that path")
             written = sorted(p for p in tmp.iterdir() if p.is_file())
             for p in written:  # on disk before the rename makes the checkpoint visible
                 _fsync(p)

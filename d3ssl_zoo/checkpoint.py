@@ -25,6 +25,10 @@ One run per folder: :func:`claim_run_folder` checks that the folder can be writt
 exit, by the kernel too when the process is killed), before anything is read or written. A second
 run into the folder is refused with the holder's process id; the lock file a killed run leaves
 behind is taken over with a warning.
+
+One folder for every process: :func:`check_shared_folder` checks at start-up that every process (on every
+node) sees the folder the main process writes to, since each process writes its RNG state into the
+checkpoint.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 
@@ -55,7 +59,7 @@ __all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "LOCK_FILE", "CheckpointEr
            "decide_on_main", "UnsafeCheckpointError", "RunLockedError", "RunLock", "lock_run_folder",
            "claim_run_folder", "checkpoint_dir", "list_checkpoints", "verify_checkpoint", "resolve_resume",
            "check_output_dir", "save_checkpoint", "load_checkpoint", "interrupted_message",
-           "stop_on_first_signal"]
+           "stop_on_first_signal", "SharedFolderError", "MARKER_FILE", "check_shared_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -246,12 +250,13 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
 
 
 def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint: str | Path | None,
-                     may_change: Iterable[str] = (), added: Mapping[str, Any] | None = None) -> None:
-    """Refuse to mix runs in one output folder.
+                     may_change: Iterable[str] = (), added: Mapping[str, Any] | None = None) -> list[str]:
+    """Refuse to mix runs in one output folder; return the allowed changes of a resumed run, one line each.
 
     A fresh run (``checkpoint`` is ``None``) needs a folder without ``checkpoints/step_*``; a resumed
     one the recipe of its checkpoint, except the keys of ``may_change`` (settings that do not change
-    the steps already taken, e.g. the logging period). ``added``: dotted keys that recipes gained after
+    the steps already taken, e.g. the logging period): a change of any other key raises ``ValueError``
+    naming each such key with its old and new value. ``added``: dotted keys that recipes gained after
     a checkpoint may have been written, each with the value that behaves as the code did before it; a
     saved recipe without the key counts as having that value.
     """
@@ -261,15 +266,64 @@ def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint:
         if found:
             raise FileExistsError(f"{output_dir} already holds checkpoints of a run ({found[-1]}); resume it "
                                   f"with --resume auto or choose another --output-dir")
-        return
+        return []
     saved = yaml.safe_load((Path(checkpoint) / RECIPE_FILE).read_text())
     skip = set(may_change)
     added = added or {}
-    diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _differences(saved, recipe)
-            if k not in skip and not (a is None and k in added and b == added[k])]
-    if diff:
-        raise ValueError(f"the recipe differs from the one of the checkpoint {checkpoint}:\n  " + "\n  ".join(diff)
-                         + "\nresume with the same recipe, or use another --output-dir")
+    changes = [(k, a, b) for k, a, b in _differences(saved, recipe)
+               if not (a is None and k in added and b == added[k])]
+    refused = [f"{k}: {a!r} -> {b!r}" for k, a, b in changes if k not in skip]
+    if refused:
+        raise ValueError(f"the recipe differs from the one of the checkpoint {checkpoint} in keys that define the "
+                         f"run:\n  " + "\n  ".join(refused) + "\nresume with the checkpoint's values of these keys, "
+                         f"or start a new run in another --output-dir (a resumed run may change only "
+                         f"{', '.join(sorted(skip)) or 'nothing'})")
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in changes]
+
+
+class SharedFolderError(ValueError):
+    """The processes of a run do not all see its output folder as one folder."""
+
+
+MARKER_FILE = ".shared-folder-check"
+
+
+def check_shared_folder(accelerator: Accelerator, folder: str | Path, option: str = "--output-dir") -> None:
+    """Check that every process sees ``folder`` as the same folder (one shared filesystem across nodes).
+
+    Checkpoints are written by every process into one folder (each its RNG state) and renamed by the main
+    process; a folder local to each node would leave each node's files where nothing reads them. The main
+    process writes a marker file with a fresh token; after a barrier every process reads it; a process that
+    does not see it, or sees another token, fails the check on every process, with the folder, the processes
+    and hosts concerned and the fix. Every process must call it; the marker is removed afterwards.
+    """
+    folder = Path(folder)
+    marker = folder / MARKER_FILE
+
+    def write() -> str:
+        token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}:{os.urandom(8).hex()}"
+        _write_file(marker, token)
+        return token
+
+    token = decide_on_main(accelerator, write)  # written before it is broadcast: every process may look now
+    try:
+        seen = marker.read_text()
+    except OSError as e:
+        seen = f"<{type(e).__name__}: {e.strerror or e}>"
+    here = (accelerator.process_index, socket.gethostname(), str(folder.resolve()), seen == token)
+    everyone = gather_object([here])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+    blind = [f"process {rank} on {host} (it resolves {option} to {path})" for rank, host, path, ok in everyone
+             if not ok]
+    if blind:
+        raise SharedFolderError(
+            f"{option} {folder} is not one folder shared by every process of this run: the main process wrote "
+            f"{marker}, and " + "; ".join(blind) + " did not find it there. Checkpoints need every process to "
+            f"write into the same folder: on several nodes give {option} a path on a filesystem all nodes mount "
+            f"(NFS, Lustre, GPFS...) at the same absolute path, not a node-local disk or a relative path")
 
 
 def decide_on_main(accelerator: Accelerator, decide: Callable[[], Any]) -> Any:
@@ -448,7 +502,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
                     recipe: dict[str, Any], keep_last: int) -> Path:
     """Save the full training state at ``state['step']`` atomically; keep the newest ``keep_last`` (0: all).
 
-    Every process must call it (each writes its own RNG state). A full disk raises
+    Every process must call it: each writes its own RNG state into the same folder, which must be shared
+    (:func:`check_shared_folder`; a state missing there is a :class:`SharedFolderError`). A full disk raises
     :class:`~d3ssl_zoo.disk.DiskFullError`, a folder that no longer takes writes
     :class:`~d3ssl_zoo.disk.UnwritableError`; the checkpoints written before stay intact.
     """
@@ -462,6 +517,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            missing = [f"random_states_{i}.pkl" for i in range(accelerator.num_processes)
+                       if not (tmp / f"random_states_{i}.pkl").is_file()]
+            if missing:  # written by their processes into a folder the main process does not see
+                raise SharedFolderError(
+                    f"{tmp} lacks {', '.join(missing)}: the processes that wrote them see another folder at "
+                    f"{output_dir}. Give --output-dir a path on a filesystem every node mounts at that path")
             written = sorted(p for p in tmp.iterdir() if p.is_file())
             for p in written:  # on disk before the rename makes the checkpoint visible
                 _fsync(p)

@@ -20,7 +20,7 @@ from d3ssl_zoo.recipe import UnknownRecipeKeyError
 
 __all__ = ["ModelConfig", "MethodConfig", "DatasetConfig", "OptimConfig", "TrainConfig", "Recipe",
            "UnknownRecipeKeyError", "load_recipe", "describe_recipe", "recipe_from_dict", "recipe_to_dict",
-           "valid_keys", "apply_overrides", "ADDED_KEYS"]
+           "valid_keys", "apply_overrides", "ADDED_KEYS", "KEEPS_RESULT", "resumable_keys"]
 
 METHODS = ("d3ssl", "soco")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -28,6 +28,10 @@ TRACKERS = ("tensorboard", "wandb", "none")
 #: Keys added after runs were checkpointed, with the value that does what the code did before them: a
 #: checkpoint whose recipe lacks one resumes under a recipe that states that value, and is rebuilt with it.
 ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros"}
+#: Field metadata of the settings that do not define the run: a resumed run may change them (each change is
+#: logged). Every other key defines the run, and a relaunch that changes it is refused. The data is recognised
+#: by content (the images and sizes the proposal file gives them, stored with each checkpoint), not by path.
+KEEPS_RESULT = {"changes_result": False}
 
 
 @dataclass
@@ -59,8 +63,9 @@ class MethodConfig:
 
 @dataclass
 class DatasetConfig:
-    source: str = "sample"  # COCO json, image folder, or 'sample'
-    proposals: str | None = None  # selective-search proposal file; None: the data pipeline's default
+    source: str = field(default="sample", metadata=KEEPS_RESULT)  # COCO json, image folder, or 'sample'
+    # selective-search proposal file; None: the data pipeline's default
+    proposals: str | None = field(default=None, metadata=KEEPS_RESULT)
 
 
 @dataclass
@@ -81,11 +86,12 @@ class TrainConfig:
     batch_size: int = 64  # ours: micro-batch per process (gradient accumulation makes up the global batch)
     seed: int = 0  # ours
     mixed_precision: str = "no"  # 'no', 'bf16' or 'fp16' (Accelerate)
-    num_workers: int = 8  # ours: data loader workers per process
-    log_every: int = 10  # ours: steps between tracker logs
-    checkpoint_every: int = 1000  # ours: steps between checkpoints (and one at the end)
-    keep_last: int = 3  # ours: checkpoints kept
-    tracker: str = "tensorboard"  # 'tensorboard', 'wandb' or 'none'
+    num_workers: int = field(default=8, metadata=KEEPS_RESULT)  # ours: data loader workers per process
+    log_every: int = field(default=10, metadata=KEEPS_RESULT)  # ours: steps between tracker logs
+    # ours: steps between checkpoints (and one at the end)
+    checkpoint_every: int = field(default=1000, metadata=KEEPS_RESULT)
+    keep_last: int = field(default=3, metadata=KEEPS_RESULT)  # ours: checkpoints kept
+    tracker: str = field(default="tensorboard", metadata=KEEPS_RESULT)  # 'tensorboard', 'wandb' or 'none'
 
 
 @dataclass
@@ -142,6 +148,21 @@ class Recipe:
 def valid_keys() -> list[str]:
     """Every dotted key a pre-training recipe accepts, e.g. ``method.tau``."""
     return _recipe.valid_keys(Recipe)
+
+
+def resumable_keys() -> list[str]:
+    """The dotted keys a resumed run may change (fields with :data:`KEEPS_RESULT` metadata, in any section)."""
+    keys = []
+
+    def walk(config: Any, prefix: str) -> None:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif f.metadata.get("changes_result", True) is False:
+                keys.append(prefix + f.name)
+    walk(Recipe(), "")
+    return keys
 
 
 def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:

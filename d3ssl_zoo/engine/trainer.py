@@ -7,6 +7,8 @@ forward (Eq. 10), NaN guard, backward, LARS step, teacher EMA, log, maybe checkp
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -29,7 +31,9 @@ from tqdm.auto import tqdm
 
 import d3ssl_zoo
 from d3ssl_zoo.checkpoint import (
+    STATE_FILE,
     check_output_dir,
+    check_shared_folder,
     claim_run_folder,
     decide_on_main,
     load_checkpoint,
@@ -40,7 +44,7 @@ from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loade
 from d3ssl_zoo.disk import DiskFullError, is_disk_full, is_unwritable, unwritable
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
-from .config import ADDED_KEYS, Recipe, recipe_to_dict
+from .config import ADDED_KEYS, Recipe, recipe_to_dict, resumable_keys
 
 __all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",
            "train"]
@@ -123,6 +127,14 @@ def build_method(recipe: Recipe, backbone: nn.Module) -> nn.Module:
                 pred_hidden_dim=m.pred_hidden_dim, roi_size=m.roi_size)
 
 
+def data_fingerprint(dataset: Any) -> str:
+    """What identifies a run's data whatever its path: a SHA-256 over ``(file_name, width, height)`` of every
+    image, in the order the sampler indexes them (so the same images in another order differ too), the sizes
+    those of the proposal file."""
+    rows = [(r.file_name, *dataset.proposals.image_size(r.image_id)) for r in dataset.records]
+    return f"{len(rows)} images, sha256 " + hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def _tracker_config(recipe: Recipe) -> dict[str, Any]:
     """Flat scalar config for the trackers (TensorBoard's hparams take scalars and strings only)."""
     flat: dict[str, Any] = {}
@@ -198,6 +210,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: str | None = None) -> 
     output_dir = Path(output_dir)
     accelerator = _accelerator(recipe, output_dir)
     with claim_run_folder(accelerator, output_dir, subfolders=("checkpoints", "logs", EXPORT_DIR)):
+        check_shared_folder(accelerator, output_dir)  # several nodes: checkpoints need one folder seen by all
         return _train(accelerator, recipe, output_dir, resume)
 
 
@@ -205,19 +218,33 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
     set_seed(recipe.train.seed)
     recipe_dict = recipe_to_dict(recipe)
 
-    def resume_point() -> Path | None:
+    def resume_point() -> tuple[Path | None, dict[str, Any], list[str]]:
         found = resolve_resume(resume, output_dir)
-        check_output_dir(output_dir, recipe_dict, found, added=ADDED_KEYS)  # never mix two runs in one folder
-        return found
+        saved = json.loads((found / STATE_FILE).read_text()) if found is not None else {}
+        may_change = resumable_keys()
+        if "data_fingerprint" not in saved:  # written before data was recognised by content: by path then
+            may_change = [k for k in may_change if not k.startswith("dataset.")]
+        # never mix two runs in one folder; settings that do not change the result may differ
+        changes = check_output_dir(output_dir, recipe_dict, found, may_change=may_change, added=ADDED_KEYS)
+        return found, saved, changes
 
     # one process decides which checkpoint to resume from, so ranks can never pick different ones
-    ckpt = decide_on_main(accelerator, resume_point)
+    ckpt, saved_state, changes = decide_on_main(accelerator, resume_point)
+    for change in changes:
+        accelerator.print(f"resuming with a changed setting that does not change the result: {change}")
 
     # one process reads the image list (COCO train2017's json is 450 MB) and builds any cache (sample dataset)
     records = decide_on_main(accelerator, lambda: source_records(recipe.data, recipe.dataset.source))
     with accelerator.main_process_first():
         dataset = build_pretrain_dataset(recipe.data, recipe.dataset.source, recipe.dataset.proposals,
                                          seed=recipe.train.seed, records=records)
+    fingerprint = data_fingerprint(dataset)
+    if saved_state.get("data_fingerprint", fingerprint) != fingerprint:
+        raise ValueError(
+            f"the data of {recipe.dataset.source} (proposals {recipe.dataset.proposals}) is not the data of the "
+            f"checkpoint {ckpt}: {fingerprint}, the checkpoint's {saved_state['data_fingerprint']} (image names "
+            f"and sizes, in order). A moved copy of the same data resumes; point dataset.source and "
+            f"dataset.proposals at it, or start a new run in another --output-dir")
     nproc = accelerator.num_processes
     micro_batch = recipe.train.batch_size
     accum = accumulation_steps(recipe.train.global_batch, micro_batch, nproc)
@@ -254,12 +281,22 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
 
     step = 0
     if ckpt is not None:
-        state = load_checkpoint(accelerator, ckpt)
-        saved = {k: state.get(k, 1 if k == "accumulation" else None) for k in layout}
-        if saved != layout:
+        # Another number of processes continues the run: its global batch and steps per epoch are the
+        # recipe's, each step takes the same images (the sampler's order is a function of the seed and the
+        # epoch), and nothing in a step draws from the per-process RNG states (views, BN shuffling and the
+        # queue use their own seeded generators), so a rank without a saved state loses nothing.
+        saved = {k: saved_state.get(k, 1 if k == "accumulation" else None) for k in layout}
+        fixed = ("global_batch", "steps_per_epoch")
+        if any(saved[k] != layout[k] for k in fixed):
             raise ValueError(
                 f"checkpoint {ckpt} was written with {saved}; this run has {layout}. Resume with the same "
-                f"number of processes, train.batch_size and train.global_batch")
+                f"train.batch_size and train.global_batch (the number of processes may change)")
+        if saved != layout:
+            accelerator.print(
+                f"checkpoint {ckpt} was written by {saved['num_processes']} process(es) x {saved['accumulation']} "
+                f"accumulated micro-batch(es); continuing with {nproc} x {accum}, the same global batch of "
+                f"{global_batch}")
+        state = load_checkpoint(accelerator, ckpt)
         step = state["step"]
         accelerator.print(f"resumed from {ckpt} at step {step}/{total_steps}")
 
@@ -270,7 +307,8 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
     def checkpoint() -> Path:
         return save_checkpoint(accelerator, output_dir, {
             "step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
-            "total_steps": total_steps, **layout, "tag": recipe.tag}, recipe_dict, recipe.train.keep_last)
+            "total_steps": total_steps, **layout, "tag": recipe.tag, "data_fingerprint": fingerprint},
+            recipe_dict, recipe.train.keep_last)
 
     # Loss values stay on the device between log intervals: no host sync inside a step. Finiteness is
     # checked at every log and before every checkpoint, so the last checkpoint is always a good one.

@@ -67,7 +67,9 @@ class PretrainDataConfig:
     cutout_p: float = 0.5  # SoCo: random cutout probability
     # --- input checks ---
     min_image_side: int = 32  # ours: smaller images are skipped and reported
-    images_dir: str | None = None  # ours: COCO images folder when it is not next to the annotation file
+    # ours: COCO images folder when it is not next to the annotation file; a path, so a resumed run may move it
+    # (the data are recognised by content, see docs/training.md)
+    images_dir: str | None = field(default=None, metadata={"changes_result": False})
     extra: dict[str, Any] = field(default_factory=dict)  # ours: free-form notes carried by recipes
 
     def __post_init__(self) -> None:

@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 
 import d3ssl_zoo
 from d3ssl_zoo.checkpoint import (
+    WorkersIgnorePreemption,
     check_output_dir,
     claim_run_folder,
     decide_on_main,
     load_checkpoint,
+    preemption_requested,
     resolve_resume,
     save_checkpoint,
 )
@@ -42,8 +44,8 @@ from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, moment
 
 from .config import ADDED_KEYS, Recipe, recipe_to_dict
 
-__all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",
-           "train"]
+__all__ = ["EpochShuffleSampler", "NonFiniteLossError", "Preempted", "TrainResult", "accumulation_steps",
+           "build_method", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,25 @@ EXPORT_DIR = "export"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the weights were touched."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGUSR1 reached a process (:func:`~d3ssl_zoo.checkpoint.stop_on_first_signal` with
+    ``preemption=True``): every rank stopped after the same step and ``checkpoint`` holds it."""
+
+    def __init__(self, checkpoint: Path, step: int, total_steps: int) -> None:
+        super().__init__(f"preempted: stopped after step {step}/{total_steps}, checkpoint {checkpoint}")
+        self.checkpoint, self.step, self.total_steps = checkpoint, step, total_steps
+
+
+def _preemption_agreed(accelerator: Accelerator) -> bool:
+    """Whether any rank received a preemption signal; every rank gets the same answer, so all stop at the same
+    step. One process reads its own flag without a device sync."""
+    asked = preemption_requested() is not None
+    if accelerator.num_processes == 1:
+        return asked
+    flag = torch.tensor([int(asked)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item())
 
 
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
@@ -225,6 +246,8 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
     sampler = EpochShuffleSampler(len(dataset), recipe.train.seed)
     loader = pretrain_loader(dataset, recipe.data, micro_batch, sampler, recipe.train.num_workers,
                              pin_memory=accelerator.device.type == "cuda")
+    if loader.num_workers > 0:  # a preempted run needs its workers until it reaches the step boundary
+        loader.worker_init_fn = WorkersIgnorePreemption(loader.worker_init_fn)
 
     method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False, **recipe.model.kwargs()))
     if nproc > 1 and recipe.method.sync_bn:
@@ -343,6 +366,11 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
                     tic, tic_step = time.perf_counter(), step
                 if due_ckpt:
                     last_ckpt = checkpoint()
+                if step < total_steps and _preemption_agreed(accelerator):
+                    if not due_ckpt:
+                        check_and_reset()  # the checkpoint written on the way out must be a good one
+                        last_ckpt = checkpoint()
+                    raise Preempted(last_ckpt, step, total_steps)
         export_dir = _export(accelerator, method, recipe, output_dir, step, total_steps, steps_per_epoch, last_ckpt)
         accelerator.wait_for_everyone()
     finally:

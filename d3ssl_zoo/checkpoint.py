@@ -59,6 +59,7 @@ __all__ = ["STATE_FILE", "RECIPE_FILE", "FILES_FILE", "LOCK_FILE", "CheckpointEr
            "decide_on_main", "UnsafeCheckpointError", "RunLockedError", "RunLock", "lock_run_folder",
            "claim_run_folder", "checkpoint_dir", "list_checkpoints", "verify_checkpoint", "resolve_resume",
            "check_output_dir", "save_checkpoint", "load_checkpoint", "interrupted_message",
+           "PREEMPTED_EXIT", "PREEMPTION_SIGNALS", "WorkersIgnorePreemption", "preemption_requested",
            "stop_on_first_signal", "SharedFolderError", "MARKER_FILE", "check_shared_folder"]
 
 logger = logging.getLogger(__name__)
@@ -443,24 +444,60 @@ def claim_run_folder(accelerator: Any, folder: str | Path, option: str = "--outp
             lock.release()
 
 
+#: Exit status of a run that stopped at a step boundary on SIGTERM or SIGUSR1 after writing a checkpoint
+#: (128 + SIGTERM, the status a scheduler expects from a job it asked to stop); relaunching resumes there.
+PREEMPTED_EXIT = 128 + signal.SIGTERM
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_preempted: list[int] = []
+
+
+def preemption_requested() -> int | None:
+    """The preemption signal this process received inside ``stop_on_first_signal(preemption=True)``, or ``None``."""
+    return _preempted[0] if _preempted else None
+
+
+class WorkersIgnorePreemption:
+    """``worker_init_fn`` wrapper: data workers ignore SIGTERM and SIGUSR1. A scheduler signals every process of
+    the job, and PyTorch's workers would die of SIGTERM before the run reaches its step boundary; the main process
+    ends its workers itself (and they exit when it dies)."""
+
+    def __init__(self, worker_init_fn: Callable[[int], None] | None) -> None:
+        self.worker_init_fn = worker_init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        for s in PREEMPTION_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker_id)
+
+
 @contextlib.contextmanager
-def stop_on_first_signal() -> Iterator[None]:
+def stop_on_first_signal(preemption: bool = False) -> Iterator[None]:
     """Inside the block, the first SIGINT or SIGTERM raises ``KeyboardInterrupt(signal number)`` and the ones after
     it are ignored, so the run can say where its last checkpoint is before it exits.
 
     Ctrl-C in a terminal reaches ``accelerate launch`` as well, which then sends SIGTERM to the run: without
     this, that SIGTERM would kill the run before it speaks. The previous handlers come back when the block ends,
     unless a signal arrived (the process is ending).
+
+    ``preemption=True`` (a loop that checks :func:`preemption_requested` at its step boundaries): SIGTERM and
+    SIGUSR1, what cluster schedulers send before they stop a job, only record the signal, so the loop can write
+    a checkpoint at the next step boundary and exit; SIGINT (Ctrl-C) still raises at once.
     """
-    signals = (signal.SIGINT, signal.SIGTERM)
+    soft = PREEMPTION_SIGNALS if preemption else ()
+    signals = (signal.SIGINT, signal.SIGTERM, *soft[1:])
     previous = {s: signal.getsignal(s) for s in signals}
     received: list[int] = []
+    _preempted.clear()
 
     def interrupt(signum: int, frame: Any) -> None:
         # the handler stays installed and does nothing after the first signal: replacing it by SIG_IGN here
         # would make Python report a second signal already pending as "ignored due to race condition"
-        received.append(signum)
-        if len(received) == 1:
+        if signum in soft:
+            if not _preempted:
+                _preempted.append(signum)
+        elif not received:
+            received.append(signum)
             raise KeyboardInterrupt(signum)
 
     for s in signals:
@@ -468,7 +505,7 @@ def stop_on_first_signal() -> Iterator[None]:
     try:
         yield
     finally:
-        if not received:
+        if not received and not _preempted:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 

@@ -12,7 +12,9 @@ checkpoint of ``--output-dir``. The backbone is exported with ``d3ssl_zoo.save_p
 ``<output-dir>/export``. On the built-in datasets (the demo's generated scenes, or the embedded sample) the
 O-KNN (Sec. 5.3) of the trained backbone and of its random initialisation is printed at the end
 (``--no-eval`` skips it). One run at a time writes to an output folder (a second one is refused); Ctrl-C
-stops a run and says where its last checkpoint is (exit status 130).
+stops a run and says where its last checkpoint is (exit status 130). SIGTERM or SIGUSR1 (a scheduler's notice of
+preemption) stops every process after the same step, writes a checkpoint there and exits with status 143;
+relaunching resumes from it exactly (docs/training.md, "Preemption").
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 import d3ssl_zoo
-from d3ssl_zoo.checkpoint import RunLockedError, interrupted_message, stop_on_first_signal
+from d3ssl_zoo.checkpoint import PREEMPTED_EXIT, RunLockedError, interrupted_message, stop_on_first_signal
 from d3ssl_zoo.disk import DiskFullError, UnwritableError
 from d3ssl_zoo.engine import NonFiniteLossError, Recipe, UnknownRecipeKeyError, describe_recipe, load_recipe, train
+from d3ssl_zoo.engine.trainer import Preempted
 from d3ssl_zoo.tags import recipe_file
 
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output_dir = Path(args.output_dir or Path("runs") / recipe.tag)
     resume = None if args.resume == "none" else args.resume
-    with stop_on_first_signal():
+    with stop_on_first_signal(preemption=True):
         try:
             return _run(args, recipe, output_dir, resume)
         except KeyboardInterrupt as e:
@@ -115,6 +118,12 @@ def _run(args: argparse.Namespace, recipe: Recipe, output_dir: Path, resume: str
             RunLockedError) as e:
         print(f"pretrain.py: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        if PartialState().is_main_process:
+            again = "the same command" if resume == "auto" else "the same command with --resume auto"
+            print(f"pretrain.py: {e}; {again} continues from it (exit status {PREEMPTED_EXIT}: requeue the job)",
+                  file=sys.stderr)
+        return PREEMPTED_EXIT
     if not PartialState().is_main_process:
         return 0
     weights = result.export_dir / "model.safetensors"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,13 @@ from tqdm.auto import tqdm
 import d3ssl_zoo
 from d3ssl_zoo.checkpoint import (
     STATE_FILE,
+    WorkersIgnorePreemption,
     check_output_dir,
     check_shared_folder,
     claim_run_folder,
     decide_on_main,
     load_checkpoint,
+    preemption_requested,
     resolve_resume,
     save_checkpoint,
 )
@@ -46,16 +49,38 @@ from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, moment
 
 from .config import ADDED_KEYS, Recipe, recipe_to_dict, resumable_keys
 
-__all__ = ["EpochShuffleSampler", "NonFiniteLossError", "TrainResult", "accumulation_steps", "build_method",
-           "train"]
+__all__ = ["DATA_BOUND", "EpochShuffleSampler", "NonFiniteLossError", "Preempted", "TrainResult",
+           "accumulation_steps", "build_method", "check_shared_memory", "sample_bytes", "train"]
 
 logger = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
+SHM = Path("/dev/shm")
+#: waiting for batches above this fraction of the step time makes a run data-bound
+DATA_BOUND = 0.2
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the weights were touched."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGUSR1 reached a process (:func:`~d3ssl_zoo.checkpoint.stop_on_first_signal` with
+    ``preemption=True``): every rank stopped after the same step and ``checkpoint`` holds it."""
+
+    def __init__(self, checkpoint: Path, step: int, total_steps: int) -> None:
+        super().__init__(f"preempted: stopped after step {step}/{total_steps}, checkpoint {checkpoint}")
+        self.checkpoint, self.step, self.total_steps = checkpoint, step, total_steps
+
+
+def _preemption_agreed(accelerator: Accelerator) -> bool:
+    """Whether any rank received a preemption signal; every rank gets the same answer, so all stop at the same
+    step. One process reads its own flag without a device sync."""
+    asked = preemption_requested() is not None
+    if accelerator.num_processes == 1:
+        return asked
+    flag = torch.tensor([int(asked)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item())
 
 
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
@@ -113,6 +138,56 @@ def accumulation_steps(global_batch: int | None, micro_batch: int, num_processes
             f"{hint.capitalize()}, "
             f"or override train.global_batch (that changes the recipe's optimisation)")
     return global_batch // per_step
+
+
+def sample_bytes(cfg: Any) -> int:
+    """Bytes of one collated pre-training sample of the data config ``cfg`` (a recipe's ``data``), as the
+    :class:`~d3ssl_zoo.data.PretrainCollator` ships it through shared memory: uint8 views x1, x2 (and x2-s),
+    float32 boxes, and with ``depositioning`` the bool masks ``m``, ``m_hat`` and the int64 shift ``t`` (Eq. 6-7)."""
+    big, small, k = cfg.image_size ** 2, cfg.small_size ** 2, cfg.num_proposals
+    d3ssl = cfg.views == "d3ssl"
+    total = 3 * (2 * big + (small if d3ssl else 0)) + 16 * k * (3 if d3ssl else 2) + 8  # + image_id
+    if cfg.depositioning:
+        total += 2 * big + 16 + 16 * k  # m, m_hat, t, boxes3
+    return total
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def check_shared_memory(cfg: Any, micro_batch: int, num_workers: int, prefetch_factor: int,
+                        processes_here: int, shm: Path = SHM) -> None:
+    """Data workers hand their batches to the training process through ``/dev/shm``; a container's default
+    (Docker: 64 MiB) is far below what ``num_workers x prefetch_factor`` batches in flight per process take, and
+    running out kills a worker mid-epoch with a bus error. Checked at start-up against the free space there;
+    nothing to check without workers or without ``/dev/shm``."""
+    if num_workers == 0 or not shm.is_dir():
+        return
+    batch = sample_bytes(cfg) * micro_batch
+    need = batch * num_workers * prefetch_factor * processes_here
+    free = shutil.disk_usage(shm).free
+    if need > free:
+        raise ValueError(
+            f"the data loader needs {_size(need)} of shared memory ({processes_here} process(es) on this machine x "
+            f"train.num_workers={num_workers} x {prefetch_factor} prefetched batches x {_size(batch)} per batch of "
+            f"{micro_batch} images) but {shm} has {_size(free)} free. Give the container more (docker run "
+            f"--shm-size={-(-need * 5 // 4 // 2 ** 30)}g; Kubernetes: an emptyDir volume with medium: Memory mounted "
+            f"at {shm}), or lower train.num_workers or train.batch_size (docs/training.md, \"Containers\")")
+
+
+def _data_bound_line(fraction: float, per_step: float, step: int, num_workers: int) -> str:
+    """The verdict on the data pipeline printed once, early in the run (:data:`DATA_BOUND`)."""
+    head = (f"step {step}: waiting for batches took {fraction:.0%} of the step time "
+            f"({per_step * 1000:.0f} ms per step, logged as data_wait)")
+    if fraction > DATA_BOUND:
+        return (f"{head}: the run is data-bound. Raise train.num_workers (now {num_workers}) if the CPUs allow, "
+                f"or move the images to faster storage (docs/training.md, \"Data-bound runs\")")
+    return f"{head}: not data-bound"
 
 
 def build_method(recipe: Recipe, backbone: nn.Module) -> nn.Module:
@@ -252,6 +327,10 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
     sampler = EpochShuffleSampler(len(dataset), recipe.train.seed)
     loader = pretrain_loader(dataset, recipe.data, micro_batch, sampler, recipe.train.num_workers,
                              pin_memory=accelerator.device.type == "cuda")
+    check_shared_memory(recipe.data, micro_batch, loader.num_workers, loader.prefetch_factor or 0,
+                        int(os.environ.get("LOCAL_WORLD_SIZE", nproc)))
+    if loader.num_workers > 0:  # a preempted run needs its workers until it reaches the step boundary
+        loader.worker_init_fn = WorkersIgnorePreemption(loader.worker_init_fn)
 
     method = build_method(recipe, d3ssl_zoo.create_model(recipe.model.name, pretrained=False, **recipe.model.kwargs()))
     if nproc > 1 and recipe.method.sync_bn:
@@ -332,7 +411,8 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
     bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc=recipe.tag, dynamic_ncols=True)
     method.train()
-    tic, tic_step = time.perf_counter(), step
+    tic, tic_step, wait = time.perf_counter(), step, 0.0
+    start_step, judged = step, False
     # No barrier on the way out of a failure: a process that raised must exit at once (the launcher
     # then stops the others), instead of waiting for processes that sit in the next collective.
     try:
@@ -352,7 +432,10 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
                     # gradients are all-reduced once per step, on the last micro-batch
                     with accelerator.no_sync(method) if i < accum - 1 else contextlib.nullcontext():
                         # uint8 views and masks -> normalised views and x3 (Eq. 8), on the device
-                        out = method(prepare_batch(next(batches), recipe.data.mean, recipe.data.std))
+                        waited = time.perf_counter()  # host time only: no device sync
+                        batch = next(batches)
+                        wait += time.perf_counter() - waited
+                        out = method(prepare_batch(batch, recipe.data.mean, recipe.data.std))
                         accelerator.backward(out["loss"] / accum)
                     values = torch.stack([out[k].detach().float() for k in sorted(out)]) / accum
                     if sums is None:
@@ -373,16 +456,27 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
                     elapsed = time.perf_counter() - tic
                     metrics = check_and_reset()
                     metrics.update(lr=lr, momentum=momentum,
-                                   images_per_s=global_batch * (step - tic_step) / max(elapsed, 1e-9))
+                                   images_per_s=global_batch * (step - tic_step) / max(elapsed, 1e-9),
+                                   data_wait=wait / max(elapsed, 1e-9))
+                    # the first interval waits for the data workers to start: judge the next one
+                    if not judged and (tic_step > start_step or step == total_steps):
+                        accelerator.print(_data_bound_line(metrics["data_wait"], wait / (step - tic_step), step,
+                                                           recipe.train.num_workers))
+                        judged = True
                     if hasattr(raw, "queue"):
                         metrics["queue_fill"] = raw.queue.fill()
                     accelerator.log(metrics, step=step)
                     # the method's shortcut signal (top1_*, docs/training.md) beside the loss
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.3g}",
                                     **{k: f"{100 * v:.0f}%" for k, v in metrics.items() if k.startswith("top1_")})
-                    tic, tic_step = time.perf_counter(), step
+                    tic, tic_step, wait = time.perf_counter(), step, 0.0
                 if due_ckpt:
                     last_ckpt = checkpoint()
+                if step < total_steps and _preemption_agreed(accelerator):
+                    if not due_ckpt:
+                        check_and_reset()  # the checkpoint written on the way out must be a good one
+                        last_ckpt = checkpoint()
+                    raise Preempted(last_ckpt, step, total_steps)
         export_dir = _export(accelerator, method, recipe, output_dir, step, total_steps, steps_per_epoch, last_ckpt)
         accelerator.wait_for_everyone()
     finally:

@@ -69,8 +69,9 @@ def _preempt(out: Path, overrides: list[str], nproc: int, signum: int, tmp_path:
             if launcher:
                 os.killpg(proc.pid, signum)
             else:
-                rank0 = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                         if str(PRETRAIN) in p.cmdline() and p.environ().get("RANK", "0") == "0"]
+                ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if str(PRETRAIN) in p.cmdline()]
+                # a rank's data workers are its forked children, with its command line and environment
+                rank0 = [p for p in ranks if p.environ().get("RANK", "0") == "0" and p.parent() not in ranks]
                 assert len(rank0) == 1, rank0
                 rank0[0].send_signal(signum)
             stdout, _ = proc.communicate(timeout=120)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from d3ssl_zoo.disk import DiskFullError, check_destination, is_disk_full
+from d3ssl_zoo.disk import DiskFullError, check_destination
 
-from .proposal_store import NotWritableError
+from .proposal_store import NotWritableError, write_atomically
 
 __all__ = ["load_class_map", "read_class_descriptions", "read_boxes", "select_images", "check_output",
            "build_openimages_mini", "dataset_statistics", "format_statistics", "add_arguments", "run"]
@@ -204,21 +204,9 @@ def build_openimages_mini(boxes_csv, classes_csv, images_dir, coco_json, out, *,
     if missing:
         print(f"left out {sum(missing.values())} selected images: {dict(missing)}", file=sys.stderr)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     kept = (f"{'the earlier ' + str(out) + ' is as it was' if out.exists() else 'nothing was written'}; the "
             f"selection is seeded (--seed {seed}), so a rerun writes the same file")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, out)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the folder itself refuses: nothing of ours is left in it
-        if is_disk_full(e, out.parent):
-            raise DiskFullError(out, kept) from e
-        raise NotWritableError(out, e.strerror or str(e), kept) from e
+    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result)), kept)
     return {"openimage_mini": dataset_statistics(result), "coco": dataset_statistics(coco),
             "skipped": dict(missing)}
 

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -107,11 +107,21 @@ def write_proposal_file(path: str | os.PathLike, entries: Sequence[ProposalEntry
     meta = {"format": FORMAT, "mode": mode, "resize_long": str(resize_long),
             "filters": json.dumps({"min_size": 32, "max_ratio": 3.0, "scale_range": [0.3, 0.8]}),
             "skipped": json.dumps(list(skipped))}
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # a shared dataset file, not a secret
+
+    write_atomically(path, write, kept)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None], kept: str) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it into place, so ``path`` is
+    either the old file or the whole new one. A failure removes the temporary file and raises
+    :class:`~d3ssl_zoo.disk.DiskFullError` or :class:`NotWritableError` with ``kept`` (what is intact)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)  # a shared dataset file, not a secret
+        write(tmp)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
         try:

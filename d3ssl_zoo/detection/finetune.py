@@ -222,14 +222,25 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
     ``checkpoints/step_*`` under ``output_dir``.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    import d3ssl_zoo
 
     # Several processes on a machine without GPUs must be told to use the CPU (gloo backend).
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     acc = Accelerator(cpu=world_size > 1 and not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision)
-    log = log or acc.print
+    try:
+        return _finetune(acc, recipe, model_spec, Path(data_dir), Path(output_dir), resume, evaluate,
+                         log or acc.print)
+    finally:
+        # every process takes its process group down itself: one left to the interpreter's exit can abort
+        # ("terminate called without an active exception") while another process is still writing
+        acc.end_training()
+
+
+def _finetune(acc, recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Path, resume: Optional[str],
+              evaluate: bool, log: Callable[[str], None]) -> Dict[str, object]:
+    from accelerate.utils import set_seed
+
+    import d3ssl_zoo
+
     set_seed(recipe.seed)
     output_dir = Path(output_dir)
     if recipe.ims_per_batch % acc.num_processes:
@@ -335,6 +346,7 @@ def finetune(recipe: DetRecipe, model_spec: str, data_dir: Path, output_dir: Pat
                              f"make {output_dir} writable again; {fix}") from e
         raise
     metrics = evaluate_detector(detector, data, recipe, acc) if evaluate else {}
+    acc.wait_for_everyone()
     if acc.is_main_process and metrics:
         for t, m in metrics.items():  # printed before the file is written: a failed write loses no number
             log(f"[finetune_det] {t}: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f}")

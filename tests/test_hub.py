@@ -69,6 +69,8 @@ def test_model_card_has_paper_numbers_and_recipe(tmp_path):
     card = (out / "README.md").read_text()
     assert "73.1" in card and "55.8" in card
     assert "d3ssl_zoo/recipes/d3ssl_r50c4.oimini_800ep.yaml" in card and "abc123" in card
+    # an arXiv preprint is a BibTeX @article with journal=, as CITATION.cff has it
+    assert "@article{qiu2023d3ssl," in card and "journal={arXiv preprint arXiv:2303.16947}" in card
     from huggingface_hub import ModelCard  # the Hub reads the metadata block
     data = ModelCard.load(out / "README.md").data
     assert (data.library_name, data.license) == ("timm", "apache-2.0") and "d3ssl_zoo" in data.tags

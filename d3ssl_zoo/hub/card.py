@@ -41,7 +41,7 @@ def model_card(name: str, cfg: Mapping[str, Any], card_extra: Optional[Mapping[s
         lines += [f"| {k} | {v} |" for k, v in extra.items()]
         lines.append("")
     lines += ["## Citation", "", "```bibtex",
-              "@inproceedings{qiu2023d3ssl,",
+              "@article{qiu2023d3ssl,",
               f"  title={{{PAPER_TITLE}}},",
               "  author={Qiu, Congpei and Zhang, Tong and Ke, Wei and Salzmann, Mathieu and S{\\\"u}sstrunk, Sabine},",
               "  journal={arXiv preprint arXiv:2303.16947},", "  year={2023}", "}", "```", ""]

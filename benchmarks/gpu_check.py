@@ -57,9 +57,10 @@ The 8-minute plan on one H100 (``--warmup 5 --timed-steps 30 --steps 100``): the
 (about 2 minutes on 2 cores, less on more, then cached); per method one SyncBN-count forward of 2
 images, 2 x 35 steps of compute timing and 100 real-data steps at batch 128, so 340 steps at batch 128
 in all (410 with the 2-process DDP timing). The budget left for them, about 5 minutes after the data
-and model set-up, holds a step of up to about 0.9 s; a D3SSL step is 11 ResNet-50-C4 forward
-equivalents of 128 images (3 student views forward and backward, 2 teacher views forward), roughly 15
-TFLOP. A batch that does not fit costs one more set of warm-up steps per halving.
+and model set-up, holds a step of up to about 0.9 s. A D3SSL step of 128 images is roughly 15 TFLOP: a
+224 px view through the C4 backbone and the layer4 head of its 4 regions is about 6.5 GMAC, a 112 px view
+about 1.6; the student's x1, x2-s and x3 forward and backward, the teacher's x1 and x2 forward. A batch
+that does not fit costs one more set of warm-up steps per halving.
 """
 from __future__ import annotations
 
@@ -391,6 +392,9 @@ def measure_ddp(recipe, batch: dict, precision: str, plan: Plan, warmup: int, ti
     ``batch``, the method converted to SyncBN as the trainer converts it (on CUDA, with ``method.sync_bn``)."""
     import torch.multiprocessing as mp
 
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # this process's cached blocks on GPU 0 would be missing to rank 0
     with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
         out = Path(tmp) / "ddp.json"
         mp.spawn(_ddp_worker, args=(world_size, _free_port(), recipe, batch, precision, plan, warmup, timed,

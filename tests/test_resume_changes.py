@@ -63,7 +63,7 @@ def _relaunch_from(straight: Path, run: Path, step: int) -> None:
 def test_the_split_is_declared_on_the_recipe_fields():
     assert set(resumable_keys()) == {"dataset.source", "dataset.proposals", "train.num_workers",
                                      "train.log_every", "train.checkpoint_every", "train.keep_last",
-                                     "train.tracker", "data.images_dir"}
+                                     "train.tracker", "train.memory_format", "data.images_dir"}
 
 
 @pytest.mark.slow

@@ -25,9 +25,10 @@ __all__ = ["ModelConfig", "MethodConfig", "DatasetConfig", "OptimConfig", "Train
 METHODS = ("d3ssl", "soco")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "none")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 #: Keys added after runs were checkpointed, with the value that does what the code did before them: a
 #: checkpoint whose recipe lacks one resumes under a recipe that states that value, and is rebuilt with it.
-ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros"}
+ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros", "train.memory_format": "contiguous"}
 #: Field metadata of the settings that do not define the run: a resumed run may change them (each change is
 #: logged). Every other key defines the run, and a relaunch that changes it is refused. The data is recognised
 #: by content (the images and sizes the proposal file gives them, stored with each checkpoint), not by path.
@@ -86,6 +87,11 @@ class TrainConfig:
     batch_size: int = 64  # ours: micro-batch per process (gradient accumulation makes up the global batch)
     seed: int = 0  # ours
     mixed_precision: str = "no"  # 'no', 'bf16' or 'fp16' (Accelerate)
+    # ours: 'contiguous' or 'channels_last', the layout of the model's weights and images on the device
+    # (engine/device.py; benchmarks/gpu_check.py says which is faster on a GPU). Not part of the run's
+    # definition: it changes which kernels compute each step, so the rounding, as a different GPU or cuDNN's
+    # choice of algorithm does, not the computation the recipe defines; a resumed run may switch to the faster one.
+    memory_format: str = field(default="contiguous", metadata=KEEPS_RESULT)
     num_workers: int = field(default=8, metadata=KEEPS_RESULT)  # ours: data loader workers per process
     log_every: int = field(default=10, metadata=KEEPS_RESULT)  # ours: steps between tracker logs
     # ours: steps between checkpoints (and one at the end)
@@ -111,6 +117,9 @@ class Recipe:
             raise ValueError(f"method.name must be one of {METHODS}, got {self.method.name!r}")
         if self.train.mixed_precision not in PRECISIONS:
             raise ValueError(f"train.mixed_precision must be one of {PRECISIONS}, got {self.train.mixed_precision!r}")
+        if self.train.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"train.memory_format must be one of {MEMORY_FORMATS} (the layout of the model's "
+                             f"weights and images on the device), got {self.train.memory_format!r}")
         if self.train.tracker not in TRACKERS:
             raise ValueError(f"train.tracker must be one of {TRACKERS}, got {self.train.tracker!r}")
         if self.method.name == "soco" and (self.data.views != "soco" or self.data.depositioning):

@@ -43,11 +43,12 @@ from d3ssl_zoo.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from d3ssl_zoo.data import build_pretrain_dataset, prepare_batch, pretrain_loader, source_records
+from d3ssl_zoo.data import build_pretrain_dataset, pretrain_loader, source_records
 from d3ssl_zoo.disk import DiskFullError, is_disk_full, is_unwritable, unwritable
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
 from .config import ADDED_KEYS, Recipe, recipe_to_dict, resumable_keys
+from .device import apply_device_settings
 
 __all__ = ["DATA_BOUND", "EpochShuffleSampler", "NonFiniteLossError", "Preempted", "TrainResult",
            "accumulation_steps", "build_method", "check_shared_memory", "sample_bytes", "train"]
@@ -339,6 +340,8 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
                            "batch statistics")
         else:
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    # memory format and cuDNN settings, shared with benchmarks/gpu_check.py; the batches follow the model's format
+    prepare = apply_device_settings(recipe, method, accelerator.device)
     optimizer = LARS(lars_param_groups(method, recipe.optim.weight_decay), lr=0.0,
                      momentum=recipe.optim.momentum, eta=recipe.optim.eta)
     method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
@@ -435,7 +438,7 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
                         waited = time.perf_counter()  # host time only: no device sync
                         batch = next(batches)
                         wait += time.perf_counter() - waited
-                        out = method(prepare_batch(batch, recipe.data.mean, recipe.data.std))
+                        out = method(prepare(batch))
                         accelerator.backward(out["loss"] / accum)
                     values = torch.stack([out[k].detach().float() for k in sorted(out)]) / accum
                     if sums is None:

@@ -15,9 +15,10 @@ instead of [0, 1]. Its regions then go through SoCo's ``ratio3size0308`` filter
 Every OpenCV setting (``d3ssl_zoo.data.selective_search``) goes through ``filter_proposals``. Per
 setting: recall of the reference's filtered boxes (distinct ones) by the setting's filtered boxes at
 IoU >= 0.7 (mean over photos, and pooled over all boxes), the share of the setting's boxes that
-match a reference box, the boxes kept per image, and seconds per image of the search alone (one
-thread). Two more rows calibrate the scale: the ``selectivesearch`` 0.4 package as released, and
-the reference itself run on the mirrored photo (boxes mirrored back), a measure of how stable the
+match a reference box, the boxes kept per image, and CPU seconds per image of the search alone
+(one thread; CPU time, which other processes on a shared machine disturb less than wall time).
+Two more rows calibrate the scale: the ``selectivesearch`` 0.4 package as released, and the
+reference itself run on the mirrored photo (boxes mirrored back), a measure of how stable the
 reference's own boxes are. The photos are scikit-image's bundled natural colour photos. The
 script also checks that ``filter_proposals`` keeps exactly the boxes SoCo's filter keeps, on the
 reference's own boxes.
@@ -99,12 +100,12 @@ def soco_texture(module, enabled: bool):
 
 
 def run_reference(module, image: np.ndarray, soco_copy: bool = True):
-    """SoCo's call -> (rects (N, 4) x, y, w, h as SoCo stores them, seconds)."""
+    """SoCo's call -> (rects (N, 4) x, y, w, h as SoCo stores them, CPU seconds)."""
     with soco_texture(module, soco_copy), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skimage's LBP warns about float input; SoCo passes the same floats
-        start = time.perf_counter()
+        start = time.process_time()
         _, regions = module.selective_search(image, **SOCO_CALL)[:2]
-        seconds = time.perf_counter() - start
+        seconds = time.process_time() - start
     rects = np.array([r["rect"] for r in regions], dtype=np.float64).reshape(-1, 4)
     return rects, seconds
 
@@ -138,14 +139,20 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def agreement(reference: np.ndarray, boxes: np.ndarray, iou: float) -> dict:
+def relative_sizes(boxes: np.ndarray, width: int, height: int) -> list[float]:
+    """sqrt(wh) / sqrt(WH) of each box, the quantity SoCo's size filter bounds."""
+    return (np.sqrt(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)) / math.sqrt(width * height)).tolist()
+
+
+def agreement(reference: np.ndarray, boxes: np.ndarray, iou: float, width: int, height: int) -> dict:
     m = iou_matrix(reference, boxes)
     found = (m >= iou).any(axis=1) if m.size else np.zeros(len(reference), bool)
     matching = (m >= iou).any(axis=0) if m.size else np.zeros(len(boxes), bool)
     return {"reference_boxes": len(reference), "found": int(found.sum()), "boxes": len(boxes),
             "boxes_matching": int(matching.sum()),
             "recall": float(found.mean()) if len(reference) else None,
-            "best_iou_median": float(np.median(m.max(axis=1))) if m.size else None}
+            "best_iou_median": float(np.median(m.max(axis=1))) if m.size else None,
+            "relative_sizes": relative_sizes(boxes, width, height)}
 
 
 def summarise(per_photo: list[dict]) -> dict:
@@ -157,6 +164,7 @@ def summarise(per_photo: list[dict]) -> dict:
             "recall_pooled": found / refs if refs else None,
             "matching_share": sum(p["boxes_matching"] for p in per_photo) / boxes if boxes else None,
             "boxes_per_image": boxes / len(per_photo),
+            "relative_size_median": float(np.median(sum((p["relative_sizes"] for p in per_photo), []))),
             "seconds_per_image": float(np.mean([p["seconds"] for p in per_photo]))}
 
 
@@ -165,9 +173,9 @@ def timed_search(image, mode, resize_long, weights, repeats):
 
     best, boxes = math.inf, None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         boxes = selective_search(image, mode, resize_long, soco_weights=weights)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return boxes, best
 
 
@@ -175,7 +183,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", nargs="+", default=list(PHOTOS), help="scikit-image photo names")
     p.add_argument("--iou", type=float, default=IOU, help="IoU at which a reference box counts as found")
-    p.add_argument("--repeats", type=int, default=2, help="OpenCV searches per photo and setting (best time)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="OpenCV searches per photo and setting (least CPU time); the reference runs once")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     module, version = reference_module()
@@ -201,22 +210,23 @@ def main(argv=None) -> int:
         ref_rows.append({"photo": photo, "size": [width, height], "regions": len(rects),
                          "distinct_regions": len(np.unique(rects, axis=0)), "filtered": len(kept),
                          "filtered_distinct": len(reference), "filter": rule, "seconds": ref_seconds,
-                         "filter_proposals_agrees": bool(same)})
+                         "filter_proposals_agrees": bool(same), "boxes": reference})
         print(f"{photo:18s} {width}x{height}: reference {ref_seconds:6.2f} s, {len(rects)} regions, "
               f"{len(kept)} kept by {rule} ({len(reference)} distinct)", flush=True)
         released, rel_seconds = run_reference(module, image, soco_copy=False)
         boxes, _ = filter_proposals(xywh_to_xyxy(released), width, height)
         rows["selectivesearch 0.4 as released"].append(
-            {"photo": photo, "seconds": rel_seconds, **agreement(reference, boxes, args.iou)})
+            {"photo": photo, "seconds": rel_seconds, **agreement(reference, boxes, args.iou, width, height)})
         mirrored, mir_seconds = run_reference(module, np.ascontiguousarray(image[:, ::-1]))
         mirrored[:, 0] = width - 1 - mirrored[:, 0] - mirrored[:, 2]  # inclusive pixel indices, mirrored back
         boxes, _ = filter_proposals(xywh_to_xyxy(mirrored), width, height)
         rows["reference on the mirrored photo"].append(
-            {"photo": photo, "seconds": mir_seconds, **agreement(reference, boxes, args.iou)})
+            {"photo": photo, "seconds": mir_seconds, **agreement(reference, boxes, args.iou, width, height)})
         for name, mode, resize_long, weights, _ in SETTINGS:
             raw, seconds = timed_search(image, mode, resize_long, weights, args.repeats)
             boxes, _ = filter_proposals(raw, width, height)
-            rows[name].append({"photo": photo, "seconds": seconds, **agreement(reference, boxes, args.iou)})
+            rows[name].append({"photo": photo, "seconds": seconds,
+                               **agreement(reference, boxes, args.iou, width, height)})
 
     ref_seconds = float(np.mean([r["seconds"] for r in ref_rows]))
     summary = {name: summarise(per) for name, per in rows.items()}
@@ -225,15 +235,18 @@ def main(argv=None) -> int:
           f"{ref_seconds:.2f} s per image, {np.mean([r['filtered_distinct'] for r in ref_rows]):.1f} distinct "
           f"filtered boxes per image; filter_proposals reproduces SoCo's filter on "
           f"{sum(filter_checks)}/{len(filter_checks)} photos")
-    print(f"recall of the reference's filtered boxes at IoU >= {args.iou}\n")
-    print(f"{'setting':34s} {'recall mean':>11s} {'pooled':>7s} {'matching':>9s} {'boxes':>6s} {'s/img':>7s} "
-          f"{'x ref':>6s} {'x default':>9s}")
+    ref_sizes = sum((relative_sizes(r.pop("boxes"), *r["size"]) for r in ref_rows), [])
+    print(f"recall of the reference's filtered boxes at IoU >= {args.iou}; 'matching': share of the setting's "
+          f"boxes at IoU >= {args.iou} with one of them; 'size': median sqrt(wh/WH) of the boxes "
+          f"(reference: {np.median(ref_sizes):.2f})\n")
+    print(f"{'setting':34s} {'recall mean':>11s} {'pooled':>7s} {'matching':>9s} {'boxes':>6s} {'size':>5s} "
+          f"{'s/img':>7s} {'x ref':>6s} {'x default':>9s}")
     for name, s in summary.items():
         s["speedup_vs_reference"] = ref_seconds / s["seconds_per_image"]
         s["time_vs_default"] = s["seconds_per_image"] / default_seconds
         print(f"{name:34s} {s['recall_mean']:11.3f} {s['recall_pooled']:7.3f} {s['matching_share']:9.3f} "
-              f"{s['boxes_per_image']:6.1f} {s['seconds_per_image']:7.3f} {s['speedup_vs_reference']:5.1f}x "
-              f"{s['time_vs_default']:8.2f}x")
+              f"{s['boxes_per_image']:6.1f} {s['relative_size_median']:5.2f} {s['seconds_per_image']:7.3f} "
+              f"{s['speedup_vs_reference']:5.1f}x {s['time_vs_default']:8.2f}x")
     candidates = [name for name, *_, tool in SETTINGS if tool and summary[name]["time_vs_default"] <= 10]
     best = max(candidates, key=lambda n: summary[n]["recall_mean"])
     decision = best if summary[best]["recall_mean"] >= 0.5 else DEFAULT
@@ -243,6 +256,7 @@ def main(argv=None) -> int:
     if args.out:
         record = {"reference": {"package": f"selectivesearch {version}", "call": SOCO_CALL,
                                 "texture_hist_range": [0, 255], "seconds_per_image": ref_seconds,
+                                "relative_size_median": float(np.median(ref_sizes)),
                                 "photos": ref_rows},
                   "iou": args.iou, "repeats": args.repeats, "threads": 1, "summary": summary,
                   "per_photo": rows, "decision": {"setting": decision, "why": why},

@@ -1,5 +1,6 @@
-"""Selective-search proposals (Sec. 4.1): OpenCV's selective search and SoCo's filters on one
-image (:func:`image_proposals`), and the tool behind ``d3ssl-zoo proposals``
+"""Selective-search proposals (Sec. 4.1): OpenCV's selective search (its own modes, or SoCo's
+configuration as far as OpenCV expresses it, ``mode="soco"``, ``docs/data.md``) and SoCo's
+filters on one image (:func:`image_proposals`), and the tool behind ``d3ssl-zoo proposals``
 (:func:`make_proposals`), which runs them over a dataset in parallel worker processes, resumable,
 with atomic writes, into one proposal file (:mod:`d3ssl_zoo.data.proposal_store`).
 
@@ -135,8 +136,9 @@ def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: fl
 
     Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8 (SoCo's
     ``ratio3size0308``). Images left with none fall back to the ratio filter (1: size + aspect,
-    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), then the whole-image
-    box (3). Sizes are in original image pixels. Duplicate boxes are removed.
+    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), as SoCo's
+    ``filter_ss_proposals_json_post_no_prop.py`` does, then the whole-image box (3). Sizes are in
+    original image pixels. Duplicate boxes are removed (SoCo's json keeps them).
     """
     b = np.unique(np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), axis=0)
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]

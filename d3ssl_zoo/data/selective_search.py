@@ -1,5 +1,6 @@
-"""Selective-search proposals (Sec. 4.1): OpenCV's selective search and SoCo's filters on one
-image (:func:`image_proposals`), and the tool behind ``d3ssl-zoo proposals``
+"""Selective-search proposals (Sec. 4.1): OpenCV's selective search (its own modes, or SoCo's
+configuration as far as OpenCV expresses it, ``mode="soco"``, ``docs/data.md``) and SoCo's
+filters on one image (:func:`image_proposals`), and the tool behind ``d3ssl-zoo proposals``
 (:func:`make_proposals`), which runs them over a dataset in parallel worker processes, resumable,
 with atomic writes, into one proposal file (:mod:`d3ssl_zoo.data.proposal_store`).
 
@@ -43,18 +44,67 @@ from .proposal_store import (
     write_proposal_file,
 )
 
-__all__ = ["FALLBACK_LEVELS", "MODES", "selective_search", "filter_proposals", "image_proposals", "process_image",
+__all__ = ["FALLBACK_LEVELS", "MODES", "DEFAULT_RESIZE_LONG", "SOCO_SEGMENTATION", "SOCO_WEIGHTS",
+           "soco_strategy", "selective_search", "filter_proposals", "image_proposals", "process_image",
            "read_entries", "check_output", "make_proposals", "format_summary", "add_arguments", "run"]
 
 FALLBACK_LEVELS = ("size+ratio+scale", "size+ratio", "size", "whole_image")
-MODES = ("fast", "single", "quality")
+MODES = ("fast", "single", "quality", "soco")
+#: The long side (pixels) each mode runs at when ``resize_long="auto"``; ``None``: the original size.
+DEFAULT_RESIZE_LONG = {"fast": 500, "single": 500, "quality": 500, "soco": None}
+
+#: SoCo's search (its ``selective_search/generate_imagenet_ss_proposals.py``): Felzenszwalb's graph
+#: segmentation with scale 300, sigma 0.9, min_size 100 on the full-resolution RGB image. scikit-image
+#: divides ``scale`` by 255 and segments the image as floats in [0, 1], which is the same threshold as
+#: OpenCV's ``k`` = 300 on the 0-255 values OpenCV's graph segmentation uses; sigma is in pixels in both.
+SOCO_SEGMENTATION = {"sigma": 0.9, "k": 300.0, "min_size": 100}
+#: Weights of the four similarities in SoCo's similarity, in OpenCV's normalisation (``docs/data.md``):
+#: SoCo's texture term adds three per-channel histograms that each sum to 1 (OpenCV's whole histogram
+#: sums to 1), hence 3; of its colour term only the V histogram varies (H and S, in [0, 1], all fall
+#: in the first of 25 bins over [0, 255]), a one-histogram intersection like OpenCV's.
+SOCO_WEIGHTS = {"color": 1.0, "texture": 3.0, "size": 1.0, "fill": 1.0}
 
 
-def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> np.ndarray:
-    """OpenCV selective search on an RGB uint8 image resized to ``resize_long`` px on its long
-    side (``None``: as is); returns ``(N, 4)`` float32 xyxy boxes in the original image's pixels."""
+def soco_strategy(weights: dict[str, float] | None = None):
+    """OpenCV's combined colour + texture + size + fill similarity with ``weights`` (default
+    :data:`SOCO_WEIGHTS`), the one strategy of ``mode="soco"``."""
+    seg = cv2.ximgproc.segmentation
+    make = {"color": seg.createSelectiveSearchSegmentationStrategyColor,
+            "texture": seg.createSelectiveSearchSegmentationStrategyTexture,
+            "size": seg.createSelectiveSearchSegmentationStrategySize,
+            "fill": seg.createSelectiveSearchSegmentationStrategyFill}
+    weights = SOCO_WEIGHTS if weights is None else weights
+    if set(weights) != set(make) or any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+        raise ValueError(f"weights must give each of {sorted(make)} a weight >= 0 (not all 0), got {weights}")
+    multiple = seg.createSelectiveSearchSegmentationStrategyMultiple()
+    for name in ("color", "texture", "size", "fill"):
+        multiple.addStrategy(make[name](), float(weights[name]))
+    return multiple
+
+
+def _resolve_resize_long(mode: str, resize_long) -> int | None:
     if mode not in MODES:
         raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
+    if isinstance(resize_long, str):
+        if resize_long != "auto":
+            raise ValueError(f"resize_long must be a long side in pixels, None or 'auto', got {resize_long!r}")
+        return DEFAULT_RESIZE_LONG[mode]
+    return resize_long
+
+
+def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | None | str = "auto", *,
+                     soco_weights: dict[str, float] | None = None) -> np.ndarray:
+    """OpenCV selective search on an RGB uint8 image resized to ``resize_long`` px on its long
+    side (``None`` or 0: as is; ``"auto"``: the mode's :data:`DEFAULT_RESIZE_LONG`); returns
+    ``(N, 4)`` float32 xyxy boxes in the original image's pixels.
+
+    Modes: ``fast``, ``quality`` and ``single`` are OpenCV's own configurations
+    (``switchToSelectiveSearchFast`` / ``Quality`` / ``SingleStrategy``, in HSV and Lab);
+    ``soco`` is SoCo's single configuration as far as OpenCV can express it: one graph
+    segmentation (:data:`SOCO_SEGMENTATION`) of the RGB image and one combined similarity
+    (:func:`soco_strategy`, ``soco_weights``), at full resolution by default.
+    """
+    resize_long = _resolve_resize_long(mode, resize_long)
     if resize_long is not None and resize_long < 0:
         raise ValueError(f"resize_long must be a long side in pixels (> 0) or 0 / None for the original size, "
                          f"got {resize_long}")
@@ -63,10 +113,16 @@ def selective_search(image: np.ndarray, mode: str = "fast", resize_long: int | N
     work = image if scale == 1.0 else cv2.resize(
         image, (max(1, round(w * scale)), max(1, round(h * scale))),
         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
-    ss.setBaseImage(cv2.cvtColor(work, cv2.COLOR_RGB2BGR))
-    {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
-     "single": ss.switchToSingleStrategy}[mode]()
+    seg = cv2.ximgproc.segmentation
+    ss = seg.createSelectiveSearchSegmentation()
+    if mode == "soco":  # RGB as SoCo's segmentation and texture see it (the colour histograms ignore the order)
+        ss.addImage(np.ascontiguousarray(work))
+        ss.addGraphSegmentation(seg.createGraphSegmentation(**SOCO_SEGMENTATION))
+        ss.addStrategy(soco_strategy(soco_weights))
+    else:
+        ss.setBaseImage(cv2.cvtColor(work, cv2.COLOR_RGB2BGR))
+        {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
+         "single": ss.switchToSingleStrategy}[mode]()
     rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)
     boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / scale
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
@@ -80,8 +136,9 @@ def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: fl
 
     Level 0: w, h >= ``min_size``, 1/3 <= w/h <= 3, 0.3 <= sqrt(wh)/sqrt(WH) <= 0.8 (SoCo's
     ``ratio3size0308``). Images left with none fall back to the ratio filter (1: size + aspect,
-    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), then the whole-image
-    box (3). Sizes are in original image pixels. Duplicate boxes are removed.
+    SoCo's ``filter_ratio``), then size only (2: SoCo's ``filter_none``), as SoCo's
+    ``filter_ss_proposals_json_post_no_prop.py`` does, then the whole-image box (3). Sizes are in
+    original image pixels. Duplicate boxes are removed (SoCo's json keeps them).
     """
     b = np.unique(np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), axis=0)
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
@@ -96,7 +153,8 @@ def filter_proposals(boxes: np.ndarray, width: int, height: int, *, min_size: fl
     return np.array([[0, 0, width, height]], dtype=np.float32), 3
 
 
-def image_proposals(image: np.ndarray, mode: str = "fast", resize_long: int | None = 500) -> tuple[np.ndarray, int]:
+def image_proposals(image: np.ndarray, mode: str = "fast",
+                    resize_long: int | None | str = "auto") -> tuple[np.ndarray, int]:
     """Selective search + filters for one image: ``(boxes, fallback_level)``."""
     h, w = image.shape[:2]
     return filter_proposals(selective_search(image, mode, resize_long), w, h)
@@ -179,8 +237,8 @@ def check_output(out: str | os.PathLike) -> None:
 
 
 def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mode: str = "fast",
-                   resize_long: int | None = 500, workers: int = 1, min_side: int = 32, flush_every: int = 64,
-                   flush_seconds: float = 10.0, progress: bool = True) -> dict:
+                   resize_long: int | None | str = "auto", workers: int = 1, min_side: int = 32,
+                   flush_every: int = 64, flush_seconds: float = 10.0, progress: bool = True) -> dict:
     """Selective search + SoCo filters for every record; writes one proposal file at ``out``.
 
     ``workers <= 1`` runs in this process. Returns a summary dict (see :func:`format_summary`).
@@ -190,6 +248,7 @@ def make_proposals(records: Sequence[ImageRecord], out: str | os.PathLike, *, mo
     """
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
+    resize_long = _resolve_resize_long(mode, resize_long)
     if resize_long is not None and resize_long < 0:
         raise ValueError(f"resize_long must be a long side in pixels (> 0) or None for the original size, "
                          f"got {resize_long}")
@@ -342,9 +401,12 @@ def add_arguments(p) -> None:
     p.add_argument("--images", help="image folder (with --coco: the folder the json's file_names refer to)")
     p.add_argument("--coco", help="COCO annotation json; its image ids key the proposal file")
     p.add_argument("--out", required=True, help="output proposal file (.safetensors)")
-    p.add_argument("--mode", choices=MODES, default="fast", help="selective search mode")
-    p.add_argument("--resize-long", type=_at_least(0, " (0: the original size)"), default=500,
-                   help="long side in pixels the search runs at (0: original size)")
+    p.add_argument("--mode", choices=MODES, default="fast",
+                   help="selective search mode: OpenCV's fast, single or quality, or soco (SoCo's single "
+                        "configuration; docs/data.md)")
+    p.add_argument("--resize-long", type=_at_least(0, " (0: the original size)"), default=None,
+                   help="long side in pixels the search runs at (0: original size; default: 500 for fast, "
+                        "single and quality, the original size for soco)")
     p.add_argument("--workers", type=_at_least(1), default=os.cpu_count() or 1,
                    help="worker processes (1: in process)")
     p.add_argument("--min-side", type=_at_least(0), default=32,
@@ -359,7 +421,8 @@ def run(args) -> int:
     try:
         check_output(args.out)  # before reading a COCO-scale json
         records = coco_records(args.coco, args.images) if args.coco else folder_records(args.images)
-        summary = make_proposals(records, args.out, mode=args.mode, resize_long=args.resize_long or None,
+        resize_long = "auto" if args.resize_long is None else (args.resize_long or None)
+        summary = make_proposals(records, args.out, mode=args.mode, resize_long=resize_long,
                                  workers=args.workers, min_side=args.min_side, flush_every=args.flush_every,
                                  progress=not args.no_progress)
     except (ValueError, FileNotFoundError, DiskFullError, NotWritableError) as e:

@@ -678,7 +678,9 @@ def oknn_read_table(data: dict) -> list[str]:
                      " / ".join(f"{v:.1f} (step {s})" for s, v in trained) if trained else "–",
                      _gain(trained[-1][1] - init) if trained and init is not None else "–"])
     return ["O-KNN top-1 % of each read (the bank, queries and k-NN of O-KNN); BN: the running statistics read "
-            "with (recomputed over `<images>` whole pre-training images for `precise*`).", "",
+            "with (recomputed over `<images>` whole pre-training images for `precise*`). C5 is O-KNN's read, the "
+            "paper's protocol; C4 → res5, the pre-training path's read, is a diagnostic chosen after the first "
+            "results.", "",
             *_table(["run", "read", "short side", "BN", "random init", "trained", "gain (last)"], rows)]
 
 

@@ -27,7 +27,7 @@ from experiments.supervised import train_roi_classifier
 
 __all__ = ["RUNGS", "PAPER", "RECIPES", "RECIPE_FILE", "recipe_path", "evaluate", "cr_and_mcs", "add_standard_errors",
            "checkpoint_step", "final_checkpoint", "build_backbone", "backbone_from_checkpoint", "initial_backbone",
-           "supervised_ceiling", "Results", "SHIFT_READINGS", "shift_statistics"]
+           "supervised_ceiling", "Results", "READINGS", "SHIFT_READINGS", "shift_statistics"]
 
 RECIPES = Path(__file__).resolve().parent / "recipes"  # one recipe per rung: <rung>.yaml
 RUNGS = {  # name: what the rung is in the paper
@@ -43,6 +43,18 @@ PAPER = {
     "disturbed_oknn": {"soco": (47.0, 66.1), "d3ssl": (55.8, 73.4)},  # Tab. 4
     "cr": {"d3ssl_dconly": 1.33, "d3ssl": 1.17, "soco": 1.31, "soco_d3aug": 1.20},  # Tab. 7, Tab. 6 (stage not given)
     "mcs": {"d3ssl_dconly": 0.68, "d3ssl": 0.82},  # Tab. 7
+}
+
+# The readings of the paper (and of SoCo's code) that the rungs' data path follows, written into every new
+# ladder folder's results.json (meta.readings) and printed under its question, so that results made with other
+# readings are told apart. docs/design.md ("Readings of the paper") gives each one's source; edit this
+# when a reading changes.
+READINGS = {
+    "proposals": "OpenCV selective search, fast mode, at the scenes' own 160 px, then SoCo's filters",
+    "PRC": "area fraction per view, top-up and restore past s (the authors' RCC)",
+    "de-positioning": "a subset of n of the K proposals, n by the property rule (docs/design.md)",
+    "SoCo data path": "as SoCo's C4 code: crop retries with halving threshold, proposal-id pairing (c1*c2), "
+                      "cutout clipped to the image",
 }
 
 
@@ -164,6 +176,11 @@ class Results:
         old = self.data.get("meta", {}).get("settings")
         if old is not None and old != meta["settings"]:
             raise ValueError(f"{path} was written with other settings {old}; use another --out or the same settings")
+        # runs made with other readings of the paper are not added to a folder labelled with these
+        old = self.data.get("meta", {}).get("readings")
+        if "readings" in meta and self.data.get("evals") and old != meta["readings"]:
+            raise ValueError(f"{path} holds results made with other readings of the paper ({old or 'not recorded'}) "
+                             f"than experiments.ladder.READINGS; use another --out")
         self.data.setdefault("evals", {})
         self.data["meta"] = meta
 

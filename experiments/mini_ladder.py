@@ -18,8 +18,9 @@ ceiling (the same backbone trained with the labels). Evaluations are stored in
 ``<out>/results.json`` as they finish and are never recomputed, so a killed ladder continues where
 it stopped; a final evaluation stored without the CR / MCS standard errors gets them on relaunch,
 where its checkpoint is still there. ``results.json`` also keeps the command that built the folder
-(a list where several did). ``results.md``, the figures and ``command.sh`` are rewritten after every
-evaluation (``experiments.report``).
+(a list where several did) and the readings of the paper its runs follow (``experiments.ladder.READINGS``,
+printed in ``results.md``; a folder made with other readings is refused). ``results.md``, the figures
+and ``command.sh`` are rewritten after every evaluation (``experiments.report``).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from d3ssl_zoo.engine.config import apply_overrides
 from d3ssl_zoo.recipe import resolve_recipe_file
 from experiments.ladder import (
     PAPER,
+    READINGS,
     RUNGS,
     Results,
     add_standard_errors,
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes = get_scene_dataset(SceneConfig.from_source(base["dataset"]["source"]))
     results = Results(out / "results.json", {"settings": {**settings, "overrides": args.override,
                                                           "scenes": scenes.config.key()},
-                                             "rungs": RUNGS, "paper": PAPER})
+                                             "rungs": RUNGS, "paper": PAPER, "readings": READINGS})
     results.record_command(shlex.join(["python", "-m", "experiments.mini_ladder", *argv]))
 
     if "shift_statistics" not in results.data:

@@ -16,24 +16,38 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from d3ssl_zoo.evaluation.features import STAGES
-from experiments.ladder import PAPER, RUNGS, SHIFT_READINGS, Results
+from experiments.ladder import PAPER, READINGS, RUNGS, SHIFT_READINGS, Results
 
 __all__ = ["write_report", "write_diagnostics_report", "write_command_sh", "report", "summary", "directions",
-           "gain_line", "learning_curves", "seed_linestyles", "main"]
+           "judge", "Judgement", "student_t_cdf", "paired_t", "sign_test", "readings_line", "gain_line",
+           "learning_curves", "seed_linestyles", "main"]
 
 GENERATED = "Generated from `results.json` by `python -m experiments.report` (do not edit by hand)."
-# How the report's directions weigh noise (results.md states it above them).
-NOISE_RULE = ("A difference is measured when it exceeds twice its standard error, which comes from each "
+# How the report judges a direction (results.md states both rules above the directions).
+ALPHA = 0.05  # the paired t-test's two-sided level
+MIN_SEEDS = 3  # fewer seeds than this: no verdict other than "not reproduced"
+DIRECTION_STAGES = ("layer4", "layer3")  # the stages CR and MCS are judged at (the paper does not give its stage)
+VERDICT_RULE = (
+    "Each direction is judged on the per-seed differences d of the two rows, on the seeds both have (d > 0: the "
+    "paper's direction; the runs of one seed start from the same random initialisation): **reproduced** when the "
+    f"mean d is above 0 and a paired t-test (t = mean d / (s_d / √n), df = n - 1) gives a two-sided p below {ALPHA}; "
+    f"**reversed** when the mean d is below 0 with p below {ALPHA}; otherwise **not reproduced** (same direction, "
+    f"or opposite direction, not significant). With fewer than {MIN_SEEDS} seeds a direction is not reproduced (too "
+    "few seeds for a test), whatever its numbers. An exact two-sided sign test is given beside the t-test; it does "
+    "not decide (with 4 seeds its p is at least 0.125).")
+NOISE_RULE = ("Beside each verdict, the evaluation noise: the standard error of the mean difference, from each "
               "evaluation's own (binomial for top-1, over the pairs / crops for CR and MCS; taken as independent "
-              "although both rows see the same queries, so on the large side), and holds on every seed when the "
-              "two rows' ranges over seeds do not overlap.")
+              "although both rows see the same queries, so on the large side), and on how many seeds the difference "
+              "exceeds twice its own standard error.")
 # The learning-curve figure tells seeds apart by line style (seed_linestyles; a fifth seed repeats the first).
 SEED_LINESTYLES = (("solid", "-"), ("dashed", "--"), ("dash-dot", "-."), ("dotted", (0, (1, 1))))
 
@@ -57,9 +71,24 @@ def _wrapped(command: str, indent: str = "    ") -> str:
     return f" \\\n{indent}".join(shlex.join(line) for line in lines)
 
 
-def _question_and_commands(data: dict) -> list[str]:
-    """The lines of ``results.md`` that state the folder's question and the commands that made it."""
+def readings_line(meta: dict) -> str | None:
+    """The line of ``results.md`` that names the readings of the paper the folder's runs used (``meta.readings``,
+    written by ``experiments.mini_ladder`` from ``experiments.ladder.READINGS``); None where none are stored."""
+    readings = meta.get("readings")
+    if not readings:
+        return None
+    order = list(READINGS)  # READINGS' order, not the JSON's (sorted); a reading it does not name last
+    ordered = sorted(readings.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return "**Readings.** " + "; ".join(f"{what}: {how}" for what, how in ordered) + \
+        " ([docs/design.md](../../../docs/design.md#readings-of-the-paper))."
+
+
+def _question_and_commands(data: dict, meta: dict | None = None) -> list[str]:
+    """The lines of ``results.md`` that state the folder's question, the readings its runs used and the commands
+    that made it."""
     lines = [f"**Question.** {data['question']}", ""] if data.get("question") else []
+    readings = readings_line(meta or {})
+    lines += [readings, ""] if readings else []
     made = commands(data)
     if made:
         lines += ["Made by (from the repository root; `command.sh` runs the same):", "", "```bash",
@@ -187,38 +216,149 @@ def gain_line(curves: dict, rung: str = "d3ssl", target: float = 10.0, num_queri
             f"training: {'**yes**' if met else '**no**'} ({mean:+.1f} points on the mean; {per_seed})")
 
 
-def directions(rows: dict, curves: dict | None = None, num_queries: int | None = None) -> list[str]:
-    """Each paper direction: reproduced or not, with the numbers (mean over seeds, half-range). Two rows are
-    compared on the seeds both have, so a rung whose second seed has not run yet is not held against the
-    other rung's mean over two seeds (each seed has its own random initialisation).
+# ---------------------------------------------------------------- the paired comparison over seeds
+def student_t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with an integer number of degrees of freedom ``df`` >= 1.
 
-    How evaluation noise and seed noise are told apart: ``NOISE_RULE``, which ``results.md`` states."""
+    The closed-form finite series for integer df (Abramowitz & Stegun, *Handbook of Mathematical Functions*,
+    26.7.3 and 26.7.4): with theta = atan(|t| / sqrt(df)), P(|T| <= |t|) is
+    (2 / pi) (theta + sin(theta) cos(theta) (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ... up to cos^(df-3))) for odd df
+    (2 theta / pi for df = 1) and sin(theta) (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(df-2)) for even df."""
+    if isinstance(df, bool) or int(df) != df or df < 1:
+        raise ValueError(f"df must be an integer >= 1, got {df!r}")
+    df = int(df)
+    if math.isnan(t):
+        raise ValueError("t is NaN")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    theta = math.atan(abs(t) / math.sqrt(df))
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    series, term = 1.0, 1.0
+    if df % 2:
+        for k in range(1, (df - 1) // 2):
+            term *= cos2 * (2 * k) / (2 * k + 1)
+            series += term
+        inside = 2 / math.pi * (theta + (sin * math.cos(theta) * series if df > 1 else 0.0))
+    else:
+        for k in range(1, df // 2):
+            term *= cos2 * (2 * k - 1) / (2 * k)
+            series += term
+        inside = sin * series
+    tail = (1.0 - inside) / 2  # P(T > |t|)
+    return 1.0 - tail if t >= 0 else tail
+
+
+def paired_t(diffs) -> tuple[float, int, float] | None:
+    """The paired t-test of per-seed differences: t = mean / (s / sqrt(n)) with s the sample standard deviation,
+    df = n - 1 and the two-sided p; None for fewer than 2 differences. Equal differences give t = +-inf, p = 0
+    (or t = 0, p = 1 when they are all 0)."""
+    d = np.asarray(list(diffs), np.float64)
+    n = len(d)
+    if n < 2:
+        return None
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:
+        return (0.0, n - 1, 1.0) if mean == 0 else (math.copysign(math.inf, mean), n - 1, 0.0)
+    t = mean / (sd / math.sqrt(n))
+    return t, n - 1, min(1.0, 2 * (1 - student_t_cdf(abs(t), n - 1)))
+
+
+def sign_test(diffs) -> float:
+    """The exact two-sided sign test's p (binomial, 1/2 each way) of per-seed differences; a zero difference
+    counts for neither side and is left out."""
+    d = [x for x in diffs if x != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    k = min(sum(x > 0 for x in d), sum(x < 0 for x in d))
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A direction's verdict on per-seed differences (> 0: the paper's direction) and the numbers behind it."""
+
+    verdict: str  # "reproduced", "reversed" or "not reproduced"
+    why: str  # for "not reproduced": "same direction, not significant", "too few seeds for a test", ...
+    mean: float
+    n: int
+    t: float | None
+    df: int | None
+    p: float | None  # the paired t-test's two-sided p
+    p_sign: float
+
+    def label(self) -> str:
+        return f"**{self.verdict}**" + (f": {self.why}" if self.why else "")
+
+
+def judge(diff: dict[str, float]) -> Judgement:
+    """The verdict on per-seed differences ``{"s<seed>": d}`` (d > 0: the paper's direction): ``VERDICT_RULE``."""
+    values = list(diff.values())
+    if not values:
+        raise ValueError("no seed to judge")
+    mean = float(np.mean(values))
+    test = paired_t(values)
+    t, df, p = test if test is not None else (None, None, None)
+    p_sign = sign_test(values)
+    side = "same direction" if mean > 0 else "opposite direction" if mean < 0 else "no difference"
+    if len(values) < MIN_SEEDS:
+        return Judgement("not reproduced", f"{side}; too few seeds for a test", mean, len(values), t, df, p, p_sign)
+    if p < ALPHA and mean > 0:
+        return Judgement("reproduced", "", mean, len(values), t, df, p, p_sign)
+    if p < ALPHA and mean < 0:
+        return Judgement("reversed", "", mean, len(values), t, df, p, p_sign)
+    return Judgement("not reproduced", side + ("" if mean == 0 else ", not significant"), mean, len(values), t, df,
+                     p, p_sign)
+
+
+def _signed(value: float, digits: int) -> str:
+    return f"{round(value, digits) + 0.0:+.{digits}f}"  # + 0.0: a value that rounds to zero reads +0.0, not -0.0
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _test_text(j: Judgement, digits: int) -> str:
+    """The paired comparison's numbers: mean difference, paired t, sign test."""
+    mean = f"mean {_signed(j.mean, digits)}"
+    if j.t is None:
+        return f"{mean}; one seed: no test"
+    t = f"{j.t:+.2f}" if math.isfinite(j.t) else ("+inf" if j.t > 0 else "-inf")
+    return f"{mean}, paired t = {t}, df {j.df}, {_p(j.p)}; sign test {_p(j.p_sign)}"
+
+
+def _noise_text(diff: dict[str, float], se: dict[str, float], digits: int) -> str:
+    """The evaluation noise beside a verdict: the standard error of the mean difference (each evaluation's own,
+    taken as independent) and on how many seeds the difference exceeds twice its own."""
+    if se and len(se) == len(diff):
+        mean_se = float(np.sqrt(sum(v * v for v in se.values()))) / len(diff)
+        beyond = sum(abs(diff[s]) > 2 * se[s] for s in se)
+        return (f"; evaluation noise: standard error of the mean difference {mean_se:.{digits}f}, a seed's "
+                f"difference beyond twice its own on {beyond} of {len(diff)}")
+    return (f"; evaluation noise: standard errors stored for {', '.join(se)} only" if se
+            else "; evaluation noise: no standard error stored")
+
+
+def _per_seed(diff: dict[str, float], digits: int) -> str:
+    return "d " + ", ".join(_signed(v, digits) for v in diff.values()) + f" ({', '.join(diff)})"
+
+
+def directions(rows: dict, curves: dict | None = None, num_queries: int | None = None) -> list[str]:
+    """Each paper direction: reproduced, not reproduced or reversed (``VERDICT_RULE``), from a paired comparison
+    over the seeds both rows have (each seed has its own random initialisation, so a rung whose second seed has
+    not run yet is not held against the other rung's mean over two seeds), with the rows' means over seeds and
+    half-ranges, the per-seed differences and, beside the verdict, the evaluation noise (``NOISE_RULE``)."""
     def paired(keys: list[tuple[str, str]]) -> list[dict] | None:
         values = [rows.get(row, {}).get(key, {}) for row, key in keys]
         common = set.intersection(*(set(v) for v in values))
-        return [{s: v[s] for s in sorted(common)} for v in values] if common else None
+        return [{s: v[s] for s in sorted(common, key=lambda s: int(s[1:]))} for v in values] if common else None
 
     def restricted(rungs: tuple[str, ...], key: str, common: dict) -> str:
         every = set.union(*(set(rows[r][key]) for r in rungs))
         return f"; on the seeds both have: {', '.join(common)}" if set(common) != every else ""
 
     lines = []
-
-    def judge(diff: dict[str, float], se: dict[str, float], every_seed: bool) -> tuple[str, float, float | None]:
-        """The verdict on per-seed differences (> 0: the paper's direction), their mean and its standard error."""
-        mean = float(np.mean(list(diff.values())))
-        mean_se = float(np.sqrt(sum(v * v for v in se.values()))) / len(diff) if len(se) == len(diff) else None
-        if mean <= 0:
-            return "no", mean, mean_se
-        if mean_se is not None and mean <= 2 * mean_se:
-            return "no: within twice its standard error", mean, mean_se
-        if len(diff) < 2:
-            return "yes (1 seed: no spread to compare with)", mean, mean_se
-        if every_seed:
-            beyond = sum(diff[s] > 2 * se[s] for s in se)
-            return "yes (every seed" + (f"; beyond twice its standard error on {beyond} of {len(diff)})"
-                                        if mean_se is not None else ")"), mean, mean_se
-        return "yes on the mean, within the seed-to-seed spread", mean, mean_se
 
     def check(text, a, b, higher_is_better, key):
         pair = paired([(a, key), (b, key)])
@@ -230,14 +370,11 @@ def directions(rows: dict, curves: dict | None = None, num_queries: int | None =
         diff = {s: sign * (xa[s] - xb[s]) for s in xa}  # > 0: the paper's direction
         se_a, se_b = (rows[r].get(f"{key}_se", {}) for r in (a, b))
         se = {s: float(np.hypot(se_a[s], se_b[s])) for s in xa if s in se_a and s in se_b}
-        # every seed: the two rows' ranges over seeds apart
-        apart = min(sign * v for v in xa.values()) > max(sign * v for v in xb.values())
-        verdict, mean, mean_se = judge(diff, se, apart)
         # CR and MCS: 3 digits for values, 4 for differences and errors (theirs are ~1e-4)
         digits, nd = (3, 4) if key.startswith(("cr", "mcs")) else (1, 1)
-        noise = (f"; difference {sign * mean:+.{nd}f}, standard error {mean_se:.{nd}f}" if mean_se is not None
-                 else f"; standard errors stored for {', '.join(se)} only" if se else "; no standard error stored")
-        lines.append(f"- {text}: **{verdict}** ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}{noise}"
+        j = judge(diff)
+        lines.append(f"- {text}: {j.label()} ({a} {_fmt(xa, digits)} vs {b} {_fmt(xb, digits)}; "
+                     f"{_per_seed(diff, nd)}; {_test_text(j, nd)}{_noise_text(diff, se, nd)}"
                      f"{restricted((a, b), key, xa)})")
 
     line = gain_line(curves or {}, num_queries=num_queries)
@@ -252,21 +389,25 @@ def directions(rows: dict, curves: dict | None = None, num_queries: int | None =
         excess = {k: (dd[k] - sd[k]) - (d[k] - s[k]) for k in d}  # > 0: the gap is wider on disturbed O-KNN
         errors = [rows[r].get(f"{k}_se", {}) for r, k in keys]
         se = {k: float(np.sqrt(sum(e[k] ** 2 for e in errors))) for k in d if all(k in e for e in errors)}
-        verdict, mean, mean_se = judge(excess, se, min(excess.values()) > 0)
+        j = judge(excess)
         g1, g2 = (_stat(a)[0] - _stat(b)[0] for a, b in ((d, s), (dd, sd)))
-        noise = (f"; excess {mean:+.1f}, standard error {mean_se:.1f}" if mean_se is not None
-                 else "; no standard error stored")
-        lines.append(f"- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): **{verdict}** ({g1:+.1f} vs "
-                     f"{g2:+.1f}{noise}{restricted(('d3ssl', 'soco'), 'oknn_top1', d)})")
-    # Sec. 3: "Our D3SSL method ... yields the lowest coupling rate and positional bias" (Fig. 3b, 4b)
-    check("D3SSL lower CR (layer4) than SoCo (Sec. 3.1, Fig. 3b)", "d3ssl", "soco", False, "cr_layer4")
-    check("D3SSL less positional bias than SoCo: higher MCS (layer4) (Sec. 3.2, Fig. 4b)", "d3ssl", "soco", True,
-          "mcs_layer4")
+        lines.append(f"- ... and more so on disturbed O-KNN (Tab. 4: +2.9 vs +8.8): {j.label()} (gaps {g1:+.1f} vs "
+                     f"{g2:+.1f}; excess {_per_seed(excess, 1)}; {_test_text(j, 1)}{_noise_text(excess, se, 1)}"
+                     f"{restricted(('d3ssl', 'soco'), 'oknn_top1', d)})")
+    for stage in DIRECTION_STAGES:
+        # Sec. 3: "Our D3SSL method ... yields the lowest coupling rate and positional bias" (Fig. 3b, 4b)
+        check(f"D3SSL lower CR ({stage}) than SoCo (Sec. 3.1, Fig. 3b)", "d3ssl", "soco", False, f"cr_{stage}")
+        check(f"D3SSL less positional bias than SoCo: higher MCS ({stage}) (Sec. 3.2, Fig. 4b)", "d3ssl", "soco",
+              True, f"mcs_{stage}")
     check("SoCo + Aug_D3SSL above SoCo on O-KNN top-1 (Tab. 6 direction)", "soco_d3aug", "soco", True, "oknn_top1")
-    check("SoCo + Aug_D3SSL lower CR (layer4) than SoCo (Tab. 6)", "soco_d3aug", "soco", False, "cr_layer4")
-    check("L_dp lowers CR (layer4) (Tab. 7)", "d3ssl", "d3ssl_dconly", False, "cr_layer4")
-    check("L_dp raises MCS (layer4) (Tab. 7)", "d3ssl", "d3ssl_dconly", True, "mcs_layer4")
-    check("L_dp on 1 of K raises MCS (layer4) over w/o L_dp", "d3ssl_dp1", "d3ssl_dconly", True, "mcs_layer4")
+    for stage in DIRECTION_STAGES:
+        check(f"SoCo + Aug_D3SSL lower CR ({stage}) than SoCo (Tab. 6)", "soco_d3aug", "soco", False, f"cr_{stage}")
+    for stage in DIRECTION_STAGES:
+        check(f"L_dp lowers CR ({stage}) (Tab. 7)", "d3ssl", "d3ssl_dconly", False, f"cr_{stage}")
+        check(f"L_dp raises MCS ({stage}) (Tab. 7)", "d3ssl", "d3ssl_dconly", True, f"mcs_{stage}")
+    for stage in DIRECTION_STAGES:
+        check(f"L_dp on 1 of K raises MCS ({stage}) over w/o L_dp", "d3ssl_dp1", "d3ssl_dconly", True,
+              f"mcs_{stage}")
     return lines
 
 
@@ -281,23 +422,25 @@ def write_report(results: Results, out: Path, figures: bool = True) -> None:
     ceiling = results.data["evals"].get("supervised/s0", {}).get("training", {}).get("steps")
     names = {"random_init": "random init (floor)", **RUNGS,
              "supervised": "supervised RoI classifier (ceiling" + (f", {ceiling} steps)" if ceiling else ")")}
-    lines = ["# Mini ladder: results", "", GENERATED, "", *_question_and_commands(results.data),
+    lines = ["# Mini ladder: results", "", GENERATED, "", *_question_and_commands(results.data, meta),
              "Mean over seeds "
              f"± half the seed-to-seed range. Data: `{source}` (scene set key {meta['settings']['scenes']}). "
              + (f"Recipe overrides for every rung: `{' '.join(others)}`. " if others else "") +
              "O-KNN on the scene set's held-out val split "
-             f"({meta['settings']['short_side']} px short side); CR and MCS at layer4 "
-             "(the paper's stage is not given; per-stage values in results.json and the figure).", "",
-             "| row | seeds | O-KNN top-1 | top-5 | disturbed top-1 | top-5 | CR layer4 ↓ | MCS layer4 ↑ |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"({meta['settings']['short_side']} px short side); CR and MCS at layer4 and layer3 "
+             "(the paper's stage is not given; every stage in results.json and the figure).", "",
+             "| row | seeds | O-KNN top-1 | top-5 | disturbed top-1 | top-5 | CR layer4 ↓ | MCS layer4 ↑ | "
+             "CR layer3 ↓ | MCS layer3 ↑ |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         lines.append(f"| {names[name]} | {row['seeds']} | {_fmt(row['oknn_top1'])} | {_fmt(row['oknn_top5'])} | "
                      f"{_fmt(row['disturbed_oknn_top1'])} | {_fmt(row['disturbed_oknn_top5'])} | "
-                     f"{_fmt(row['cr_layer4'], 3)} | {_fmt(row['mcs_layer4'], 3)} |")
+                     f"{_fmt(row['cr_layer4'], 3)} | {_fmt(row['mcs_layer4'], 3)} | "
+                     f"{_fmt(row['cr_layer3'], 3)} | {_fmt(row['mcs_layer3'], 3)} |")
     lines += ["", "Paper (R50-C4, 800 epochs, Tab. 4): O-KNN SoCo 70.2/88.3, D3SSL 73.1/90.1; disturbed SoCo "
               "47.0/66.1, D3SSL 55.8/73.4. Tab. 7: CR 1.33 → 1.17, MCS 0.68 → 0.82 with L_dp. Tab. 6: CR "
               "1.31 (SoCo) → 1.20 (SoCo + Aug_D3SSL).", "", "## The paper's directions", "",
-              NOISE_RULE, "",
+              VERDICT_RULE, "", NOISE_RULE, "",
               *directions(rows, learning_curves(results.data["evals"]), val_queries(results.data["evals"]))]
     shift = results.data.get("shift_statistics")
     if shift:
@@ -535,7 +678,9 @@ def oknn_read_table(data: dict) -> list[str]:
                      " / ".join(f"{v:.1f} (step {s})" for s, v in trained) if trained else "–",
                      _gain(trained[-1][1] - init) if trained and init is not None else "–"])
     return ["O-KNN top-1 % of each read (the bank, queries and k-NN of O-KNN); BN: the running statistics read "
-            "with (recomputed over `<images>` whole pre-training images for `precise*`).", "",
+            "with (recomputed over `<images>` whole pre-training images for `precise*`). C5 is O-KNN's read, the "
+            "paper's protocol; C4 → res5, the pre-training path's read, is a diagnostic chosen after the first "
+            "results.", "",
             *_table(["run", "read", "short side", "BN", "random init", "trained", "gain (last)"], rows)]
 
 

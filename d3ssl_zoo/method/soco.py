@@ -29,9 +29,11 @@ class SoCo(StudentTeacher):
         self.roi_size = roi_size
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Return ``loss``: the symmetric BYOL loss averaged over boxes, and ``top1_match``, the shortcut
-        signal: the fraction of predictions whose own teacher region is the closest (cosine) among the
-        batch's teacher regions of the other view (:func:`match_top1`; no host sync; docs/training.md)."""
+        """Return ``loss``: the symmetric BYOL loss averaged over boxes (over the pairs of equal proposal
+        ids, :func:`matched_byol_loss`, when the batch has ``proposal_ids1`` / ``proposal_ids2``), and
+        ``top1_match``, the shortcut signal (by position): the fraction of predictions whose own teacher
+        region is the closest (cosine) among the batch's teacher regions of the other view
+        (:func:`match_top1`; no host sync; docs/training.md)."""
         x1, x2, b1, b2 = batch["x1"], batch["x2"], batch["boxes1"], batch["boxes2"]
         p1 = self.predictor(self.student(x1, b1, self.roi_size))
         p2 = self.predictor(self.student(x2, b2, self.roi_size))

@@ -299,7 +299,7 @@ def test_collator_variants_and_batch_of_one():
     s = cfg(views="soco", crop_scale=(0.6, 1.0), prc=False, prm=False, rbj=False, soco_cutout=True,
             box_jitter=True, depositioning=False)
     batch = collate_and_prepare(s, batch_of(s, 2))
-    assert set(batch) == {"x1", "x2", "boxes1", "boxes2", "image_id"}
+    assert set(batch) == {"x1", "x2", "boxes1", "boxes2", "image_id", "proposal_ids1", "proposal_ids2"}
     c = cfg()
     samples = batch_of(c, 1)
     one = collate_and_prepare(c, samples)

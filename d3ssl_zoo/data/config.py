@@ -47,6 +47,10 @@ class PretrainDataConfig:
     min_crop_overlap: float = 0.0  # SoCo: a proposal qualifies for x2 if it overlaps the crop at all (> 0: this share)
     crop_attempts: int = 5  # SoCo: RRC draws of x2 while fewer than K proposals qualify
     whole_box_view1: bool = True  # SoCo: view 1 uses the whole proposal, only view 2's box is clipped to the crop
+    # SoCo's C4 data path as its code runs it (views='soco' only; docs/design.md "The SoCo baseline")
+    soco_crop_retry: str = "halving"  # SoCo: x2 re-drawn while < max(K//2, 1) qualify, halved per draw; 'k': < K
+    soco_pairing: str = "id"  # SoCo: each view pads its own repeats, pairs matched by proposal id; 'position'
+    soco_cutout_clip: str = "image"  # SoCo: the cutout square clipped to the view; 'box': to the box
     # --- region augmentation set (Sec. 4.1; Tab. 5 / Tab. 6 switches) ---
     prc: bool = True  # paper: proposal-based random cutout
     prm: bool = True  # paper: proposal-based random mask
@@ -83,6 +87,10 @@ class PretrainDataConfig:
             raise ValueError(f"PretrainDataConfig: need crop_attempts >= 1, dp_proposals >= 0 and "
                              f"0 <= min_crop_overlap <= 1; got {self.crop_attempts}, {self.dp_proposals}, "
                              f"{self.min_crop_overlap}")
+        for key, allowed in (("soco_crop_retry", ("halving", "k")), ("soco_pairing", ("id", "position")),
+                             ("soco_cutout_clip", ("image", "box"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"PretrainDataConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.num_proposals < 1:
             raise ValueError(f"PretrainDataConfig.num_proposals must be >= 1, got {self.num_proposals}")
         if self.prc and self.soco_cutout:

@@ -144,8 +144,10 @@ class PretrainCollator:
 
     Keys: ``x1``, ``x2``, ``boxes1``, ``boxes2``, ``image_id``; d3ssl views add ``x2s``,
     ``boxes2s``; with ``depositioning`` also ``m``, ``m_hat`` (bool ``(B, H, W)``), ``t``
-    (int64 ``(B, 2)``) and ``boxes3``. Images are uint8 ``(B, 3, H, W)``: move the batch to the
-    device, then :func:`prepare_batch` gives the contract's batch (normalised views and ``x3``).
+    (int64 ``(B, 2)``) and ``boxes3``; soco views paired by id (``soco_pairing: id``) add
+    ``proposal_ids1``, ``proposal_ids2`` (int64 ``(B, K)``: the proposal of each box). Images are
+    uint8 ``(B, 3, H, W)``: move the batch to the device, then :func:`prepare_batch` gives the
+    contract's batch (normalised views and ``x3``).
     """
 
     def __init__(self, cfg: PretrainDataConfig):
@@ -168,6 +170,9 @@ class PretrainCollator:
         if "m_hat" in samples[0]:
             for key in ("m", "m_hat", "t"):
                 batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+        for key in ("proposal_ids1", "proposal_ids2"):  # SoCo's pairing by proposal id (views='soco')
+            if key in samples[0]:
+                batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]).astype(np.int64))
         return batch
 
 

@@ -232,12 +232,34 @@ def box_jitter(boxes: np.ndarray, rng: np.random.Generator, height: int, width: 
 
 
 def soco_cutout(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, fill=0,
-                area_range=(0.1, 0.3), p: float = 0.5) -> np.ndarray:
-    """SoCo's random cutout (ablation baseline of Tab. 5): with probability ``p`` per box, a
-    square of area ``U(area_range)`` of the box, centred uniformly in it and clipped to it."""
+                area_range=(0.1, 0.3), p: float = 0.5, clip_to_image: bool = False) -> np.ndarray:
+    """SoCo's random cutout: with probability ``p`` per box, a square of area ``U(area_range)`` of the box.
+
+    ``clip_to_image=False`` (the Tab. 5 row 2 baseline of D3SSL's ablation): the square is centred
+    uniformly in the box and clipped to it. ``clip_to_image=True``: as SoCo's ``RandomCutoutInBbox``
+    (``contrast/data/transform_ops.py``, hologerry/SoCo): on the box's pixels ``px0 .. px1 - 1`` (see
+    :func:`box_pixels`), side ``s = round(sqrt(U(area_range) * box pixels))``, centre ``(cx, cy)`` a
+    uniform integer pixel of the box, and the pixels ``cx - s // 2 .. cx + s // 2`` (both ends
+    included, so an odd side ``2 (s // 2) + 1``) clipped to the image only: the square may leave the box.
+    Draws per box, whatever fires: the ``p`` test, the area fraction, then the centre (two uniforms, or
+    the two integers).
+    """
     out = image.copy()
     height, width = image.shape[:2]
-    for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if clip_to_image:
+        for x0, y0, x1, y1 in boxes_pixels(boxes, height, width):
+            apply = rng.random() < p
+            frac = rng.uniform(*area_range)
+            cx = int(rng.integers(x0, max(x1, x0 + 1)))
+            cy = int(rng.integers(y0, max(y1, y0 + 1)))
+            if not apply or x1 <= x0 or y1 <= y0:
+                continue  # an empty box (no pixel in the view) gets no cutout
+            half = int(round(math.sqrt(frac * (x1 - x0) * (y1 - y0)))) // 2
+            rows = slice(max(cy - half, 0), min(cy + half, height - 1) + 1)
+            out[rows, max(cx - half, 0):min(cx + half, width - 1) + 1] = fill
+        return out
+    for b in boxes:
         apply = rng.random() < p
         frac = rng.uniform(*area_range)
         ux, uy = rng.random(2)

@@ -25,7 +25,8 @@ from .region_aug import box_jitter, prc, prm, rbj, soco_cutout
 __all__ = ["crop_reduction", "reduce_crop", "plan_crop", "random_resized_crop_params", "select_proposals",
            "qualifying_proposals", "draw_crop", "resize_view", "boxes_to_view", "chw_batch", "color_augment",
            "gaussian_ksize", "gaussian_blur", "solarize", "fill_colour", "region_augment", "jitter_boxes",
-           "d3ssl_views", "soco_views", "make_views"]
+           "d3ssl_views", "soco_views", "make_views", "crop_retry_needs", "soco_proposal_ids",
+           "soco_correspondence"]
 
 
 DECODE_REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder gives for free (DCT scaling)
@@ -116,21 +117,39 @@ def qualifying_proposals(proposals: np.ndarray, clipped: np.ndarray, min_overlap
     return np.flatnonzero((inter > 0) & (inter >= min_overlap * area))
 
 
+def crop_retry_needs(cfg: PretrainDataConfig) -> list[int]:
+    """How many proposals must qualify at each of the ``cfg.crop_attempts`` draws of the x2 crop.
+
+    K at every draw, except for ``views='soco'`` with ``soco_crop_retry='halving'``: SoCo's C4
+    dataset (``ImageFolderImageAsymBboxCutout`` in ``contrast/data/dataset.py``, hologerry/SoCo) starts
+    at ``max(padding_k // 2, 1)`` and halves after each failed draw, down to 1: ``[2, 1, 1, 1, 1]``
+    for K = 4 and SoCo's ``max_tries`` 5 (``contrast/option.py``; the C4 scripts keep the default).
+    """
+    k = cfg.num_proposals
+    if cfg.views != "soco" or cfg.soco_crop_retry != "halving":
+        return [k] * cfg.crop_attempts
+    needs = [max(k // 2, 1)]
+    while len(needs) < cfg.crop_attempts:
+        needs.append(max(needs[-1] // 2, 1))
+    return needs
+
+
 def _draw_crop(p: np.ndarray, height: int, width: int, cfg: PretrainDataConfig, rng: np.random.Generator):
     """:func:`draw_crop` on float32 ``(N, 4)`` proposals; also returns the last draw's clipped proposals and
     qualifying indices, which :func:`select_proposals` would compute again."""
-    for _ in range(cfg.crop_attempts):
+    for need in crop_retry_needs(cfg):
         crop = random_resized_crop_params(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
         clipped = _clip_to_crop(p, crop)
         ok = qualifying_proposals(p, clipped, cfg.min_crop_overlap)
-        if ok.size >= cfg.num_proposals:
+        if ok.size >= need:
             break
     return crop, clipped, ok
 
 
 def draw_crop(proposals: np.ndarray, height: int, width: int, cfg: PretrainDataConfig, rng: np.random.Generator):
     """The x2 crop ``(x0, y0, w, h)``: RandomResizedCrop, re-drawn up to ``cfg.crop_attempts`` times
-    in all while fewer than K proposals qualify (SoCo); the last draw is kept."""
+    in all while fewer proposals qualify than :func:`crop_retry_needs` asks (K, or SoCo's halving
+    rule for its views); the last draw is kept."""
     return _draw_crop(np.asarray(proposals, dtype=np.float32).reshape(-1, 4), height, width, cfg, rng)[0]
 
 
@@ -318,8 +337,36 @@ def plan_crop(proposals: np.ndarray, height: int, width: int, cfg: PretrainDataC
     return crop, ok
 
 
-def _common(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator,
-            plan=None):
+def soco_proposal_ids(ok: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """SoCo's K proposals of each view, as indices into the proposals: ``(ids1, ids2)``, int64 ``(K,)``.
+
+    As SoCo's C4 dataset does it (``select_props`` with ``--select_strategy random`` in
+    ``contrast/data/props_utils.py``, ``pad_bboxs_with_common`` in ``contrast/data/bboxs_utils.py``):
+    at least K qualifying (``ok``): K of them at random without repeats, the same in both views.
+    Fewer: all of them, in their order, then each view independently draws its ``K - len(ok)``
+    repeats among them at random (with replacement, unjittered), so the views' pairs are matched by
+    id (:func:`soco_correspondence`), not by position. ``ok`` must not be empty.
+    """
+    if ok.size >= k:
+        ids = rng.choice(ok, size=k, replace=False).astype(np.int64)
+        return ids, ids.copy()
+    ids1 = np.concatenate([ok, rng.choice(ok, size=k - ok.size, replace=True)]).astype(np.int64)
+    ids2 = np.concatenate([ok, rng.choice(ok, size=k - ok.size, replace=True)]).astype(np.int64)
+    return ids1, ids2
+
+
+def soco_correspondence(ids1, ids2):
+    """SoCo's correspondence matrix (``get_correspondence_matrix``, ``contrast/data/bboxs_utils.py``):
+    ``C[..., i, j] = 1`` where box i of view 1 and box j of view 2 are the same proposal, else 0.
+    A proposal repeated c1 times in view 1 and c2 times in view 2 gives c1 * c2 ones. Works on numpy
+    arrays and on torch tensors, ``(K,)`` or batched ``(B, K)``."""
+    return ids1[..., :, None] == ids2[..., None, :]
+
+
+def _views_and_boxes(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator,
+                     plan=None):
+    """Both views and their boxes, plus the proposal ids of each view's boxes (``None, None`` unless
+    ``views='soco'`` with ``soco_pairing='id'``, whose boxes are paired by id)."""
     height, width = image.shape[:2]
     p = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     if plan is None:
@@ -327,16 +374,37 @@ def _common(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, r
     else:
         crop, ok = plan
         clipped = _clip_to_crop(p, crop)
-    whole_boxes, clipped = _select(p, clipped, ok, crop, cfg.num_proposals, rng)
+    whole = (0, 0, width, height)
+    ids1 = ids2 = None
+    if cfg.views == "soco" and cfg.soco_pairing == "id":
+        k = cfg.num_proposals
+        if ok.size == 0:
+            # SoCo's clip_bboxs: no selected proposal -> each view's whole extent, one shared id (all pairs match)
+            x0, y0, w, h = crop
+            crop_box = np.array([[x0, y0, x0 + w, y0 + h]], dtype=np.float32)
+            src1 = np.tile(np.array([[0, 0, width, height]], np.float32) if cfg.whole_box_view1 else crop_box, (k, 1))
+            src2 = np.tile(crop_box, (k, 1))
+            ids1, ids2 = np.full(k, -1, np.int64), np.full(k, -1, np.int64)
+        else:
+            ids1, ids2 = soco_proposal_ids(ok, k, rng)
+            src1 = p[ids1] if cfg.whole_box_view1 else clipped[ids1]
+            src2 = clipped[ids2]
+    else:
+        whole_boxes, clipped = _select(p, clipped, ok, crop, cfg.num_proposals, rng)
+        # SoCo: view 1 (the whole image) sees the whole proposal; only view 2's box is clipped to its crop
+        src1, src2 = (whole_boxes if cfg.whole_box_view1 else clipped), clipped
     flip1, flip2 = rng.random(2) < cfg.flip_p
     size = cfg.image_size
-    whole = (0, 0, width, height)
     x1 = color_augment(resize_view(image, whole, size, flip1), rng, cfg, 0)
     x2 = color_augment(resize_view(image, crop, size, flip2), rng, cfg, 1)
-    # SoCo: view 1 (the whole image) sees the whole proposal; only view 2's box is clipped to its crop
-    b1 = boxes_to_view(whole_boxes if cfg.whole_box_view1 else clipped, whole, size, flip1)
-    b2 = boxes_to_view(clipped, crop, size, flip2)
-    return x1, x2, b1, b2
+    b1 = boxes_to_view(src1, whole, size, flip1)
+    b2 = boxes_to_view(src2, crop, size, flip2)
+    return x1, x2, b1, b2, ids1, ids2
+
+
+def _common(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator,
+            plan=None):
+    return _views_and_boxes(image, proposals, cfg, rng, plan)[:4]
 
 
 def d3ssl_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig,
@@ -371,12 +439,25 @@ def soco_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig
                rng: np.random.Generator, plan=None) -> dict:
     """SoCo's two views (whole image 224, RandomResizedCrop 224; SoCo's ``contrast/data/transform.py``).
 
-    SoCo's random cutout goes on view 2 only; PRC/PRM (SoCo + Aug_D3SSL, Tab. 6) on both views.
+    SoCo's random cutout goes on view 2 only (with ``soco_cutout_clip='image'``, SoCo's square clipped
+    to the view, placed on the boxes as the flipped view shows them); PRC/PRM (SoCo + Aug_D3SSL,
+    Tab. 6) on both views. With ``soco_pairing='id'`` the sample also has ``proposal_ids1`` and
+    ``proposal_ids2`` (int64 ``(K,)``): which proposal each box of ``boxes1`` / ``boxes2`` is; the
+    loss pairs boxes with equal ids (:func:`soco_correspondence`). See docs/design.md, "The SoCo baseline".
     """
-    x1, x2, b1, b2 = _common(image, proposals, cfg, rng, plan)
+    x1, x2, b1, b2, ids1, ids2 = _views_and_boxes(image, proposals, cfg, rng, plan)
     size = cfg.image_size
-    return {"x1": region_augment(x1, b1, rng, cfg, cutout=False), "x2": region_augment(x2, b2, rng, cfg),
-            "boxes1": jitter_boxes(b1, rng, cfg, size), "boxes2": jitter_boxes(b2, rng, cfg, size)}
+    x1 = region_augment(x1, b1, rng, cfg, cutout=False)
+    if cfg.soco_cutout and cfg.soco_cutout_clip == "image":
+        x2 = soco_cutout(x2, b2, rng, fill=fill_colour(cfg), area_range=cfg.cutout_area, p=cfg.cutout_p,
+                         clip_to_image=True)
+        x2 = region_augment(x2, b2, rng, cfg, cutout=False)  # then PRM, if enabled, as region_augment orders them
+    else:
+        x2 = region_augment(x2, b2, rng, cfg)
+    out = {"x1": x1, "x2": x2, "boxes1": jitter_boxes(b1, rng, cfg, size), "boxes2": jitter_boxes(b2, rng, cfg, size)}
+    if ids1 is not None:
+        out.update(proposal_ids1=ids1, proposal_ids2=ids2)
+    return out
 
 
 def make_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig, rng: np.random.Generator,

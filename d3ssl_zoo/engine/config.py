@@ -28,7 +28,8 @@ TRACKERS = ("tensorboard", "wandb", "none")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 #: Keys added after runs were checkpointed, with the value that does what the code did before them: a
 #: checkpoint whose recipe lacks one resumes under a recipe that states that value, and is rebuilt with it.
-ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros", "train.memory_format": "contiguous"}
+ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros", "train.memory_format": "contiguous",
+              "data.soco_crop_retry": "k", "data.soco_pairing": "position", "data.soco_cutout_clip": "box"}
 #: Field metadata of the settings that do not define the run: a resumed run may change them (each change is
 #: logged). Every other key defines the run, and a relaunch that changes it is refused. The data is recognised
 #: by content (the images and sizes the proposal file gives them, stored with each checkpoint), not by path.

@@ -166,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("experiments/results/depositioning_strength"),
                    help="result folder (default: %(default)s)")
-    p.add_argument("--images", type=int, default=600, help="samples per setting and n (default: %(default)s)")
+    p.add_argument("--images", type=int, default=1000, help="samples per setting and n (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default: each recipe's train.seed)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),

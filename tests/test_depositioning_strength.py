@@ -89,3 +89,20 @@ def test_it_runs_as_a_module_from_the_repository_root(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         runpy.run_module("experiments.depositioning_strength", run_name="__main__")
     assert e.value.code == 0 and "usage: python -m experiments.depositioning_strength" in capsys.readouterr().out
+
+
+def test_the_recipes_use_the_n_the_recorded_statistic_gives_and_the_authors_prc():
+    from d3ssl_zoo.engine import load_recipe
+    from d3ssl_zoo.tags import recipe_file
+
+    root = ds.ROOT
+    data = json.loads((root / "experiments" / "results" / "depositioning_strength" / ds.FILE).read_text())
+    n = data["decision"]["dp_proposals"]
+    assert {s["prc_rule"] for s in data["settings"].values()} == {"area"}
+    for name in ("d3ssl_r50c4.coco_800ep", "d3ssl_r50c4.coco_200ep", "d3ssl_r50c4.oimini_800ep", "demo"):
+        d = load_recipe(recipe_file(name)).data
+        assert (d.dp_proposals, d.prc_rule) == (n, "area"), name
+    rungs = root / "experiments" / "recipes"
+    assert load_recipe(rungs / "d3ssl.yaml").data.dp_proposals == n
+    assert load_recipe(rungs / "d3ssl_dp1.yaml").data.dp_proposals == 1
+    assert {load_recipe(rungs / f"{r}.yaml").data.prc_rule for r in ("d3ssl", "d3ssl_dconly", "soco_d3aug")} == {"area"}

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from d3ssl_zoo.evaluation.features import STAGES
+from experiments.depositioning_strength import strength_table
 from experiments.ladder import PAPER, READINGS, RUNGS, SHIFT_READINGS, Results
 
 __all__ = ["write_report", "write_diagnostics_report", "write_command_sh", "report", "summary", "directions",
@@ -692,7 +693,9 @@ KINDS = {  # file-name prefix -> (section title, the table of one file or, for G
     "teacher_": ("How far the teacher follows the student (`experiments.diagnose_teacher`)", teacher_table),
     "oknn_read_": ("Two reads of one backbone: O-KNN's C5 map and the pre-training path "
                    "(`experiments.diagnose_oknn_read`)", oknn_read_table),
-    "oknn": ("O-KNN at every checkpoint", checkpoint_oknn_table)}
+    "oknn": ("O-KNN at every checkpoint", checkpoint_oknn_table),
+    "depositioning_strength": ("How far de-positioning moves a region (`experiments.depositioning_strength`)",
+                               strength_table)}
 GROUPED = ("instance_cues_", "bn_leak_")
 
 

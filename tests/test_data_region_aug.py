@@ -1,9 +1,12 @@
 """Property tests of the region augmentations (Sec. 4.1) and the composite (Eq. 6-8)."""
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from d3ssl_zoo.data.composite import composite_depositioned, depositioning_masks, foreground_mask
+from d3ssl_zoo.data.config import PretrainDataConfig
 from d3ssl_zoo.data.region_aug import (
     box_jitter,
     box_pixels,
@@ -29,14 +32,14 @@ def test_prc_never_covers_smaller_proposal_beyond_threshold(seed):
     rng = np.random.default_rng(seed)
     size = 96
     boxes = random_boxes(rng, 6, size)
-    parts = prc_cutouts(boxes, size, size, np.random.default_rng(seed + 100), max_cover=0.5)
+    parts = prc_cutouts(boxes, size, size, np.random.default_rng(seed + 100), rule="side", max_cover=0.5)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     order = np.argsort(-areas, kind="stable")
     for n, j in enumerate(order):
         x0, y0, x1, y1 = box_pixels(boxes[j], size, size)
         by_larger = parts[order[:n]].any(0)[y0:y1, x0:x1]
         assert by_larger.sum() <= 0.5 * (x1 - x0) * (y1 - y0)
-    assert (parts.any(0) == prc_cut_mask(boxes, size, size, np.random.default_rng(seed + 100))).all()
+    assert (parts.any(0) == prc_cut_mask(boxes, size, size, np.random.default_rng(seed + 100), rule="side")).all()
     assert parts.any()
 
 
@@ -45,17 +48,17 @@ def test_prc_restores_small_proposals_inside_large_cutouts(max_cover):
     # small proposals inside a large one: without the restore rule most seeds violate the bound
     boxes = np.array([[0, 0, 100, 100], [40, 40, 52, 50], [30, 60, 45, 80]], np.float32)
     for seed in range(50):
-        parts = prc_cutouts(boxes, 100, 100, np.random.default_rng(seed), max_cover=max_cover)
+        parts = prc_cutouts(boxes, 100, 100, np.random.default_rng(seed), rule="side", max_cover=max_cover)
         for j in (1, 2):
             x0, y0, x1, y1 = box_pixels(boxes[j], 100, 100)
             assert parts[0][y0:y1, x0:x1].sum() <= max_cover * (x1 - x0) * (y1 - y0)
         assert parts[0].sum() > 0
 
 
-def test_prc_cutout_inside_proposals_with_aspect_and_fill():
+def test_prc_side_rule_cutout_inside_proposals_with_aspect_and_fill():
     img = np.full((64, 64, 3), 200, np.uint8)
     box = np.array([[8, 16, 40, 32]], np.float32)  # 32 x 16
-    out = prc(img, box, np.random.default_rng(0), fill=np.array([1, 2, 3], np.uint8))
+    out = prc(img, box, np.random.default_rng(0), fill=np.array([1, 2, 3], np.uint8), rule="side")
     cut = (out != img).any(-1)
     ys, xs = np.nonzero(cut)
     assert xs.min() >= 8 and xs.max() < 40 and ys.min() >= 16 and ys.max() < 32
@@ -163,8 +166,8 @@ def test_composite_pastes_shifted_foreground_on_background():
 
 # --- the fast implementations against straightforward references: same draws, same pixels ---
 
-def prc_cutouts_reference(boxes, height, width, rng, side_range=(0.2, 0.5), max_cover=0.5, area_reading=False):
-    """PRC written plainly: one full plane per proposal, every smaller proposal's coverage counted."""
+def prc_cutouts_reference(boxes, height, width, rng, side_range=(0.2, 0.5), max_cover=0.5):
+    """PRC's side rule written plainly: one full plane per proposal, every smaller proposal's coverage counted."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     parts = np.zeros((boxes.shape[0], height, width), dtype=bool)
     cut = np.zeros((height, width), dtype=bool)
@@ -174,7 +177,6 @@ def prc_cutouts_reference(boxes, height, width, rng, side_range=(0.2, 0.5), max_
         x1, y1, x2, y2 = boxes[i]
         w, h = x2 - x1, y2 - y1
         s = rng.uniform(*side_range)
-        s = np.sqrt(s) if area_reading else s
         wc, hc = s * w, s * h
         cx = x1 + rng.uniform(0.0, w - wc)
         cy = y1 + rng.uniform(0.0, h - hc)
@@ -187,6 +189,31 @@ def prc_cutouts_reference(boxes, height, width, rng, side_range=(0.2, 0.5), max_
             if area_j and np.count_nonzero(cut[jy0:jy1, jx0:jx1] | new[jy0:jy1, jx0:jx1]) > max_cover * area_j:
                 new[jy0:jy1, jx0:jx1] = False
         cut |= new
+    return parts
+
+
+def prc_area_reference(boxes, height, width, rng, side_range=(0.2, 0.5)):
+    """PRC's area rule (the authors' RCC) written plainly: one plane per proposal, the union recomputed
+    for every proposal; draws: s, then per proposal with pixels the corner's x and y."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    parts = np.zeros((boxes.shape[0], height, width), dtype=bool)
+    s = rng.uniform(*side_range)
+    for i in np.argsort(-((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), kind="stable"):
+        x0, y0, x1, y1 = box_pixels(boxes[i], height, width)
+        area = (x1 - x0) * (y1 - y0)
+        if area == 0:
+            continue
+        c = parts.any(0)[y0:y1, x0:x1].sum() / area
+        if c > s:
+            parts[:, y0:y1, x0:x1] = False
+            c = 0.0
+        wc, hc = np.sqrt((s - c) * area * (x1 - x0) / (y1 - y0)), np.sqrt((s - c) * area * (y1 - y0) / (x1 - x0))
+        cx = x0 + rng.uniform(0.0, (x1 - x0) - wc)
+        cy = y0 + rng.uniform(0.0, (y1 - y0) - hc)
+        rect = np.zeros((height, width), dtype=bool)
+        cx0, cy0, cx1, cy1 = box_pixels((cx, cy, cx + wc, cy + hc), height, width)
+        rect[cy0:cy1, cx0:cx1] = True
+        parts[i] = rect & ~parts.any(0)
     return parts
 
 
@@ -222,9 +249,13 @@ def test_prc_equals_the_reference_plane_per_proposal(seed):
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(16, 120)), int(rng.integers(16, 120))
     boxes = scattered_boxes(rng, int(rng.integers(1, 9)), h, w)
-    for max_cover, area_reading in ((0.5, False), (0.2, True), (1.0, False)):
-        kw = dict(max_cover=max_cover, area_reading=area_reading)
-        ref = prc_cutouts_reference(boxes, h, w, np.random.default_rng(seed), **kw)
+    for kw, reference in ((dict(rule="side", max_cover=0.5), prc_cutouts_reference),
+                          (dict(rule="side", max_cover=0.2, side_range=(0.4, 0.7)), prc_cutouts_reference),
+                          (dict(rule="side", max_cover=1.0), prc_cutouts_reference),
+                          (dict(rule="area"), prc_area_reference),
+                          (dict(rule="area", side_range=(0.6, 0.9)), prc_area_reference)):
+        ref = reference(boxes, h, w, np.random.default_rng(seed),
+                        **{k: v for k, v in kw.items() if k != "rule"})
         assert np.array_equal(prc_cutouts(boxes, h, w, np.random.default_rng(seed), **kw), ref)
         assert np.array_equal(prc_cut_mask(boxes, h, w, np.random.default_rng(seed), **kw), ref.any(0))
         cut = ref.any(0)
@@ -270,3 +301,103 @@ def test_foreground_mask_is_the_union_of_box_pixels():
         x0, y0, x1, y1 = box_pixels(b, 50, 70)
         want[y0:y1, x0:x1] = True
     assert np.array_equal(foreground_mask(boxes, 50, 70), want)
+
+
+# --- PRC's area rule (the authors' RCC, ztt1024/denseSSL loader.py; docs/design.md "PRC size") ---
+
+def cut_share(cut, box, height, width):
+    x0, y0, x1, y1 = box_pixels(box, height, width)
+    return cut[y0:y1, x0:x1].sum() / ((x1 - x0) * (y1 - y0))
+
+
+def rounding(box, s, height, width):
+    """What rounding a rectangle of area s x the box's to whole pixels can change in its share."""
+    x0, y0, x1, y1 = box_pixels(box, height, width)
+    bw, bh = x1 - x0, y1 - y0
+    return (np.sqrt(s) * (bw + bh) + 1) / (bw * bh)
+
+
+def test_prc_side_rule_output_is_pinned():
+    # the side rule (data.prc_rule: side) gives the same planes as before the area rule was added
+    digest = hashlib.sha256()
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        h, w = int(rng.integers(16, 120)), int(rng.integers(16, 120))
+        boxes = scattered_boxes(rng, int(rng.integers(1, 9)), h, w)
+        for max_cover in (0.5, 0.2, 1.0):
+            parts = prc_cutouts(boxes, h, w, np.random.default_rng(seed), rule="side", max_cover=max_cover)
+            digest.update(np.packbits(parts).tobytes())
+            digest.update(str(parts.shape).encode())
+    assert digest.hexdigest() == "5f09299b29e0682a37a8087d938376b16c5e1c1c94217eebf5e4f784d008c2b4"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prc_area_rule_cuts_s_of_every_disjoint_box_with_one_s(seed):
+    rng = np.random.default_rng(seed)
+    # four disjoint boxes, one per quadrant of a 160 px image
+    boxes = np.array([[qx + rng.uniform(0, 20), qy + rng.uniform(0, 20), qx + rng.uniform(40, 80),
+                       qy + rng.uniform(40, 80)] for qx in (0, 80) for qy in (0, 80)], np.float32)
+    s = np.random.default_rng(seed).uniform(0.2, 0.5)  # the call's one draw of s comes first
+    parts = prc_cutouts(boxes, 160, 160, np.random.default_rng(seed))
+    cut = parts.any(0)
+    shares = [cut_share(cut, b, 160, 160) for b in boxes]
+    for b, share in zip(boxes, shares):
+        assert abs(share - s) <= rounding(b, s, 160, 160)
+    for i, b in enumerate(boxes):  # each box's plane holds its own cutout, inside it
+        x0, y0, x1, y1 = box_pixels(b, 160, 160)
+        inside = np.zeros_like(cut)
+        inside[y0:y1, x0:x1] = True
+        assert parts[i].any() and not (parts[i] & ~inside).any()
+    assert np.array_equal(cut, prc_cut_mask(boxes, 160, 160, np.random.default_rng(seed)))
+    assert not (parts.sum(0) > 1).any()  # disjoint planes
+
+
+def test_prc_area_rule_restores_an_over_cut_box_and_tops_up_an_under_cut_one():
+    big = np.array([[0, 0, 120, 120]], np.float32)
+    small = np.array([[40, 40, 76, 70], [10, 80, 40, 110]], np.float32)
+    boxes = np.concatenate([big, small])
+    restored = topped = 0
+    for seed in range(150):
+        s = np.random.default_rng(seed).uniform(0.2, 0.5)
+        big_cut = prc_cutouts(big, 120, 120, np.random.default_rng(seed))[0]  # the same draws up to the big box
+        parts = prc_cutouts(boxes, 120, 120, np.random.default_rng(seed))
+        cut = parts.any(0)
+        in_small = foreground_mask(small, 120, 120)
+        # the big box's plane is its cutout, less what the small boxes restored
+        assert not (parts[0] & ~big_cut).any() and np.array_equal(parts[0] & ~in_small, big_cut & ~in_small)
+        for b in small:
+            c = cut_share(big_cut, b, 120, 120)
+            share, tol = cut_share(cut, b, 120, 120), rounding(b, s, 120, 120)
+            x0, y0, x1, y1 = box_pixels(b, 120, 120)
+            if c > s:  # cut beyond s: restored (the big box's cut is gone from it), then cut to s
+                restored += 1
+                assert not parts[0][y0:y1, x0:x1].any()
+                assert abs(share - s) <= tol
+            elif c > 0:  # cut less than s: the big box's cut stays and (s - c) more is cut
+                topped += 1
+                assert np.array_equal(parts[0][y0:y1, x0:x1], big_cut[y0:y1, x0:x1])
+                assert max(c, s - c) - tol <= share <= s + tol
+    assert restored >= 20 and topped >= 5
+
+
+@pytest.mark.parametrize("box", [[8, 16, 72, 32], [20, 4, 36, 60]])
+def test_prc_area_rule_keeps_the_box_aspect_ratio(box):
+    img = np.full((64, 80, 3), 200, np.uint8)
+    x0, y0, x1, y1 = box
+    for seed in range(10):
+        s = np.random.default_rng(seed).uniform(0.2, 0.5)
+        out = prc(img, np.array([box], np.float32), np.random.default_rng(seed), fill=np.array([1, 2, 3], np.uint8))
+        ys, xs = np.nonzero((out != img).any(-1))
+        assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+        w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+        assert xs.size == w * h  # one rectangle
+        assert abs(w - np.sqrt(s) * (x1 - x0)) <= 1 and abs(h - np.sqrt(s) * (y1 - y0)) <= 1
+        assert abs(w * h / ((x1 - x0) * (y1 - y0)) - s) <= rounding(box, s, 64, 80)
+
+
+def test_prc_rule_unknown_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match=r"PRC rule must be one of \('area', 'side'\), got 'sides'"):
+        prc_cut_mask(np.array([[0, 0, 8, 8]]), 16, 16, np.random.default_rng(0), rule="sides")
+    with pytest.raises(ValueError, match=r"prc_rule must be one of \('area', 'side'\), got 'ratio'"):
+        PretrainDataConfig(prc_rule="ratio")
+    assert PretrainDataConfig().prc_rule == "area"

@@ -46,16 +46,18 @@ def shift_mask(m: np.ndarray, t) -> np.ndarray:
 
 
 def depositioning_masks(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
-                        side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False):
+                        prc_rule: str = "area", side_range=(0.2, 0.5), max_cover: float = 0.5):
     """Eq. 6-7 for one view: returns ``(m, m_hat, t)``.
 
-    ``m`` = foreground mask of ``boxes``; ``t`` = the shift; ``m̂ = PRC(shift(m, t), b + t)``.
+    ``m`` = foreground mask of ``boxes``; ``t`` = the shift; ``m̂ = PRC(shift(m, t), b + t)``, PRC
+    by the same function and rule as the views' (:func:`~d3ssl_zoo.data.region_aug.prc_cut_mask`,
+    its own draw of ``s``).
     """
     m = foreground_mask(boxes, height, width)
     t = _depositioning_shift(boxes, height, width, rng)
     shifted_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.tile(t, 2)
-    cut = prc_cut_mask(shifted_boxes, height, width, rng, side_range=side_range,
-                       max_cover=max_cover, area_reading=area_reading)
+    cut = prc_cut_mask(shifted_boxes, height, width, rng, rule=prc_rule, side_range=side_range,
+                       max_cover=max_cover)
     m_hat = shift_mask(m, t)
     np.greater(m_hat, cut, out=m_hat)  # m_hat & ~cut, in place
     return m, m_hat, t

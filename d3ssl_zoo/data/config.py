@@ -22,6 +22,7 @@ __all__ = ["PretrainDataConfig", "IMAGENET_MEAN", "IMAGENET_STD"]
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's
 
 VIEW_SETS = ("d3ssl", "soco")
+PRC_RULES = ("area", "side")  # = region_aug.PRC_RULES
 
 
 @dataclass
@@ -58,11 +59,14 @@ class PretrainDataConfig:
     soco_cutout: bool = False  # SoCo: random square cutout (ablation baseline, Tab. 5 row 2)
     box_jitter: bool = False  # SoCo: unrestricted box jitter (ablation baseline, Tab. 5 row 3)
     depositioning: bool = True  # paper: build x3 of Eq. 8 for L_dp (Sec. 4.2)
-    dp_proposals: int = 0  # ours: how many of the K proposals enter x3 and L_dp; 0 = all K (literal reading)
+    dp_proposals: int = 0  # ours: how many of the K proposals enter x3 and L_dp; 0 = all K (literal reading);
+    # the recipes set n by the rule of docs/design.md ("which proposals enter x3 and L_dp")
     # --- augmentation parameters ---
-    prc_side: tuple[float, float] = (0.2, 0.5)  # paper: cutout size range (read as side ratio, docs/design.md)
-    prc_area_reading: bool = False  # ours: True reads prc_side as an area fraction instead
-    prc_max_cover: float = 0.5  # ours: a cutout may cover a smaller proposal by at most this fraction
+    prc_side: tuple[float, float] = (0.2, 0.5)  # paper: the cutout size range s (what s is: prc_rule)
+    # prc_rule 'area': s is the share of each proposal's area cut, one s per view, an over-cut proposal restored;
+    # 'side': the earlier reading (s the side ratio of the cutout, one s per proposal, prc_max_cover)
+    prc_rule: str = "area"  # authors' RCC (ztt1024/denseSSL loader.py; docs/design.md "PRC size")
+    prc_max_cover: float = 0.5  # ours, prc_rule 'side' only: a cutout may cover a smaller proposal by at most this
     prm_area: tuple[float, float] = (0.2, 0.6)  # paper: PRM rectangle scale range
     prm_aspect: tuple[float, float] = (3 / 4, 4 / 3)  # paper: PRM rectangle aspect range
     jitter_ratio: float = 0.1  # SoCo: box jitter scale/shift ratio r (RBJ and box_jitter)
@@ -83,6 +87,8 @@ class PretrainDataConfig:
                 setattr(self, f.name, tuple(v))
         if self.views not in VIEW_SETS:
             raise ValueError(f"PretrainDataConfig.views must be one of {VIEW_SETS}, got {self.views!r}")
+        if self.prc_rule not in PRC_RULES:
+            raise ValueError(f"PretrainDataConfig.prc_rule must be one of {PRC_RULES}, got {self.prc_rule!r}")
         if self.crop_attempts < 1 or self.dp_proposals < 0 or not 0 <= self.min_crop_overlap <= 1:
             raise ValueError(f"PretrainDataConfig: need crop_attempts >= 1, dp_proposals >= 0 and "
                              f"0 <= min_crop_overlap <= 1; got {self.crop_attempts}, {self.dp_proposals}, "

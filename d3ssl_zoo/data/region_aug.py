@@ -13,8 +13,8 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["box_pixels", "boxes_pixels", "prc_cutouts", "prc_cut_mask", "fill_where", "prc", "prm", "rbj", "box_jitter",
-           "soco_cutout"]
+__all__ = ["box_pixels", "boxes_pixels", "PRC_RULES", "prc_cutouts", "prc_cut_mask", "fill_where", "prc", "prm", "rbj",
+           "box_jitter", "soco_cutout"]
 
 
 def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
@@ -42,10 +42,10 @@ def _areas(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def _prc_cuts(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, side_range, max_cover: float,
-              area_reading: bool, parts: np.ndarray | None = None) -> np.ndarray:
-    """PRC's cutouts (see :func:`prc_cutouts`): returns their union ``(H, W)`` bool and, if ``parts``
-    is given, writes proposal ``i``'s cutout into ``parts[i]``.
+def _prc_cuts_side(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, side_range,
+                   max_cover: float, parts: np.ndarray | None = None) -> np.ndarray:
+    """PRC's ``side`` rule (see :func:`prc_cutouts`): returns the union of the cutouts ``(H, W)`` bool
+    and, if ``parts`` is given, writes proposal ``i``'s cutout into ``parts[i]``.
 
     Two planes whatever the number of proposals (the cutout being placed and the union so far).
     The coverage of a smaller proposal is counted only when the new cutout reaches it and the
@@ -63,8 +63,6 @@ def _prc_cuts(boxes: np.ndarray, height: int, width: int, rng: np.random.Generat
         x1, y1, x2, y2 = boxes[i].tolist()
         w, h = x2 - x1, y2 - y1
         s = rng.uniform(lo, hi)
-        if area_reading:
-            s = math.sqrt(s)
         wc, hc = s * w, s * h
         cx = x1 + rng.uniform(0.0, w - wc)
         cy = y1 + rng.uniform(0.0, h - hc)
@@ -92,28 +90,89 @@ def _prc_cuts(boxes: np.ndarray, height: int, width: int, rng: np.random.Generat
     return cut
 
 
-def prc_cutouts(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
-                side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False) -> np.ndarray:
-    """Per-proposal cutouts of proposal-based random cutout (PRC, Sec. 4.1).
+def _prc_cuts_area(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, side_range,
+                   owner: np.ndarray | None = None) -> np.ndarray:
+    """PRC's ``area`` rule (see :func:`prc_cutouts`): returns the union of the cutouts ``(H, W)`` bool
+    and, if ``owner`` (``(H, W)`` int, all -1) is given, sets each cut pixel to the index of the
+    proposal whose step cut it (-1: not cut).
 
-    Returns ``(N, H, W)`` bool, row ``i`` = pixels removed by proposal ``i``'s cutout.
-    Proposals are processed from large to small. Each cutout keeps its proposal's aspect ratio,
-    side ratio ``s ~ U(side_range)`` (``area_reading``: ``s`` is the area fraction), placed
-    uniformly inside the proposal. A cutout that would leave a smaller proposal covered by more
-    than ``max_cover`` of its area (counting the cutouts of all larger proposals) is restored
-    over that smaller proposal (the paper's rule ii).
+    One ``s`` per call; per proposal (largest area first) one count over its box, at most one
+    restore of the box and one rectangle: no plane per proposal.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    parts = np.zeros((boxes.shape[0], height, width), dtype=bool)
-    _prc_cuts(boxes, height, width, rng, side_range, max_cover, area_reading, parts)
-    return parts
+    cut = np.zeros((height, width), dtype=bool)
+    s = rng.uniform(*side_range)
+    pix = boxes_pixels(boxes, height, width)
+    for i in np.argsort(-_areas(boxes), kind="stable").tolist():
+        x0, y0, x1, y1 = pix[i]
+        bw, bh = x1 - x0, y1 - y0
+        if bw == 0 or bh == 0:
+            continue  # a proposal with no pixel in the array: nothing to measure or cut
+        c = np.count_nonzero(cut[y0:y1, x0:x1]) / (bw * bh)
+        if c > s:  # cut beyond s by the larger proposals: the whole proposal is restored first
+            cut[y0:y1, x0:x1] = False
+            if owner is not None:
+                owner[y0:y1, x0:x1] = -1
+            c = 0.0
+        k = math.sqrt(s - c)  # a rectangle of area (s - c) x the box's, with the box's width/height ratio
+        wc, hc = k * bw, k * bh
+        cx = x0 + rng.uniform(0.0, bw - wc)
+        cy = y0 + rng.uniform(0.0, bh - hc)
+        cx0, cy0, cx1, cy1 = box_pixels((cx, cy, cx + wc, cy + hc), height, width)
+        if owner is not None:
+            o = owner[cy0:cy1, cx0:cx1]
+            o[o < 0] = i  # pixels already cut stay with the step that cut them
+        cut[cy0:cy1, cx0:cx1] = True
+    return cut
 
 
-def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *,
-                 side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False) -> np.ndarray:
+PRC_RULES = ("area", "side")
+
+
+def _prc(boxes, height: int, width: int, rng: np.random.Generator, rule: str, side_range, max_cover: float,
+         planes: bool):
+    if rule not in PRC_RULES:
+        raise ValueError(f"PRC rule must be one of {PRC_RULES}, got {rule!r}")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if rule == "side":
+        parts = np.zeros((boxes.shape[0], height, width), dtype=bool) if planes else None
+        cut = _prc_cuts_side(boxes, height, width, rng, side_range, max_cover, parts)
+        return parts if planes else cut
+    if not planes:
+        return _prc_cuts_area(boxes, height, width, rng, side_range)
+    owner = np.full((height, width), -1, dtype=np.int32)
+    _prc_cuts_area(boxes, height, width, rng, side_range, owner)
+    return owner[None] == np.arange(boxes.shape[0], dtype=np.int32)[:, None, None]
+
+
+def prc_cutouts(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *, rule: str = "area",
+                side_range=(0.2, 0.5), max_cover: float = 0.5) -> np.ndarray:
+    """Per-proposal cutouts of proposal-based random cutout (PRC, Sec. 4.1).
+
+    Returns ``(N, H, W)`` bool, row ``i`` = pixels removed by proposal ``i``'s step. Proposals are
+    processed from the largest area to the smallest; each cutout keeps its proposal's width/height
+    ratio and its corner is uniform over the places that keep it inside the proposal.
+
+    ``rule="area"`` (the authors' ``RCC`` in ztt1024/denseSSL ``loader.py``; docs/design.md): one
+    ``s ~ U(side_range)`` per call is the fraction of each proposal's *area* to cut. For each
+    proposal, ``c`` = the share of its pixels already cut; if ``c > s`` the whole proposal is
+    restored (uncut, also where larger proposals had cut it) and ``c = 0``; then a rectangle of
+    area ``(s - c)`` x the proposal's is cut. Rows are disjoint, their union is the final cut
+    (a pixel belongs to the step that cut it; a restore clears it from every row).
+
+    ``rule="side"`` (the earlier reading): ``s ~ U(side_range)`` per proposal is the side ratio of
+    its cutout; a cutout that would leave a smaller proposal covered by more than ``max_cover`` of
+    its area (counting the cutouts of all larger proposals) is not applied over that smaller
+    proposal. ``max_cover`` is used by this rule only.
+    """
+    return _prc(boxes, height, width, rng, rule, side_range, max_cover, planes=True)
+
+
+def prc_cut_mask(boxes: np.ndarray, height: int, width: int, rng: np.random.Generator, *, rule: str = "area",
+                 side_range=(0.2, 0.5), max_cover: float = 0.5) -> np.ndarray:
     """Union of :func:`prc_cutouts`: ``(H, W)`` bool, True = removed by PRC (the same draws, without
     the per-proposal planes)."""
-    return _prc_cuts(boxes, height, width, rng, side_range, max_cover, area_reading)
+    return _prc(boxes, height, width, rng, rule, side_range, max_cover, planes=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -142,15 +201,15 @@ def fill_where(image: np.ndarray, mask: np.ndarray, fill) -> np.ndarray:
     return out
 
 
-def prc(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, fill=0,
-        side_range=(0.2, 0.5), max_cover: float = 0.5, area_reading: bool = False) -> np.ndarray:
+def prc(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, fill=0, rule: str = "area",
+        side_range=(0.2, 0.5), max_cover: float = 0.5) -> np.ndarray:
     """Proposal-based random cutout (PRC, Sec. 4.1): cut regions are set to ``fill``.
 
     ``fill`` is the mean colour for images (0 after normalisation, as SoCo) and 0/False for
-    the foreground mask of Eq. 7.
+    the foreground mask of Eq. 7. ``rule``, ``side_range``, ``max_cover``: see :func:`prc_cutouts`.
     """
-    cut = prc_cut_mask(boxes, image.shape[0], image.shape[1], rng, side_range=side_range,
-                       max_cover=max_cover, area_reading=area_reading)
+    cut = prc_cut_mask(boxes, image.shape[0], image.shape[1], rng, rule=rule, side_range=side_range,
+                       max_cover=max_cover)
     return fill_where(image, cut, fill)
 
 

@@ -304,8 +304,8 @@ def region_augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
     """
     fill = fill_colour(cfg)
     if cfg.prc:
-        img = prc(img, boxes, rng, fill=fill, side_range=cfg.prc_side, max_cover=cfg.prc_max_cover,
-                  area_reading=cfg.prc_area_reading)
+        img = prc(img, boxes, rng, fill=fill, rule=cfg.prc_rule, side_range=cfg.prc_side,
+                  max_cover=cfg.prc_max_cover)
     elif cfg.soco_cutout and cutout:
         img = soco_cutout(img, boxes, rng, fill=fill, area_range=cfg.cutout_area, p=cfg.cutout_p)
     if cfg.prm:
@@ -428,8 +428,8 @@ def d3ssl_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfi
         # dp_proposals = n (0 < n < K), only the first n of the K (randomly ordered) proposals enter
         # the composite and L_dp; 0 pastes all K (the literal reading of Sec. 4.2).
         n = cfg.dp_proposals if 0 < cfg.dp_proposals < len(b2) else len(b2)
-        m, m_hat, t = depositioning_masks(b2[:n], size, size, rng, side_range=cfg.prc_side,
-                                          max_cover=cfg.prc_max_cover, area_reading=cfg.prc_area_reading)
+        m, m_hat, t = depositioning_masks(b2[:n], size, size, rng, prc_rule=cfg.prc_rule,
+                                          side_range=cfg.prc_side, max_cover=cfg.prc_max_cover)
         boxes3 = (j2[:n] + np.tile(t, 2)).clip(0, size)  # clip: unrestricted box_jitter may leave the proposal
         out.update(m=m, m_hat=m_hat, t=t, boxes3=boxes3.astype(np.float32))
     return out

@@ -52,7 +52,7 @@ PAPER = {
 READINGS = {
     "proposals": "OpenCV selective search, fast mode, at the scenes' own 160 px, then SoCo's filters",
     "PRC": "area fraction per view, top-up and restore past s (the authors' RCC)",
-    "de-positioning": "a subset of n of the K proposals, n by the property rule (docs/design.md)",
+    "de-positioning": "n = 1 of the K proposals in x3, by the property rule (docs/design.md)",
     "SoCo data path": "as SoCo's C4 code: crop retries with halving threshold, proposal-id pairing (c1*c2), "
                       "cutout clipped to the image",
 }

@@ -147,8 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         with timed("losses (Eq. 4, 5, 9, 10)"):
             zs = [z.detach().requires_grad_() for z in (z_s1, z_s2, z_s3)]
             neg = method.queue.keys.clone()
-            loss = (nce(zs[0], z_t2, neg, method.tau) + nce(zs[1], z_t1, neg, method.tau)
-                    + nce(zs[2], z_t2, neg, method.tau) + nce(zs[2], z_t1, neg, method.tau)).mean()
+            # x3 holds the first n <= K proposals of each image (data.dp_proposals), as D3SSL.forward pairs them
+            n, k = batch["boxes3"].shape[1], batch["boxes1"].shape[1]
+            z_t1_dp, z_t2_dp = (z.view(-1, k, z.shape[1])[:, :n].reshape(-1, z.shape[1]) for z in (z_t1, z_t2))
+            loss = (nce(zs[0], z_t2, neg, method.tau).mean() + nce(zs[1], z_t1, neg, method.tau).mean()
+                    + nce(zs[2], z_t2_dp, neg, method.tau).mean() + nce(zs[2], z_t1_dp, neg, method.tau).mean())
             grads = torch.autograd.grad(loss, zs)
         for name, z, g in zip(("x1", "x2s", "x3"), (z_s1, z_s2, z_s3), grads):
             with timed(f"bwd f_q {name}"):

@@ -306,13 +306,14 @@ PINNED = {  # sha256 (first 16 hex) of every array of make_views(IMG, props, cfg
     ("soco_earlier", "five"): ["839ba53c2207e630", "d1bfd812b785e895", "7c8aaea9560f08f4"],
     ("soco_earlier", "one"): ["61be67f20eb28e82", "e74f12d23e2254df", "4339eb6039ed428a"],
 }
-CASES = {"d3ssl": {}, "d3ssl_cutout": dict(prc=False, prm=False, rbj=False, soco_cutout=True, depositioning=False),
+CASES = {"d3ssl": dict(prc_rule="side"), "d3ssl_cutout": dict(prc=False, prm=False, rbj=False, soco_cutout=True, depositioning=False),
          "soco_earlier": dict(SOCO, **EARLIER)}
 
 
 @pytest.mark.parametrize("case,props", sorted(PINNED))
 def test_pinned_samples_are_unchanged(case, props):
-    """Pinned before SoCo's data path was added: the D3SSL views (with PRC or with SoCo's cutout, five
+    """Pinned before SoCo's data path was added: the D3SSL views (with PRC, under the side rule that was then
+    the only one, or with SoCo's cutout, five
     proposals or one) and the earlier SoCo path (``soco_crop_retry: k``, ``soco_pairing: position``,
     ``soco_cutout_clip: box``) give the same bytes for the same seed."""
     p = PROPS if props == "five" else PROPS[4:5]

@@ -144,12 +144,16 @@ def accumulation_steps(global_batch: int | None, micro_batch: int, num_processes
 def sample_bytes(cfg: Any) -> int:
     """Bytes of one collated pre-training sample of the data config ``cfg`` (a recipe's ``data``), as the
     :class:`~d3ssl_zoo.data.PretrainCollator` ships it through shared memory: uint8 views x1, x2 (and x2-s),
-    float32 boxes, and with ``depositioning`` the bool masks ``m``, ``m_hat`` and the int64 shift ``t`` (Eq. 6-7)."""
+    float32 boxes, with ``depositioning`` the bool masks ``m``, ``m_hat``, the int64 shift ``t`` (Eq. 6-7) and the
+    boxes of the ``dp_proposals`` proposals in x3, and with SoCo's pairing by id the int64 proposal ids of each view."""
     big, small, k = cfg.image_size ** 2, cfg.small_size ** 2, cfg.num_proposals
     d3ssl = cfg.views == "d3ssl"
     total = 3 * (2 * big + (small if d3ssl else 0)) + 16 * k * (3 if d3ssl else 2) + 8  # + image_id
     if cfg.depositioning:
-        total += 2 * big + 16 + 16 * k  # m, m_hat, t, boxes3
+        n = cfg.dp_proposals if 0 < cfg.dp_proposals < k else k
+        total += 2 * big + 16 + 16 * n  # m, m_hat, t, boxes3
+    if not d3ssl and cfg.soco_pairing == "id":
+        total += 2 * 8 * k  # proposal_ids1, proposal_ids2
     return total
 
 

@@ -306,7 +306,8 @@ PINNED = {  # sha256 (first 16 hex) of every array of make_views(IMG, props, cfg
     ("soco_earlier", "five"): ["839ba53c2207e630", "d1bfd812b785e895", "7c8aaea9560f08f4"],
     ("soco_earlier", "one"): ["61be67f20eb28e82", "e74f12d23e2254df", "4339eb6039ed428a"],
 }
-CASES = {"d3ssl": dict(prc_rule="side"), "d3ssl_cutout": dict(prc=False, prm=False, rbj=False, soco_cutout=True, depositioning=False),
+CASES = {"d3ssl": dict(prc_rule="side"),
+         "d3ssl_cutout": dict(prc=False, prm=False, rbj=False, soco_cutout=True, depositioning=False),
          "soco_earlier": dict(SOCO, **EARLIER)}
 
 

@@ -163,9 +163,18 @@ def test_the_experiments_index_has_one_row_per_result_folder_with_its_commands()
         assert cells[3].strip() and cells[4].strip().rstrip(" |"), folder  # a finding and a date
 
 
+def _in_progress(folder: str) -> bool:
+    """The index marks a folder whose ladder is still running: its finding starts with "In progress"."""
+    index = (RESULTS.parent / "README.md").read_text()
+    row = next(line for line in index.splitlines() if line.startswith(f"| [`{folder}`]"))
+    return row.split(" | ")[3].startswith("In progress")
+
+
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in RESULTS.glob("*/results.json")
                                           if "evals" in json.loads(p.read_text())))
 def test_each_ladder_folders_commands_make_exactly_its_runs_with_its_settings(folder):
+    """Every run stored was made by a command the folder records, and (once the folder is finished) every run
+    a recorded command makes is stored."""
     data = json.loads((RESULTS / folder / "results.json").read_text())
     settings = {k: v for k, v in data["meta"]["settings"].items() if k != "scenes"}
     made = set()
@@ -179,7 +188,7 @@ def test_each_ladder_folders_commands_make_exactly_its_runs_with_its_settings(fo
         assert args.ceiling_steps == data["evals"].get("supervised/s0", {}).get("training", {}).get("steps", 0)
         made |= {(rung, f"s{seed}") for rung in args.rungs for seed in args.seeds}
     stored = {tuple(k.split("/")[:2]) for k in data["evals"] if k.split("/")[0] in ladder_helpers.RUNGS}
-    assert made == stored
+    assert stored <= made if _in_progress(folder) else made == stored
     assert {k.split("/")[1] for k in data["evals"] if k.startswith("random_init/")} == {s for _, s in made}
 
 def test_the_gain_target_is_judged_per_seed_against_its_own_init_and_its_whole_curve():

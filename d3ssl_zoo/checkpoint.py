@@ -33,6 +33,7 @@ checkpoint.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import logging
@@ -250,8 +251,30 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
     return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
 
 
+def _replace_keys(saved: dict, replaced: Mapping[str, Mapping[Any, tuple[str, Any]]]) -> dict:
+    """``saved`` (a nested recipe dict) with each replaced key whose value has an equivalent written as that
+    equivalent: ``replaced[old_key][old_value] = (new_key, new_value)``, dotted keys. Other values stay, so a
+    setting with no equivalent is still named as a difference."""
+    out = copy.deepcopy(saved)
+    for old_key, values in replaced.items():
+        *path, leaf = old_key.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node or node[leaf] not in values:
+            continue
+        new_key, new_value = values[node.pop(leaf)]
+        *new_path, new_leaf = new_key.split(".")
+        target = out
+        for part in new_path:
+            target = target.setdefault(part, {})
+        target.setdefault(new_leaf, new_value)
+    return out
+
+
 def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint: str | Path | None,
-                     may_change: Iterable[str] = (), added: Mapping[str, Any] | None = None) -> list[str]:
+                     may_change: Iterable[str] = (), added: Mapping[str, Any] | None = None,
+                     replaced: Mapping[str, Mapping[Any, tuple[str, Any]]] | None = None) -> list[str]:
     """Refuse to mix runs in one output folder; return the allowed changes of a resumed run, one line each.
 
     A fresh run (``checkpoint`` is ``None``) needs a folder without ``checkpoints/step_*``; a resumed
@@ -259,7 +282,9 @@ def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint:
     the steps already taken, e.g. the logging period): a change of any other key raises ``ValueError``
     naming each such key with its old and new value. ``added``: dotted keys that recipes gained after
     a checkpoint may have been written, each with the value that behaves as the code did before it; a
-    saved recipe without the key counts as having that value.
+    saved recipe without the key counts as having that value. ``replaced``: keys that later recipes express
+    by another key, ``{old_key: {old_value: (new_key, new_value)}}``; a saved recipe's old key with such a
+    value counts as the new key with the new value.
     """
     if checkpoint is None:
         root = Path(output_dir) / "checkpoints"
@@ -268,7 +293,7 @@ def check_output_dir(output_dir: str | Path, recipe: dict[str, Any], checkpoint:
             raise FileExistsError(f"{output_dir} already holds checkpoints of a run ({found[-1]}); resume it "
                                   f"with --resume auto or choose another --output-dir")
         return []
-    saved = yaml.safe_load((Path(checkpoint) / RECIPE_FILE).read_text())
+    saved = _replace_keys(yaml.safe_load((Path(checkpoint) / RECIPE_FILE).read_text()), replaced or {})
     skip = set(may_change)
     added = added or {}
     changes = [(k, a, b) for k, a, b in _differences(saved, recipe)

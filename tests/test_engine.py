@@ -32,6 +32,7 @@ from d3ssl_zoo.engine import (
     valid_keys,
 )
 from d3ssl_zoo.engine import trainer as trainer_module
+from d3ssl_zoo.engine.config import REPLACED_KEYS
 from d3ssl_zoo.method import D3SSL
 from d3ssl_zoo.recipe import resolve_recipe_file
 from d3ssl_zoo.tags import recipes_dir
@@ -442,6 +443,20 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_under_that_keys_old_beha
                          added=old)
     with pytest.raises(ValueError, match=r"model.padding_mode: None -> 'zeros'"):  # only the keys named
         check_output_dir(tmp_path / "run", {"model": {"name": "d3ssl_r18c4", "padding_mode": "zeros"}}, ckpt)
+
+
+def test_a_checkpoint_with_a_replaced_key_resumes_under_its_equivalent(tmp_path):
+    """A recipe saved with ``data.prc_area_reading: false`` (PRC's side reading before ``data.prc_rule``)
+    resumes under ``data.prc_rule: side``; a value with no equivalent is still named."""
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "recipe.yaml").write_text(yaml.safe_dump({"data": {"prc_area_reading": False, "prc": True}}))
+    check_output_dir(tmp_path / "run", {"data": {"prc_rule": "side", "prc": True}}, ckpt, replaced=REPLACED_KEYS)
+    with pytest.raises(ValueError, match=r"data.prc_rule: 'side' -> 'area'"):
+        check_output_dir(tmp_path / "run", {"data": {"prc_rule": "area", "prc": True}}, ckpt, replaced=REPLACED_KEYS)
+    (ckpt / "recipe.yaml").write_text(yaml.safe_dump({"data": {"prc_area_reading": True, "prc": True}}))
+    with pytest.raises(ValueError, match=r"data.prc_area_reading: True -> None"):
+        check_output_dir(tmp_path / "run", {"data": {"prc_rule": "area", "prc": True}}, ckpt, replaced=REPLACED_KEYS)
 
 
 def test_check_output_dir_refuses_to_mix_runs(tmp_path):

@@ -20,7 +20,7 @@ from d3ssl_zoo.recipe import UnknownRecipeKeyError
 
 __all__ = ["ModelConfig", "MethodConfig", "DatasetConfig", "OptimConfig", "TrainConfig", "Recipe",
            "UnknownRecipeKeyError", "load_recipe", "describe_recipe", "recipe_from_dict", "recipe_to_dict",
-           "valid_keys", "apply_overrides", "ADDED_KEYS", "KEEPS_RESULT", "resumable_keys"]
+           "valid_keys", "apply_overrides", "ADDED_KEYS", "REPLACED_KEYS", "KEEPS_RESULT", "resumable_keys"]
 
 METHODS = ("d3ssl", "soco")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -30,6 +30,10 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 #: checkpoint whose recipe lacks one resumes under a recipe that states that value, and is rebuilt with it.
 ADDED_KEYS = {"model.zero_init_last": False, "model.padding_mode": "zeros", "train.memory_format": "contiguous",
               "data.soco_crop_retry": "k", "data.soco_pairing": "position", "data.soco_cutout_clip": "box"}
+#: Keys that later recipes express by another key: ``{old key: {old value: (new key, new value)}}``; a checkpoint
+#: whose recipe has the old key with such a value resumes under a recipe that states the new one.
+#: ``data.prc_area_reading: false`` was PRC's side reading, now ``data.prc_rule: side`` (docs/design.md).
+REPLACED_KEYS = {"data.prc_area_reading": {False: ("data.prc_rule", "side")}}
 #: Field metadata of the settings that do not define the run: a resumed run may change them (each change is
 #: logged). Every other key defines the run, and a relaunch that changes it is refused. The data is recognised
 #: by content (the images and sizes the proposal file gives them, stored with each checkpoint), not by path.

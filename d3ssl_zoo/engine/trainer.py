@@ -47,7 +47,7 @@ from d3ssl_zoo.data import build_pretrain_dataset, pretrain_loader, source_recor
 from d3ssl_zoo.disk import DiskFullError, is_disk_full, is_unwritable, unwritable
 from d3ssl_zoo.method import D3SSL, LARS, SoCo, lars_param_groups, lr_at, momentum_at, scaled_lr
 
-from .config import ADDED_KEYS, Recipe, recipe_to_dict, resumable_keys
+from .config import ADDED_KEYS, REPLACED_KEYS, Recipe, recipe_to_dict, resumable_keys
 from .device import apply_device_settings
 
 __all__ = ["DATA_BOUND", "EpochShuffleSampler", "NonFiniteLossError", "Preempted", "TrainResult",
@@ -305,7 +305,8 @@ def _train(accelerator: Accelerator, recipe: Recipe, output_dir: Path, resume: s
         if "data_fingerprint" not in saved:  # written before data was recognised by content: by path then
             may_change = [k for k in may_change if not k.startswith("dataset.")]
         # never mix two runs in one folder; settings that do not change the result may differ
-        changes = check_output_dir(output_dir, recipe_dict, found, may_change=may_change, added=ADDED_KEYS)
+        changes = check_output_dir(output_dir, recipe_dict, found, may_change=may_change, added=ADDED_KEYS,
+                                   replaced=REPLACED_KEYS)
         return found, saved, changes
 
     # one process decides which checkpoint to resume from, so ranks can never pick different ones

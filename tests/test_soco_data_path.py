@@ -263,6 +263,28 @@ def test_soco_views_place_the_cutout_on_the_box_as_the_flipped_view_shows_it():
         assert xs.min() >= x0 - half and xs.max() <= x1 + half and ys.min() >= y0 - half and ys.max() <= y1 + half
 
 
+def test_d3ssl_cutout_ablation_follows_the_clip_key():
+    """Tab. 5 row 2 (SoCo's cutout in D3SSL's views): with ``soco_cutout_clip: image`` SoCo's square may leave
+    the box, with ``box`` it never does. x1 carries the whole-view box, so only x1's cut pixels are checked
+    against the proposal as view 1 shows it."""
+    base = dict(prc=False, prm=False, rbj=False, box_jitter=False, depositioning=False, num_proposals=1,
+                cutout_p=1.0, crop_scale=(1.0, 1.0), flip_p=0.0, blur_p=(0.0, 0.0), color_jitter_p=0.0,
+                grayscale_p=0.0, solarize_p=(0.0, 0.0))
+    props = np.array([[20, 20, 44, 44]], np.float32)
+    left = {"image": 0, "box": 0}
+    for clip in left:
+        for seed in range(20):
+            c = cfg(base, soco_cutout=True, soco_cutout_clip=clip)
+            cut = make_views(IMG, props, c, np.random.default_rng(seed))
+            plain = make_views(IMG, props, cfg(base, soco_cutout=False), np.random.default_rng(seed))
+            x0, y0, x1, y1 = cut["boxes1"][0]
+            ys, xs = np.nonzero((cut["x1"] != plain["x1"]).any(-1))
+            assert xs.size > 0
+            left[clip] += bool(xs.min() < np.floor(x0) or xs.max() >= np.ceil(x1)
+                               or ys.min() < np.floor(y0) or ys.max() >= np.ceil(y1))
+    assert left["box"] == 0 and left["image"] > 0
+
+
 # --- the batch and the configuration ----------------------------------------------------------------
 
 def test_collator_carries_the_ids_only_for_id_pairing():
@@ -307,16 +329,17 @@ PINNED = {  # sha256 (first 16 hex) of every array of make_views(IMG, props, cfg
     ("soco_earlier", "one"): ["61be67f20eb28e82", "e74f12d23e2254df", "4339eb6039ed428a"],
 }
 CASES = {"d3ssl": dict(prc_rule="side"),
-         "d3ssl_cutout": dict(prc=False, prm=False, rbj=False, soco_cutout=True, depositioning=False),
+         "d3ssl_cutout": dict(prc=False, prm=False, rbj=False, soco_cutout=True, depositioning=False,
+                              soco_cutout_clip="box"),
          "soco_earlier": dict(SOCO, **EARLIER)}
 
 
 @pytest.mark.parametrize("case,props", sorted(PINNED))
 def test_pinned_samples_are_unchanged(case, props):
     """Pinned before SoCo's data path was added: the D3SSL views (with PRC, under the side rule that was then
-    the only one, or with SoCo's cutout, five
-    proposals or one) and the earlier SoCo path (``soco_crop_retry: k``, ``soco_pairing: position``,
-    ``soco_cutout_clip: box``) give the same bytes for the same seed."""
+    the only one, or with SoCo's cutout clipped to the box as it then was; five proposals or one) and the
+    earlier SoCo path (``soco_crop_retry: k``, ``soco_pairing: position``, ``soco_cutout_clip: box``) give
+    the same bytes for the same seed."""
     p = PROPS if props == "five" else PROPS[4:5]
     got = [_digest(make_views(IMG, p, cfg(**CASES[case]), np.random.default_rng([7, 0, s]))) for s in range(3)]
     assert got == PINNED[(case, props)]

@@ -51,7 +51,7 @@ class PretrainDataConfig:
     # SoCo's C4 data path as its code runs it (views='soco' only; docs/design.md "The SoCo baseline")
     soco_crop_retry: str = "halving"  # SoCo: x2 re-drawn while < max(K//2, 1) qualify, halved per draw; 'k': < K
     soco_pairing: str = "id"  # SoCo: each view pads its own repeats, pairs matched by proposal id; 'position'
-    soco_cutout_clip: str = "image"  # SoCo: the cutout square clipped to the view; 'box': to the box
+    soco_cutout_clip: str = "image"  # SoCo's cutout (SoCo, Tab. 5 row 2): square clipped to the view; 'box': to the box
     # --- region augmentation set (Sec. 4.1; Tab. 5 / Tab. 6 switches) ---
     prc: bool = True  # paper: proposal-based random cutout
     prm: bool = True  # paper: proposal-based random mask

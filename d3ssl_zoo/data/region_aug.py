@@ -294,7 +294,7 @@ def soco_cutout(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, 
                 area_range=(0.1, 0.3), p: float = 0.5, clip_to_image: bool = False) -> np.ndarray:
     """SoCo's random cutout: with probability ``p`` per box, a square of area ``U(area_range)`` of the box.
 
-    ``clip_to_image=False`` (the Tab. 5 row 2 baseline of D3SSL's ablation): the square is centred
+    ``clip_to_image=False`` (the earlier reading, ``soco_cutout_clip: box``): the square is centred
     uniformly in the box and clipped to it. ``clip_to_image=True``: as SoCo's ``RandomCutoutInBbox``
     (``contrast/data/transform_ops.py``, hologerry/SoCo): on the box's pixels ``px0 .. px1 - 1`` (see
     :func:`box_pixels`), side ``s = round(sqrt(U(area_range) * box pixels))``, centre ``(cx, cy)`` a

@@ -307,7 +307,8 @@ def region_augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
         img = prc(img, boxes, rng, fill=fill, rule=cfg.prc_rule, side_range=cfg.prc_side,
                   max_cover=cfg.prc_max_cover)
     elif cfg.soco_cutout and cutout:
-        img = soco_cutout(img, boxes, rng, fill=fill, area_range=cfg.cutout_area, p=cfg.cutout_p)
+        img = soco_cutout(img, boxes, rng, fill=fill, area_range=cfg.cutout_area, p=cfg.cutout_p,
+                          clip_to_image=cfg.soco_cutout_clip == "image")
     if cfg.prm:
         img = prm(img, boxes, rng, area_range=cfg.prm_area, aspect_range=cfg.prm_aspect)
     return img
@@ -440,7 +441,8 @@ def soco_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig
     """SoCo's two views (whole image 224, RandomResizedCrop 224; SoCo's ``contrast/data/transform.py``).
 
     SoCo's random cutout goes on view 2 only (with ``soco_cutout_clip='image'``, SoCo's square clipped
-    to the view, placed on the boxes as the flipped view shows them); PRC/PRM (SoCo + Aug_D3SSL,
+    to the view, placed on the boxes as the flipped view shows them; Tab. 5 row 2 in D3SSL's views
+    follows the same key); PRC/PRM (SoCo + Aug_D3SSL,
     Tab. 6) on both views. With ``soco_pairing='id'`` the sample also has ``proposal_ids1`` and
     ``proposal_ids2`` (int64 ``(K,)``): which proposal each box of ``boxes1`` / ``boxes2`` is; the
     loss pairs boxes with equal ids (:func:`soco_correspondence`). See docs/design.md, "The SoCo baseline".
@@ -448,12 +450,7 @@ def soco_views(image: np.ndarray, proposals: np.ndarray, cfg: PretrainDataConfig
     x1, x2, b1, b2, ids1, ids2 = _views_and_boxes(image, proposals, cfg, rng, plan)
     size = cfg.image_size
     x1 = region_augment(x1, b1, rng, cfg, cutout=False)
-    if cfg.soco_cutout and cfg.soco_cutout_clip == "image":
-        x2 = soco_cutout(x2, b2, rng, fill=fill_colour(cfg), area_range=cfg.cutout_area, p=cfg.cutout_p,
-                         clip_to_image=True)
-        x2 = region_augment(x2, b2, rng, cfg, cutout=False)  # then PRM, if enabled, as region_augment orders them
-    else:
-        x2 = region_augment(x2, b2, rng, cfg)
+    x2 = region_augment(x2, b2, rng, cfg)
     out = {"x1": x1, "x2": x2, "boxes1": jitter_boxes(b1, rng, cfg, size), "boxes2": jitter_boxes(b2, rng, cfg, size)}
     if ids1 is not None:
         out.update(proposal_ids1=ids1, proposal_ids2=ids2)

@@ -137,8 +137,14 @@ def test_a_direction_line_gives_the_verdict_the_per_seed_differences_the_tests_a
     # every CR / MCS direction is judged at layer4 and at layer3
     texts = [x.split(":")[0] for x in report.directions(rows)]
     for claim in ("D3SSL lower CR ({}) than SoCo", "SoCo + Aug_D3SSL lower CR ({}) than SoCo", "L_dp lowers CR ({})",
-                  "L_dp raises MCS ({})", "L_dp on 1 of K raises MCS ({}) over w/o L_dp"):
+                  "L_dp raises MCS ({})"):
         assert [sum(t.startswith(f"- {claim.format(s)}") for t in texts) for s in ("layer4", "layer3")] == [1, 1]
+    # the 1-of-K rung is judged only in a folder that ran it (its d3ssl rung pasted all K proposals)
+    one_of_k = "- L_dp on 1 of K raises MCS ({}) over w/o L_dp"
+    assert not any(t.startswith(one_of_k.format("layer4")) for t in texts)
+    rows["d3ssl_dp1"] = {"mcs_layer4": seeds(0.9, 0.9), "mcs_layer3": seeds(0.9, 0.9)}
+    texts = [x.split(":")[0] for x in report.directions(rows)]
+    assert [sum(t.startswith(one_of_k.format(s)) for t in texts) for s in ("layer4", "layer3")] == [1, 1]
 
 
 def test_more_so_on_disturbed_is_a_paired_comparison_of_the_excess():

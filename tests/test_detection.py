@@ -135,11 +135,13 @@ def test_voc_reader_counts_objects_without_finite_corners_and_names_bad_xml(tmp_
     make_voc(tmp_path, "2007", "test", {"000001": [("dog", (11, 5, 40, 30), False)]})
     xml = tmp_path / "VOC2007" / "Annotations" / "000001.xml"
     xml.write_text(_voc_xml([("dog", (11, 5, 40, 30), False), ("cat", ("nan", 1, 8, 9), False),
-                             ("cat", ("x", 1, 8, 9), False)]))
+                             ("cat", ("x", 1, 8, 9), False), ("cat", (9, 1, 8, 9), False), ("cat", (1, 9, 8, 2), False),
+                             ("cat", (3, 3, 3, 3), False)]))
     skips = no_skips()
     (r,) = read_voc(tmp_path, "2007", "test", skips=skips)
-    np.testing.assert_array_equal(r.objects.boxes, [[10, 4, 40, 30]])
-    assert _counted(skips) == {"invalid_annotations": 2}
+    # inverted corners are left out and counted; xmax = xmin is VOC's 1-pixel box, kept
+    np.testing.assert_array_equal(r.objects.boxes, [[10, 4, 40, 30], [2, 2, 3, 3]])
+    assert _counted(skips) == {"invalid_annotations": 4}
     xml.write_text("<annotation><size>")
     with pytest.raises(ValueError, match=r"000001\.xml is not valid XML"):
         read_voc(tmp_path, "2007", "test")

@@ -180,7 +180,8 @@ SKIP_REASONS: Dict[str, str] = {
     "boxes_too_small": "boxes under the minimum size",
     "boxes_unknown_category": "boxes of a category id not in 'categories'",
     "annotations_without_bbox": "annotations without bbox",
-    "invalid_annotations": "invalid annotations (a box that is not 4 finite numbers, or no image/category id)",
+    "invalid_annotations": ("invalid annotations (a box that is not 4 finite numbers, a VOC box whose max corner "
+                            "is below its min, or no image/category id)"),
 }
 
 

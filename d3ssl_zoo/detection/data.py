@@ -39,7 +39,8 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
     """Read ``root/VOC<year>/ImageSets/Main/<split>.txt`` and its ``Annotations/*.xml``.
 
     Difficult objects are kept and flagged: detectron2 trains on them and its evaluator ignores
-    them. Objects without 4 finite box corners are left out and counted as
+    them. Objects without 4 finite box corners, or whose xmax / ymax is below xmin / ymin (VOC's corners
+    are inclusive, so xmax = xmin is a 1-pixel box), are left out and counted as
     ``skips["invalid_annotations"]`` (``skips``: a counter of :func:`~d3ssl_zoo.data.coco_json.no_skips`).
     """
     base = Path(root) / f"VOC{year}"
@@ -69,8 +70,9 @@ def read_voc(root: Path, year: str, split: str, class_names: Sequence[str] = VOC
                 corners = [float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
             except (AttributeError, TypeError, ValueError):  # no bndbox, a missing or non-numeric corner
                 corners = []
-            if len(corners) != 4 or not np.isfinite(corners).all():
-                skips["invalid_annotations"] += 1
+            inverted = len(corners) == 4 and (corners[2] < corners[0] or corners[3] < corners[1])
+            if len(corners) != 4 or not np.isfinite(corners).all() or inverted:
+                skips["invalid_annotations"] += 1  # torchvision's detectors refuse a box of no width or height
                 continue
             x1, y1, x2, y2 = corners
             boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])

@@ -38,11 +38,12 @@ def _make_tiny_source(root: Path, num_images: int = 8, size=(96, 80)) -> tuple[P
     rng = np.random.default_rng(0)
     entries = []
     w, h = size
-    for i in range(num_images):
+    # ids follow the image folder's order, which sorts names as text (img10.png before img2.png)
+    for i, name in enumerate(sorted(f"img{n}.png" for n in range(num_images))):
         img = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
-        Image.fromarray(img).resize((w, h), Image.NEAREST).save(images / f"img{i}.png")
+        Image.fromarray(img).resize((w, h), Image.NEAREST).save(images / name)
         boxes = np.array([[4, 4, 52, 60], [30, 10, 90, 70], [10, 30, 60, 78]], np.float32)
-        entries.append(ProposalEntry(i, f"img{i}.png", w, h, 0, boxes))
+        entries.append(ProposalEntry(i, name, w, h, 0, boxes))
     proposals = root / "proposals.safetensors"
     write_proposal_file(proposals, entries, mode="fast", resize_long=None)
     return images, proposals

@@ -1,21 +1,17 @@
 """Detection training batches (d3ssl_zoo/detection/sampler.py): grouped by aspect ratio, sharded exactly
 across processes, resumable mid-epoch; and the fine-tuning loop on 2 CPU processes (gloo)."""
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from launching import ENV, ROOT, accelerate, capture
 from PIL import Image
 
 from d3ssl_zoo.detection.sampler import GroupedShardedBatchSampler, aspect_groups
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _epoch(groups, batch_size, num_replicas, epoch=0, seed=0):
@@ -96,19 +92,9 @@ TINY = ["min_size_train=[64]", "min_size_test=64", "max_size=96", "anchor_sizes=
         "log_period=1", "sync_bn=false", "precise_bn_iters=0", "num_workers=0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch_two(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(ROOT / "train" / "finetune_det.py"), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    cmd = accelerate(2, ROOT / "train" / "finetune_det.py", *args)
+    return capture(cmd, timeout=timeout, env={**ENV, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
 
 
 @pytest.mark.slow

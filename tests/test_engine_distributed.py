@@ -4,25 +4,16 @@ keys and the weights stay in sync.
 Run by pytest, this file launches itself as the worker: ``accelerate launch --multi_gpu
 --num_processes 2 tests/test_engine_distributed.py OUT KEY=VALUE...`` (the recipe overrides).
 """
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import ENV, ROOT, accelerate, capture
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
 # BatchNorm running statistics are per process on CPU (SyncBN needs GPUs): they are not trained weights
 _PER_PROCESS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(out: Path, overrides: list[str]) -> None:
@@ -48,12 +39,8 @@ def worker(out: Path, overrides: list[str]) -> None:
 @pytest.mark.slow
 def test_two_processes_share_queue_and_weights(tmp_path, make_tiny_source, tiny_overrides):
     images, proposals = make_tiny_source(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), __file__, str(tmp_path), *tiny_overrides(images, proposals)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = accelerate(2, Path(__file__), str(tmp_path), *tiny_overrides(images, proposals))
+    proc = capture(cmd, timeout=300, env={**ENV, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     # the queue gathers keys from all processes before enqueueing: both ranks hold e0..e3 in rank order

@@ -7,69 +7,26 @@ boundary or later, on one process and on two (gloo on CPU). One failing process 
 job promptly with its error visible, not leave the others waiting in a collective.
 """
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import capture, checkpoint_state, ok, pretrain, small_run
 from safetensors.torch import load_file
 
 from d3ssl_zoo.tags import recipes_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN = ROOT / "train" / "pretrain.py"
 RECIPES = recipes_dir()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _overrides(images: Path, proposals: Path, *extra: str) -> list[str]:
-    # 8 images, global batch 4 in micro-batches of 2: one process accumulates 2 micro-batches per step,
-    # two processes take one each; 2 steps per epoch either way, 3 epochs
-    return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
-            "data.small_size=32", "data.num_proposals=2", "method.roi_size=4", "method.roi_size_small=2",
-            "method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
-            "method.queue_size=48", "train.global_batch=4", "train.batch_size=2", "train.epochs=3",
-            "train.num_workers=0",
-            "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1", "train.keep_last=20",
-            "optim.warmup_epochs=0.5", "optim.base_lr=4.0", *extra]
-
-
 def launch(out: Path, overrides: list[str], nproc: int, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if nproc > 1:
-        cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]
-    cmd += [str(PRETRAIN), "--no-eval", "--output-dir", str(out), *overrides]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-
-
-def _state(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint: the method module (student, teacher, queue) and the optimiser."""
-    state = {f"model.{k}": v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
-    optim = torch.load(ckpt / "optimizer.bin", weights_only=True, map_location="cpu")
-    for i, s in optim["state"].items():
-        for k, v in s.items():
-            state[f"optim.{i}.{k}"] = v
-    return state
+    return capture(pretrain(out, overrides, nproc), timeout=timeout)
 
 
 def _differing(a: Path, b: Path) -> list[str]:
-    sa, sb = _state(a), _state(b)
+    sa, sb = checkpoint_state(a), checkpoint_state(b)
     assert sa.keys() == sb.keys()
     return [k for k in sa if not torch.equal(sa[k], sb[k])]
 
@@ -84,9 +41,9 @@ def source(tmp_path_factory, make_tiny_source):
 @pytest.mark.slow
 def test_relaunch_from_a_checkpoint_equals_the_uninterrupted_run(source, tmp_path, nproc, resume_steps):
     # resume points: inside epoch 0, on the boundary of epochs 0/1, inside a later epoch
-    overrides = _overrides(*source)
+    overrides = small_run(*source)
     straight = tmp_path / "straight"
-    _ok(launch(straight, overrides, nproc))
+    ok(launch(straight, overrides, nproc))
     steps_per_epoch = 2
     final = straight / "checkpoints" / f"step_{3 * steps_per_epoch:08d}"
     assert final.is_dir()
@@ -95,7 +52,7 @@ def test_relaunch_from_a_checkpoint_equals_the_uninterrupted_run(source, tmp_pat
         src = straight / "checkpoints" / f"step_{k:08d}"
         shutil.copytree(src, run / "checkpoints" / src.name)
         proc = launch(run, overrides, nproc)  # --resume auto is the default
-        _ok(proc)
+        ok(proc)
         assert f"resumed from {run / 'checkpoints' / src.name} at step {k}/" in proc.stdout
         for later in range(k + 1, 3 * steps_per_epoch + 1):
             name = f"step_{later:08d}"
@@ -118,7 +75,7 @@ def test_a_failing_process_ends_the_job_promptly_with_its_error(tmp_path, make_t
     # non-zero with the error, not wait for the collective timeout (30 min with gloo)
     images, proposals = make_tiny_source(tmp_path / "data")
     (images / "img5.png").write_bytes(b"not a png")
-    proc = launch(tmp_path / "run", _overrides(images, proposals), 2, timeout=240)
+    proc = launch(tmp_path / "run", small_run(images, proposals), 2, timeout=240)
     assert proc.returncode != 0
     assert "img5.png" in proc.stderr
 
@@ -155,7 +112,7 @@ def test_accumulated_steps_update_once_per_global_batch(source, tmp_path, monkey
             counts[_key] += 1
             return _real(self, *a, **k)
         monkeypatch.setattr(cls, name, counted)
-    recipe = load_recipe(RECIPES / "demo.yaml", _overrides(*source, "train.epochs=2", "train.checkpoint_every=100"))
+    recipe = load_recipe(RECIPES / "demo.yaml", small_run(*source, "train.epochs=2", "train.checkpoint_every=100"))
     result = train(recipe, tmp_path / "run")
     # 8 images / global batch 4 = 2 steps per epoch; each step = 2 micro-batches of 2 on this one process
     assert (result.step, result.total_steps) == (4, 4)
@@ -178,6 +135,6 @@ def test_teacher_ema_skips_the_steps_the_fp16_scaler_skipped(source, tmp_path, m
     emas = []
     real = D3SSL.momentum_update
     monkeypatch.setattr(D3SSL, "momentum_update", lambda self, m: (emas.append(m), real(self, m)))
-    recipe = load_recipe(RECIPES / "demo.yaml", _overrides(*source, "train.epochs=2", "train.checkpoint_every=100"))
+    recipe = load_recipe(RECIPES / "demo.yaml", small_run(*source, "train.epochs=2", "train.checkpoint_every=100"))
     assert train(recipe, tmp_path / "run").step == 4
     assert len(emas) == 2  # steps 0 and 2 only

@@ -1,22 +1,18 @@
 """Start-up and in-loop checks of the pre-training loop: the data workers' shared memory against /dev/shm, and the
 time spent waiting for batches (is the run data-bound?)."""
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import PRETRAIN, capture, pretrain
 
 from d3ssl_zoo.data import PretrainCollator, build_pretrain_dataset
 from d3ssl_zoo.engine import load_recipe
 from d3ssl_zoo.engine.trainer import check_shared_memory, sample_bytes
 from d3ssl_zoo.tags import recipe_file
-
-PRETRAIN = Path(__file__).resolve().parents[1] / "train" / "pretrain.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +21,7 @@ def tiny(tmp_path_factory, make_tiny_source, tiny_overrides):
 
 
 def _launch(out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(PRETRAIN), "--no-eval", "--output-dir", str(out),
-           *overrides]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    return capture(pretrain(out, overrides))
 
 
 @pytest.mark.parametrize("views", [["data.views=d3ssl"], ["data.views=d3ssl", "data.depositioning=false"],

@@ -6,22 +6,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import launching
 import psutil
 import pytest
 import torch
-from safetensors.torch import load_file
+from launching import PRETRAIN, capture, checkpoint_state, pretrain
 
 from d3ssl_zoo.checkpoint import STATE_FILE, list_checkpoints
 
-PRETRAIN = Path(__file__).resolve().parents[1] / "train" / "pretrain.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**launching.ENV, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -33,25 +30,8 @@ def tiny(tmp_path_factory, make_tiny_source, tiny_overrides):
             "train.checkpoint_every=1000", "train.keep_last=5"]
 
 
-def _cmd(out: Path, overrides: list[str], nproc: int) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if nproc > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            cmd += ["--multi_gpu", "--main_process_port", str(s.getsockname()[1])]
-    return [*cmd, str(PRETRAIN), "--no-eval", "--output-dir", str(out), *overrides]
-
-
 def _run(out: Path, overrides: list[str], nproc: int) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(out, overrides, nproc), env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def _state(ckpt: Path) -> dict[str, torch.Tensor]:
-    state = {f"model.{k}": v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
-    optim = torch.load(ckpt / "optimizer.bin", weights_only=True, map_location="cpu")
-    state.update({f"optim.{i}.{k}": v for i, s in optim["state"].items() for k, v in s.items()})
-    return state
+    return capture(pretrain(out, overrides, nproc), env=ENV)
 
 
 def _preempt(out: Path, overrides: list[str], nproc: int, signum: int, tmp_path: Path, launcher: bool):
@@ -59,7 +39,7 @@ def _preempt(out: Path, overrides: list[str], nproc: int, signum: int, tmp_path:
     a scheduler does, or only to the rank-0 training process) and wait for the exit."""
     log = tmp_path / f"stderr_{nproc}.txt"
     with open(log, "w") as err:
-        proc = subprocess.Popen(_cmd(out, overrides, nproc), env=ENV, stdout=subprocess.PIPE, stderr=err, text=True,
+        proc = subprocess.Popen(pretrain(out, overrides, nproc), env=ENV, stdout=subprocess.PIPE, stderr=err, text=True,
                                 start_new_session=True)
         try:
             end = time.monotonic() + 300
@@ -95,7 +75,7 @@ def _check_resumes_exactly(straight: Path, out: Path, overrides: list[str], npro
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from {ckpts[0]} at step {step}/{total}" in again.stdout
     final = f"checkpoints/step_{total:08d}"
-    a, b = _state(straight / final), _state(out / final)
+    a, b = checkpoint_state(straight / final), checkpoint_state(out / final)
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     exported = [(d / "export" / "model.safetensors").read_bytes() for d in (straight, out)]
     assert exported[0] == exported[1]

@@ -6,52 +6,25 @@ number of processes (the accumulation is re-derived for the recipe's global batc
 defines the run, or data whose content differs, is refused naming it.
 """
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import capture, ok, pretrain, small_run
 from safetensors.torch import load_file
 
 from d3ssl_zoo.engine.config import resumable_keys
 
-ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN = ROOT / "train" / "pretrain.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _overrides(images: Path, proposals: Path, *extra: str) -> list[str]:
     # 8 images, global batch 4 in micro-batches of 2: 2 steps, one checkpoint after each
-    return [f"dataset.source={images}", f"dataset.proposals={proposals}", "data.image_size=64",
-            "data.small_size=32", "data.num_proposals=2", "method.roi_size=4", "method.roi_size_small=2",
-            "method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
-            "method.queue_size=48", "train.global_batch=4", "train.batch_size=2", "train.epochs=1",
-            "train.num_workers=0", "train.tracker=none", "train.checkpoint_every=1", "train.log_every=1",
-            "train.keep_last=20", "optim.warmup_epochs=0.5", "optim.base_lr=4.0", *extra]
+    return small_run(images, proposals, "train.epochs=1", *extra)
 
 
 def launch(out: Path, overrides: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if nproc > 1:
-        cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]
-    cmd += [str(PRETRAIN), "--no-eval", "--output-dir", str(out), *overrides]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return capture(pretrain(out, overrides, nproc))
 
 
 def _relaunch_from(straight: Path, run: Path, step: int) -> None:
@@ -70,7 +43,7 @@ def test_the_split_is_declared_on_the_recipe_fields():
 def test_moved_data_and_other_intervals_resume_to_the_same_weights(tmp_path, make_tiny_source):
     images, proposals = make_tiny_source(tmp_path / "data")
     straight = tmp_path / "straight"
-    _ok(launch(straight, _overrides(images, proposals)))
+    ok(launch(straight, _overrides(images, proposals)))
     # the data copied to another disk, other log / checkpoint intervals and keep_last
     moved = tmp_path / "scratch"
     shutil.copytree(tmp_path / "data", moved)
@@ -78,7 +51,7 @@ def test_moved_data_and_other_intervals_resume_to_the_same_weights(tmp_path, mak
     _relaunch_from(straight, run, 1)
     proc = launch(run, _overrides(moved / "images", moved / "proposals.safetensors", "train.log_every=2",
                                   "train.checkpoint_every=5", "train.keep_last=4"))
-    _ok(proc)
+    ok(proc)
     for line in (f"dataset.source: '{images}' -> '{moved / 'images'}'", "train.log_every: 1 -> 2",
                  "train.checkpoint_every: 1 -> 5", "train.keep_last: 20 -> 4"):
         assert f"resuming with a changed setting that does not change the result: {line}" in proc.stdout
@@ -103,11 +76,11 @@ def test_moved_data_and_other_intervals_resume_to_the_same_weights(tmp_path, mak
 def test_another_number_of_processes_continues_with_the_same_global_batch(tmp_path, make_tiny_source):
     images, proposals = make_tiny_source(tmp_path / "data")
     straight = tmp_path / "straight"
-    _ok(launch(straight, _overrides(images, proposals), nproc=2))
+    ok(launch(straight, _overrides(images, proposals), nproc=2))
     run = tmp_path / "resumed"
     _relaunch_from(straight, run, 1)
     proc = launch(run, _overrides(images, proposals), nproc=1)
-    _ok(proc)
+    ok(proc)
     assert "written by 2 process(es) x 1 accumulated micro-batch(es); continuing with 1 x 2, the same " \
            "global batch of 4" in proc.stdout
     assert f"resumed from {run / 'checkpoints' / 'step_00000001'} at step 1/2" in proc.stdout

@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import launching
 import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from launching import ENV
 from torch import nn
 
 from d3ssl_zoo.checkpoint import (
@@ -40,19 +42,12 @@ FINETUNE = ROOT / "train" / "finetune_det.py"
 _spec = importlib.util.spec_from_file_location("pretrain", PRETRAIN)  # a script, not a module
 pretrain = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pretrain)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, make_tiny_source, tiny_overrides):
     """The demo recipe shrunk to a tiny source of 8 images: 4 steps per epoch, a checkpoint every step."""
     return tiny_overrides(*make_tiny_source(tmp_path_factory.mktemp("tiny")))
-
-
-def launch_cmd(out: Path, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", str(PRETRAIN), "--no-eval", "--output-dir", str(out),
-            *overrides]
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -193,12 +188,12 @@ def test_finetune_det_output_dir_unwritable_or_locked_is_refused_before_the_data
 def test_a_second_launch_into_a_running_folder_is_refused_and_ctrl_c_says_how_to_resume(tiny, tmp_path):
     out = tmp_path / "run"
     long = [*tiny, "train.epochs=100"]  # 400 steps: still running while the second launch starts
-    first = subprocess.Popen(launch_cmd(out, long), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    first = subprocess.Popen(launching.pretrain(out, long), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)  # its own process group, as in a terminal
     try:
         wait_for(lambda: list_checkpoints(out), first)
         holder = json.loads((out / LOCK_FILE).read_text())["pid"]
-        second = subprocess.run(launch_cmd(out, long), env=ENV, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(launching.pretrain(out, long), env=ENV, capture_output=True, text=True, timeout=300)
         assert second.returncode != 0
         assert f"pretrain.py: another run is writing to {out} (process {holder} on " in second.stderr
         assert first.poll() is None  # the running one goes on
@@ -215,8 +210,8 @@ def test_a_second_launch_into_a_running_folder_is_refused_and_ctrl_c_says_how_to
     assert (f"pretrain.py: interrupted; the last checkpoint is {newest} (step {step}): the same command continues "
             f"from it") in stderr
     assert not (out / LOCK_FILE).exists()  # released on the way out
-    again = subprocess.Popen(launch_cmd(out, long), env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    again = subprocess.Popen(launching.pretrain(out, long), env={**ENV, "PYTHONUNBUFFERED": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = again.stdout.readline()
         while line and "resumed from" not in line:

@@ -7,35 +7,24 @@ start-up on both nodes, naming the folder. In one directory the folder is shared
 state lands in the checkpoint and no temporary folder is left behind.
 """
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN = ROOT / "train" / "pretrain.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from launching import ENV, PRETRAIN, free_port
 
 
 def _launch_two_nodes(cwds: tuple[Path, Path], overrides: list[str]) -> list[subprocess.CompletedProcess]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank, cwd in enumerate(cwds):
         cwd.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
                str(PRETRAIN), "--no-eval", "--output-dir", "run", *overrides]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     done = []
     for p in procs:

@@ -89,6 +89,16 @@ def _write_coco(root, name="train", num_images=6, hw=(64, 96), seed=0, objects=(
     return ann, img_dir
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, as a data worker runs (two OpenMP threads that spin-wait on a loaded
+    2-core machine make tiny steps 10x slower); the earlier count restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def make_tiny_source():
     """``make_tiny_source(root, num_images=8, size=(96, 80)) -> (images, proposals)``: an image folder

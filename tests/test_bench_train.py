@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
@@ -22,13 +21,8 @@ def test_repeated_epoch_sampler_visits_every_index_repeats_times_per_epoch():
 
 
 @pytest.mark.slow
-def test_step_breakdown_on_the_sample(capsys):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        bench_train.main(["--image-size", "64", "--batch-size", "9", "--steps", "1"])
-    finally:
-        torch.set_num_threads(before)
+def test_step_breakdown_on_the_sample(capsys, one_thread):
+    bench_train.main(["--image-size", "64", "--batch-size", "9", "--steps", "1"])
     out = capsys.readouterr().out
     # 2 x 9 > the sample's 16 photos: the sampler repeats them
     assert "d3ssl_r18c4, 64 px, batch 9, K=4, precision no, contiguous, cpu" in out

@@ -23,15 +23,6 @@ sys.modules["gpu_check"] = gpu_check  # importlib's recipe for a source file; it
 _spec.loader.exec_module(gpu_check)
 
 
-@pytest.fixture
-def one_thread():
-    # the shared CI cores: two OpenMP threads that spin-wait on a loaded machine make these tiny steps 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory, make_tiny_source):
     """4 random-texture images with 3 hand-made proposals each (no selective search: seconds, not minutes)."""

@@ -94,13 +94,8 @@ def test_the_step_makes_no_torch_call_per_tensor():
 
 
 @pytest.mark.slow
-def test_bench_train_times_lars_against_the_loop(capsys):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        bench_train.main(["--image-size", "64", "--batch-size", "2", "--steps", "2"])
-    finally:
-        torch.set_num_threads(before)
+def test_bench_train_times_lars_against_the_loop(capsys, one_thread):
+    bench_train.main(["--image-size", "64", "--batch-size", "2", "--steps", "2"])
     out = capsys.readouterr().out
     assert re.search(r"^  optimizer \(LARS\)\s+[\d.]+ ms\s+[\d.]+%$", out, re.M), out
     n, foreach, loop, ratio = re.search(r"^LARS step over (\d+) tensors: foreach ([\d.]+) ms, per-tensor loop "

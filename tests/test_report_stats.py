@@ -220,3 +220,15 @@ def test_a_folder_labelled_with_readings_refuses_results_made_with_others(tmp_pa
                                                        "evals": {"random_init/s0": {"step": 0}}}))
     with pytest.raises(ValueError, match=r"other readings of the paper \(not recorded\)"):
         ladder.Results(tmp_path / "results.json", meta)
+
+
+def test_l_dp_is_judged_on_o_knn_as_tab_6_is():
+    rows = {"d3ssl": {"oknn_top1": seeds(30.0, 31.0, 29.0, 32.0), "disturbed_oknn_top1": seeds(25.0, 25.0, 25.0, 25.0)},
+            "d3ssl_dconly": {"oknn_top1": seeds(26.0, 27.5, 25.0, 28.0),
+                             "disturbed_oknn_top1": seeds(25.0, 26.0, 24.0, 25.5)}}
+    assert direction(rows, "L_dp raises O-KNN top-1 (Tab. 7 direction)").startswith(
+        "- L_dp raises O-KNN top-1 (Tab. 7 direction): **reproduced** (d3ssl 30.5 ±1.5 vs d3ssl_dconly 26.6 ±1.5; "
+        "d +4.0, +3.5, +4.0, +4.0 (s0, s1, s2, s3)")
+    assert direction(rows, "L_dp raises disturbed O-KNN top-1 (Tab. 7 direction)").startswith(
+        "- L_dp raises disturbed O-KNN top-1 (Tab. 7 direction): **not reproduced**: opposite direction, not "
+        "significant")

@@ -12,7 +12,6 @@ means over the seeds both have, the per-seed differences (second folder minus fi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -55,14 +54,15 @@ def _row(name: str, label: str, a: dict, b: dict, digits: int) -> list[str] | No
 
 def compare(first: Path, second: Path) -> str:
     """The markdown comparison of two ladder folders (see the module docstring)."""
-    data = [json.loads((f / "results.json").read_text()) for f in (first, second)]
+    results = [Results.read(f / "results.json") for f in (first, second)]
+    data = [r.data for r in results]
     for f, d in zip((first, second), data):
         if "evals" not in d:
             raise SystemExit(f"{f}/results.json holds no ladder evaluations ('evals'); pass two ladder folders")
     if _source(data[0]) != _source(data[1]):
         raise SystemExit(f"{first} and {second} used different data ({_source(data[0])} vs {_source(data[1])}): "
                          "seed s does not start from the same random initialisation in both; not comparable")
-    rows = [summary(Results.read(f / "results.json")) for f in (first, second)]
+    rows = [summary(r) for r in results]
     out = [f"# {second.name} vs {first.name}", "",
            f"Made by `python -m experiments.compare {first} {second}`.", "",
            f"- first: `{first}`; readings: {_readings(data[0])}",
